@@ -1,0 +1,50 @@
+# One virtual environment at .venv/; every target sets up what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSTEM_STAMP := $(VENV)/.system-packages
+# Debian packages the tests and the demo need (headless Chromium, speech tools, network lab).
+DEBIAN_PACKAGES := chromium espeak-ng sox nftables iproute2
+
+.PHONY: setup system-packages run test test-fast lint bench-quick clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+system-packages: $(SYSTEM_STAMP)
+
+$(SYSTEM_STAMP): | $(PY)
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	touch $(SYSTEM_STAMP)
+
+run: setup
+	$(PY) -m sfu serve
+
+test: setup system-packages
+	$(PY) -m ruff check sfu agent tests benchmarks examples
+	$(PY) -m pytest -q -rfEs
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not browser and not netns and not slow"
+
+lint: setup
+	$(PY) -m ruff check sfu agent tests benchmarks examples
+
+bench-quick: setup system-packages
+	$(PY) benchmarks/fanout.py --quick --json build/fanout.json
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

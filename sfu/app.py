@@ -1,0 +1,87 @@
+"""The aiohttp application: the whole server as one embeddable object."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from . import whip
+from .auth import AuthError, PermissionDenied
+from .config import Config
+from .node import SfuNode
+from .signalling import NODE_KEY, websocket_handler
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: Config | None = None) -> web.Application:
+    """Build the SFU as an aiohttp application.
+
+    Run it with `web.run_app(app)` or mount it in your own service with
+    `parent.add_subapp("/sfu/", create_app(config))`. Shutting the application down closes
+    every peer connection.
+    """
+    config = config or Config()
+    config.validate()
+    node = SfuNode(config)
+    app = web.Application(client_max_size=config.limits.max_message_bytes)
+    app[NODE_KEY] = node
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/rtc", websocket_handler)
+    app.router.add_get("/api/rooms", list_rooms)
+    app.router.add_get("/api/stats", node_stats)
+    whip.add_routes(app)
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    node = app[NODE_KEY]
+    if node.config.uses_dev_credentials:
+        logger.warning(
+            "\n" + "!" * 78 + "\n"
+            "!!  USING THE BUILT-IN DEVELOPMENT API KEY AND SECRET. Anyone can mint tokens.\n"
+            "!!  Set [auth] api_keys in a config file before exposing this node.\n" + "!" * 78
+        )
+    if node.config.server.demo_tokens:
+        logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
+    logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    await app[NODE_KEY].close()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.json_response(
+        {"status": "ok", "node_id": node.node_id, "region": node.config.server.region}
+    )
+
+
+def _admin(request: web.Request) -> web.Response | None:
+    node = request.app[NODE_KEY]
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    try:
+        node.authenticate(token).require("admin")
+    except AuthError as exc:
+        return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
+    except PermissionDenied as exc:
+        return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
+    return None
+
+
+async def list_rooms(request: web.Request) -> web.Response:
+    if (denied := _admin(request)) is not None:
+        return denied
+    node = request.app[NODE_KEY]
+    return web.json_response({"rooms": [r.info() for r in node.rooms.rooms.values()]})
+
+
+async def node_stats(request: web.Request) -> web.Response:
+    if (denied := _admin(request)) is not None:
+        return denied
+    return web.json_response(request.app[NODE_KEY].stats())

@@ -1,0 +1,149 @@
+"""Node settings: one typed object, loaded from TOML, with safe defaults for local use.
+
+Every setting has a default so `python -m sfu serve` runs with no file at all. The example
+files in `configs/` list every key with its default value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Development credentials shared by `serve` and `token` when no config is given, so a token
+# minted by one is accepted by the other. The server logs a loud warning when they are in use.
+DEV_API_KEY = "devkey"
+DEV_API_SECRET = "dev-secret-do-not-use-in-production-0123456789"
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used, with a message naming the bad key."""
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    region: str = "local"
+    node_id: str = ""  # empty: "<region>-<random>" at start
+    # Serve the demo token endpoint (never in production: anyone may mint tokens).
+    demo_tokens: bool = False
+
+
+@dataclass
+class MediaSettings:
+    # Local addresses that carry media (ICE host candidates). Empty: every non-loopback address.
+    bind_addresses: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    # Public address announced in candidates when the node sits behind a 1:1 NAT.
+    announced_ip: str = ""
+    udp_port_min: int = 40000
+    udp_port_max: int = 49999
+    # STUN/TURN servers handed to clients at join, e.g.
+    # {urls = ["turn:turn.example.com:3478"], username = "u", credential = "p"}
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class AuthSettings:
+    # API key -> secret. Tokens carry the key as `iss` and are signed (HS256) with its secret.
+    api_keys: dict[str, str] = field(default_factory=lambda: {DEV_API_KEY: DEV_API_SECRET})
+    default_ttl_s: int = 6 * 3600
+
+
+@dataclass
+class LimitSettings:
+    max_rooms: int = 1000
+    max_participants_per_room: int = 200
+    max_tracks_per_participant: int = 4
+    max_message_bytes: int = 64 * 1024
+    # A peer that has not connected ICE+DTLS within this time is dropped.
+    connect_timeout_s: float = 30.0
+
+
+@dataclass
+class RtcSettings:
+    # Slots in the per-video-track packet cache (a power of two; 1024 = ~3 s at 2.5 Mbps).
+    packet_cache_size: int = 1024
+    # At most one keyframe request per publisher track in this interval.
+    pli_throttle_ms: int = 300
+    # Bitrate advertised to publishers in REMB so their encoders keep a good rate.
+    max_publish_bitrate: int = 2_500_000
+    # Interval of receiver reports/REMB towards publishers and sender reports to subscribers.
+    rtcp_interval_s: float = 1.0
+    # NACK: how long a gap is worth asking for, and how often to ask again.
+    nack_max_age_ms: int = 1000
+    nack_retry_ms: int = 100
+
+
+@dataclass
+class Config:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    rtc: RtcSettings = field(default_factory=RtcSettings)
+
+    @property
+    def uses_dev_credentials(self) -> bool:
+        return self.auth.api_keys.get(DEV_API_KEY) == DEV_API_SECRET
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build settings from a parsed TOML document; unknown keys are errors, not ignored."""
+        config = cls()
+        for section in dataclasses.fields(cls):
+            values = data.get(section.name, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section.name}] must be a table")
+            target = getattr(config, section.name)
+            known = {f.name: f for f in dataclasses.fields(target)}
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(f"unknown setting {section.name}.{key}")
+                default = getattr(target, key)
+                if isinstance(default, bool) != isinstance(value, bool) or (
+                    not isinstance(default, bool)
+                    and isinstance(default, int | float)
+                    and not isinstance(value, int | float)
+                ):
+                    raise ConfigError(
+                        f"{section.name}.{key} must be {type(default).__name__}, got {value!r}"
+                    )
+                if isinstance(default, float):
+                    value = float(value)
+                setattr(target, key, value)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
+        config.validate()
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> Config:
+        if path is None:
+            return cls()
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        m = self.media
+        if not (0 < m.udp_port_min <= m.udp_port_max <= 65535):
+            raise ConfigError("media.udp_port_min/udp_port_max must be a range within 1..65535")
+        size = self.rtc.packet_cache_size
+        if size < 64 or size & (size - 1):
+            raise ConfigError("rtc.packet_cache_size must be a power of two >= 64")
+        if not self.auth.api_keys:
+            raise ConfigError("auth.api_keys must hold at least one key")
+        for key, secret in self.auth.api_keys.items():
+            if len(secret) < 32:
+                raise ConfigError(f"auth.api_keys.{key}: secret must be at least 32 characters")
+        if self.limits.max_message_bytes < 1024:
+            raise ConfigError("limits.max_message_bytes must be at least 1024")

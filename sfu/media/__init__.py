@@ -1,0 +1,1 @@
+"""The media path: wire formats, peer connections and the packet forwarding objects."""

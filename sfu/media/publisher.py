@@ -1,0 +1,287 @@
+"""PublisherSession: the connection on which one participant sends its tracks to the SFU.
+
+The client offers, the SFU answers. Every sending m-line becomes a Producer. Incoming RTP is
+routed by SSRC (learned from the SDP, or from the MID extension of the first packet), RTX is
+unwrapped, and the session sends the publisher what a good receiver sends: receiver reports,
+REMB, NACKs for gaps and keyframe requests (PLI) on behalf of subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import RtcSettings
+from .ingress import NackGenerator
+from .peer import MediaPeer, NetworkSettings
+from .producer import Producer, TrackInfo, new_track_id
+from .rtcp import Nack, Pli, ReceiverReport, Remb, SenderReport, parse_compound
+from .rtp import RTP_FIXED, ExtensionIds, RtpHeader
+from .sdp import SdpError, extension_ids, negotiated_codec, parse_offer
+
+logger = logging.getLogger(__name__)
+
+NACK_TICK_S = 0.02
+
+
+@dataclass
+class TrackRequest:
+    """What the publisher says about a track it sends (matched by mid, else by kind/order)."""
+
+    mid: str | None = None
+    kind: str | None = None
+    source: str = ""
+    name: str = ""
+
+
+class PublisherSession:
+    def __init__(
+        self,
+        *,
+        identity: str,
+        network: NetworkSettings,
+        rtc: RtcSettings,
+        max_tracks: int,
+        label: str = "",
+    ) -> None:
+        self.identity = identity
+        self.rtc = rtc
+        self.max_tracks = max_tracks
+        self.peer = MediaPeer(
+            network, on_rtp=self._on_rtp, on_rtcp=self._on_rtcp, label=label or f"pub:{identity}"
+        )
+        self.producers: dict[str, Producer] = {}  # by mid
+        self._by_ssrc: dict[int, tuple[Producer, bool]] = {}
+        self._ext = ExtensionIds()
+        self._offered_ssrcs: dict[str, list[int]] = {}
+        self._offered_rtx: dict[int, int] = {}
+        self._rtcp_ssrc = random.getrandbits(32)
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    # -- negotiation ---------------------------------------------------------------------------
+
+    async def negotiate(
+        self, offer_sdp: str, requests: list[TrackRequest] | None = None
+    ) -> tuple[str, list[Producer]]:
+        """Answer the publisher's (re-)offer; returns the answer and the tracks it added.
+
+        Raises SdpError for an offer we cannot accept.
+        """
+        offered = parse_offer(offer_sdp)
+        sending = [m for m in offered if m.direction in ("sendonly", "sendrecv")]
+        known = set(self.producers)
+        if len([m for m in sending if m.mid not in known]) + len(known) > self.max_tracks:
+            raise SdpError(f"too many tracks: at most {self.max_tracks} per participant")
+        async with self._lock:
+            for m in offered:
+                self._offered_ssrcs[m.mid] = m.ssrcs
+                self._offered_rtx.update(m.rtx_pairs)
+            try:
+                answer = await self.peer.answer(offer_sdp)
+            except SdpError:
+                raise
+            except Exception as exc:
+                raise SdpError(f"cannot negotiate: {exc}") from exc
+            added = self._create_producers(requests or [])
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._rtcp_loop())
+        return answer, added
+
+    def _create_producers(self, requests: list[TrackRequest]) -> list[Producer]:
+        added: list[Producer] = []
+        uri_ids: dict[str, int] = {}
+        unclaimed = list(requests)
+        for transceiver in self.peer.pc.getTransceivers():
+            uri_ids.update(extension_ids(transceiver))
+            mid = transceiver.mid
+            if mid is None or mid in self.producers:
+                continue
+            if transceiver.currentDirection not in ("recvonly", "sendrecv"):
+                continue
+            codec = negotiated_codec(transceiver)
+            if codec is None:
+                continue
+            request = _claim_request(unclaimed, mid, transceiver.kind)
+            info = TrackInfo(
+                id=new_track_id(),
+                kind=transceiver.kind,
+                publisher=self.identity,
+                source=request.source if request else "",
+                name=request.name if request else "",
+                codec=codec.mime_type,
+            )
+            producer = Producer(
+                info,
+                codec,
+                send_keyframe_request=self._send_pli,
+                cache_size=self.rtc.packet_cache_size,
+                pli_throttle_s=self.rtc.pli_throttle_ms / 1000,
+                nack=NackGenerator(
+                    max_age_s=self.rtc.nack_max_age_ms / 1000,
+                    retry_s=self.rtc.nack_retry_ms / 1000,
+                ),
+            )
+            self.producers[mid] = producer
+            for ssrc in self._offered_ssrcs.get(mid, []):
+                media_ssrc = self._offered_rtx.get(ssrc)
+                if media_ssrc is not None:
+                    self._by_ssrc[ssrc] = (producer, True)
+                    producer.rtx_ssrc = ssrc
+                else:
+                    self._by_ssrc.setdefault(ssrc, (producer, False))
+            added.append(producer)
+        self._ext = ExtensionIds.from_map(uri_ids)
+        return added
+
+    def unpublish(self, track_id: str) -> Producer | None:
+        for mid, producer in list(self.producers.items()):
+            if producer.id == track_id:
+                del self.producers[mid]
+                self._by_ssrc = {s: e for s, e in self._by_ssrc.items() if e[0] is not producer}
+                producer.close()
+                return producer
+        return None
+
+    # -- packets in ------------------------------------------------------------------------------
+
+    def _on_rtp(self, data: bytes, arrival_ms: int) -> None:
+        entry = self._by_ssrc.get(int.from_bytes(data[8:12], "big"))
+        if entry is None:
+            entry = self._learn_ssrc(data)
+            if entry is None:
+                return
+        producer, is_rtx = entry
+        h = RtpHeader.parse(data, self._ext)
+        if is_rtx:
+            unwrapped = self._unwrap_rtx(data, h, producer)
+            if unwrapped is None:
+                return
+            data, h = unwrapped
+        producer.on_rtp(data, h, time.monotonic())
+
+    def _learn_ssrc(self, data: bytes) -> tuple[Producer, bool] | None:
+        """An SSRC the SDP did not announce: find its track by MID, else by payload type."""
+        if len(data) < 12:
+            return None
+        h = RtpHeader.parse(data, self._ext)
+        producer = None
+        if h.mid is not None:
+            producer = self.producers.get(h.mid.decode("ascii", "replace"))
+        if producer is None:
+            candidates = [
+                p
+                for p in self.producers.values()
+                if h.payload_type in (p.codec.payload_type, p.codec.rtx_payload_type)
+            ]
+            if len(candidates) != 1:
+                return None
+            producer = candidates[0]
+        if producer.closed:
+            return None
+        is_rtx = h.payload_type == producer.codec.rtx_payload_type
+        if is_rtx:
+            producer.rtx_ssrc = h.ssrc
+        entry = (producer, is_rtx)
+        self._by_ssrc[h.ssrc] = entry
+        return entry
+
+    @staticmethod
+    def _unwrap_rtx(data: bytes, h: RtpHeader, producer: Producer):
+        """RFC 4588: the original sequence number leads the payload; rebuild that packet."""
+        start = h.payload_offset
+        if len(data) - h.padding_size - start < 2 or producer.ssrc is None:
+            return None  # padding-only probe
+        osn = (data[start] << 8) | data[start + 1]
+        b1 = (0x80 if h.marker else 0) | producer.codec.payload_type
+        b0 = data[0] & ~0x20  # RTX padding is not the original's
+        original = b"".join(
+            (
+                RTP_FIXED.pack(b0, b1, osn, h.timestamp, producer.ssrc),
+                data[12:start],
+                data[start + 2 : len(data) - h.padding_size],
+            )
+        )
+        oh = RtpHeader.parse(original)
+        oh.mid, oh.audio_level = h.mid, h.audio_level
+        return original, oh
+
+    def _on_rtcp(self, data: bytes) -> None:
+        now = time.monotonic()
+        for packet in parse_compound(data):
+            if isinstance(packet, SenderReport):
+                entry = self._by_ssrc.get(packet.ssrc)
+                if entry is not None and not entry[1]:
+                    entry[0].on_sender_report(packet.ntp_timestamp, packet.rtp_timestamp, now)
+
+    # -- feedback out ----------------------------------------------------------------------------
+
+    def _send_pli(self, media_ssrc: int) -> None:
+        self.peer.send_rtcp(Pli(self._rtcp_ssrc, media_ssrc).serialize())
+
+    async def _rtcp_loop(self) -> None:
+        """NACKs every tick; receiver reports and REMB every rtcp_interval_s."""
+        interval = self.rtc.rtcp_interval_s
+        next_report = time.monotonic() + 0.2
+        try:
+            while not self.closed:
+                await asyncio.sleep(NACK_TICK_S)
+                now = time.monotonic()
+                for producer in list(self.producers.values()):
+                    if producer.nack is not None and producer.ssrc is not None:
+                        lost = producer.nack.due(now)
+                        if lost:
+                            self.peer.send_rtcp(
+                                Nack(self._rtcp_ssrc, producer.ssrc, lost).serialize()
+                            )
+                if now >= next_report:
+                    next_report = now + interval
+                    self._send_reports(now)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("%s: RTCP loop failed", self.peer.label)
+
+    def _send_reports(self, now: float) -> None:
+        producers = [p for p in self.producers.values() if p.stats is not None]
+        if not producers:
+            return
+        blocks = [p.stats.report_block(now) for p in producers]
+        packet = ReceiverReport(self._rtcp_ssrc, blocks[:31]).serialize()
+        video = [p.ssrc for p in producers if p.kind == "video"]
+        if video:
+            packet += Remb(self._rtcp_ssrc, self.rtc.max_publish_bitrate, video).serialize()
+        self.peer.send_rtcp(packet)
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    def on_producer_closed(self, callback: Callable[[Producer], None]) -> None:
+        for producer in self.producers.values():
+            producer.on_close(callback)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+        for producer in list(self.producers.values()):
+            producer.close()
+        self.producers.clear()
+        self._by_ssrc.clear()
+        await self.peer.close()
+
+
+def _claim_request(requests: list[TrackRequest], mid: str, kind: str) -> TrackRequest | None:
+    for i, r in enumerate(requests):
+        if r.mid == mid:
+            return requests.pop(i)
+    for i, r in enumerate(requests):
+        if r.mid is None and r.kind in (None, kind):
+            return requests.pop(i)
+    return None

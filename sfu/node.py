@@ -1,0 +1,97 @@
+"""SfuNode: everything one server instance owns (settings, rooms, HTTP media sessions).
+
+One node per `create_app()`; nothing lives at module level, so several nodes can run in one
+process (tests do) and a shop's own aiohttp service can mount one beside its routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+
+from .auth import AccessToken, AuthError, verify_token
+from .config import Config
+from .media.peer import NetworkSettings
+from .participant import Participant
+from .room import RoomRegistry
+
+logger = logging.getLogger(__name__)
+
+
+class SfuNode:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node_id = config.server.node_id or f"{config.server.region}-{uuid.uuid4().hex[:6]}"
+        self.rooms = RoomRegistry(config.limits)
+        media = config.media
+        self.network = NetworkSettings(
+            addresses=tuple(media.bind_addresses),
+            port_min=media.udp_port_min,
+            port_max=media.udp_port_max,
+            announced_ip=media.announced_ip,
+        )
+        # WHIP/WHEP resources: resource id -> participant
+        self.http_sessions: dict[str, Participant] = {}
+        self.started_at = time.time()
+        self.closing = False
+        self.websockets: set = set()
+
+    def authenticate(self, token: str | None) -> AccessToken:
+        return verify_token(self.config.auth, token)
+
+    @staticmethod
+    def new_resource_id() -> str:
+        return secrets.token_urlsafe(16)
+
+    def ice_servers(self) -> list[dict]:
+        return list(self.config.media.ice_servers)
+
+    def stats(self) -> dict:
+        rooms = []
+        for room in self.rooms.rooms.values():
+            participants = []
+            for p in room.participants.values():
+                entry = p.info()
+                if p.subscriber is not None:
+                    entry["downtracks"] = p.subscriber.stats()
+                    entry["subscriber_state"] = p.subscriber.peer.connection_state
+                if p.publisher is not None:
+                    entry["publisher_state"] = p.publisher.peer.connection_state
+                    entry["producers"] = [
+                        {
+                            "id": prod.id,
+                            "kind": prod.kind,
+                            "ssrc": prod.ssrc,
+                            "packets": prod.packets,
+                            "subscribers": len(prod.forwarders),
+                            "keyframe_requests": prod.keyframe_requests,
+                            "lost": prod.stats.packets_lost if prod.stats else 0,
+                            "nacks_sent": prod.nack.nacks_sent if prod.nack else 0,
+                        }
+                        for prod in p.published()
+                    ]
+                participants.append(entry)
+            rooms.append({"name": room.name, "participants": participants})
+        return {
+            "node_id": self.node_id,
+            "region": self.config.server.region,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "rooms": rooms,
+        }
+
+    async def close(self) -> None:
+        """Graceful shutdown: tell clients, then close every peer connection."""
+        self.closing = True
+        for ws in list(self.websockets):
+            try:
+                await ws.close(code=1001, message=b"server shutting down")
+            except Exception:
+                pass
+        await self.rooms.close()
+        self.http_sessions.clear()
+        logger.info("node %s closed", self.node_id)
+
+
+__all__ = ["SfuNode", "AuthError"]

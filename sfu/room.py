@@ -1,0 +1,134 @@
+"""Room and RoomRegistry: who is in a room, what they publish, and who receives what."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .config import LimitSettings
+
+if TYPE_CHECKING:
+    from .media.producer import Producer
+    from .participant import Participant
+
+logger = logging.getLogger(__name__)
+
+
+class RoomFull(Exception):
+    pass
+
+
+class TooManyRooms(Exception):
+    pass
+
+
+class Room:
+    def __init__(self, name: str, limits: LimitSettings, registry: RoomRegistry) -> None:
+        self.name = name
+        self.limits = limits
+        self.registry = registry
+        self.participants: dict[str, Participant] = {}
+        self.producers: dict[str, Producer] = {}
+        self.created_at = time.time()
+
+    # -- membership ------------------------------------------------------------------------------
+
+    async def add(self, participant: Participant) -> None:
+        """Join; a second connection with the same identity replaces the first."""
+        old = self.participants.get(participant.identity)
+        if old is not None:
+            old.send_event(
+                {"type": "error", "code": "replaced", "message": "same identity joined again"}
+            )
+            await self.remove(old)
+        if len(self.participants) >= self.limits.max_participants_per_room:
+            raise RoomFull(f"room {self.name!r} is full")
+        self.participants[participant.identity] = participant
+        self.broadcast(
+            {"type": "participant_joined", "participant": participant.info()}, exclude=participant
+        )
+        logger.info("%s joined %s (%s)", participant.identity, self.name, participant.kind.value)
+
+    async def remove(self, participant: Participant) -> None:
+        if self.participants.get(participant.identity) is not participant:
+            await participant.close()
+            return
+        del self.participants[participant.identity]
+        await participant.close()  # unpublishes its producers (see publish())
+        self.broadcast({"type": "participant_left", "identity": participant.identity})
+        logger.info("%s left %s", participant.identity, self.name)
+        if not self.participants:
+            self.registry.discard(self)
+
+    # -- tracks --------------------------------------------------------------------------------
+
+    def publish(self, participant: Participant, producer: Producer) -> None:
+        """Announce a new track and give it to everyone who subscribes automatically."""
+        self.producers[producer.id] = producer
+        producer.on_close(self._unpublished)
+        self.broadcast(
+            {"type": "track_published", "track": producer.info.to_json()}, exclude=participant
+        )
+        for other in self.participants.values():
+            if other is participant or not other.grants.subscribe:
+                continue
+            if other.auto_subscribe and other.subscriber is not None:
+                other.subscriber.subscribe(producer)
+
+    def _unpublished(self, producer: Producer) -> None:
+        if self.producers.pop(producer.id, None) is None:
+            return
+        for other in self.participants.values():
+            if other.subscriber is not None:
+                other.subscriber.drop_producer(producer)
+        self.broadcast({"type": "track_unpublished", "track_id": producer.id})
+
+    def live_producers(self, exclude: Participant | None = None) -> list[Producer]:
+        return [
+            p
+            for p in self.producers.values()
+            if not p.closed and (exclude is None or p.info.publisher != exclude.identity)
+        ]
+
+    def broadcast(self, message: dict, exclude: Participant | None = None) -> None:
+        for participant in list(self.participants.values()):
+            if participant is not exclude:
+                participant.send_event(message)
+
+    async def close(self) -> None:
+        for participant in list(self.participants.values()):
+            await self.remove(participant)
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "created_at": self.created_at,
+            "participants": [p.info() for p in self.participants.values()],
+        }
+
+
+class RoomRegistry:
+    """The rooms of one node; a room exists while it has participants."""
+
+    def __init__(self, limits: LimitSettings) -> None:
+        self.limits = limits
+        self.rooms: dict[str, Room] = {}
+
+    def get_or_create(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            if len(self.rooms) >= self.limits.max_rooms:
+                raise TooManyRooms("this node hosts its maximum number of rooms")
+            room = Room(name, self.limits, self)
+            self.rooms[name] = room
+        return room
+
+    def discard(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room and not room.participants:
+            del self.rooms[room.name]
+
+    async def close(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close()
+        self.rooms.clear()

@@ -1,0 +1,418 @@
+"""The WebSocket signalling protocol at /rtc (JSON messages; see docs/protocol.md).
+
+One SignallingConnection per socket, an explicit state machine:
+CONNECTED --join--> JOINED --leave/close--> CLOSED. Every request may carry a `request_id`,
+echoed in the reply or error. Bad input gets an `error` message, never a dropped socket
+(except a bad token, which closes it with code 4401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .auth import AccessToken, AuthError, PermissionDenied
+from .media.publisher import PublisherSession, TrackRequest
+from .media.sdp import SdpError
+from .media.subscriber import SubscriberSession
+from .node import SfuNode
+from .participant import Participant, ParticipantKind
+from .room import Room, RoomFull, TooManyRooms
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 30.0
+
+
+class State(enum.Enum):
+    CONNECTED = "connected"
+    JOINED = "joined"
+    CLOSED = "closed"
+
+
+class SignallingError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _require_str(msg: dict, key: str, *, max_len: int = 1 << 20) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str) or not value:
+        raise SignallingError("bad_request", f"'{key}' must be a non-empty string")
+    if len(value) > max_len:
+        raise SignallingError("bad_request", f"'{key}' is too long")
+    return value
+
+
+def _str_list(msg: dict, key: str) -> list[str]:
+    value = msg.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise SignallingError("bad_request", f"'{key}' must be a non-empty list of strings")
+    return value
+
+
+class SignallingConnection:
+    def __init__(self, node: SfuNode, ws: web.WebSocketResponse, query_token: str | None) -> None:
+        self.node = node
+        self.ws = ws
+        self.query_token = query_token
+        self.state = State.CONNECTED
+        self.participant: Participant | None = None
+        self.room: Room | None = None
+        self._writer: asyncio.Task | None = None
+        self._handlers: dict[str, Callable[[dict], Awaitable[None]]] = {
+            "join": self._on_join,
+            "publish": self._on_publish,
+            "unpublish": self._on_unpublish,
+            "subscribe": self._on_subscribe,
+            "unsubscribe": self._on_unsubscribe,
+            "answer": self._on_answer,
+            "data": self._on_data,
+            "ping": self._on_ping,
+            "leave": self._on_leave,
+        }
+
+    # -- socket loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        join_deadline = asyncio.get_running_loop().call_later(JOIN_TIMEOUT_S, self._join_timeout)
+        try:
+            async for raw in self.ws:
+                if raw.type == WSMsgType.TEXT:
+                    await self._dispatch(raw.data)
+                elif raw.type == WSMsgType.BINARY:
+                    await self._send_error("bad_request", "binary messages are not supported")
+                elif raw.type == WSMsgType.ERROR:
+                    break
+                if self.state == State.JOINED:
+                    join_deadline.cancel()
+                if self.state == State.CLOSED:
+                    break
+        finally:
+            join_deadline.cancel()
+            await self._leave()
+
+    def _join_timeout(self) -> None:
+        if self.state == State.CONNECTED:
+            asyncio.ensure_future(self.ws.close(code=4408, message=b"join timeout"))
+
+    async def _dispatch(self, text: str) -> None:
+        request_id = None
+        try:
+            try:
+                msg = json.loads(text)
+            except ValueError as exc:
+                raise SignallingError("bad_request", "message is not valid JSON") from exc
+            if not isinstance(msg, dict):
+                raise SignallingError("bad_request", "message must be a JSON object")
+            request_id = msg.get("request_id")
+            kind = msg.get("type")
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise SignallingError("unknown_type", f"unknown message type {kind!r}")
+            if kind not in ("join", "ping") and self.state != State.JOINED:
+                raise SignallingError("not_joined", "send 'join' first")
+            self._request_id = request_id
+            await handler(msg)
+        except SignallingError as exc:
+            await self._send_error(exc.code, exc.message, request_id)
+        except Exception:
+            logger.exception("signalling: unexpected error")
+            await self._send_error("internal", "internal server error", request_id)
+
+    async def _send(self, message: dict) -> None:
+        """Before join, write directly; after, through the participant's ordered event queue."""
+        if self.participant is not None and self.state == State.JOINED:
+            self.participant.send_event(message)
+        elif not self.ws.closed:
+            await self.ws.send_json(message)
+
+    async def _send_error(self, code: str, message: str, request_id: Any = None) -> None:
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if request_id is not None:
+            error["request_id"] = request_id
+        await self._send(error)
+
+    async def _reply(self, message: dict) -> None:
+        if getattr(self, "_request_id", None) is not None:
+            message["request_id"] = self._request_id
+        await self._send(message)
+
+    async def _write_events(self, participant: Participant) -> None:
+        queue = participant.events
+        try:
+            while True:
+                message = await queue.get()
+                if self.ws.closed:
+                    return
+                await self.ws.send_json(message)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            logger.exception("signalling: event writer failed")
+
+    # -- handlers ------------------------------------------------------------------------------
+
+    async def _on_join(self, msg: dict) -> None:
+        if self.state != State.CONNECTED:
+            raise SignallingError("already_joined", "this connection has already joined")
+        token = msg.get("token") or self.query_token
+        try:
+            access = self.node.authenticate(token if isinstance(token, str) else None)
+        except AuthError as exc:
+            await self._send_error("unauthorized", str(exc), msg.get("request_id"))
+            await self.ws.close(code=4401, message=b"unauthorized")
+            self.state = State.CLOSED
+            return
+        room_name = msg.get("room") or access.room
+        if not isinstance(room_name, str) or not room_name or len(room_name) > 128:
+            raise SignallingError("bad_request", "a room name is required (in the token or 'room')")
+        try:
+            access.require_room(room_name)
+        except PermissionDenied as exc:
+            raise SignallingError("forbidden", str(exc)) from exc
+        await self._join(access, room_name, msg)
+
+    async def _join(self, access: AccessToken, room_name: str, msg: dict) -> None:
+        node = self.node
+        auto_subscribe = msg.get("auto_subscribe", True) is not False
+        name = msg.get("name") if isinstance(msg.get("name"), str) else access.name
+        metadata = msg.get("metadata") if isinstance(msg.get("metadata"), dict) else {}
+        try:
+            room = node.rooms.get_or_create(room_name)
+        except TooManyRooms as exc:
+            raise SignallingError("node_full", str(exc)) from exc
+        participant = Participant(
+            identity=access.identity,
+            name=name[:128],
+            kind=ParticipantKind.WEBSOCKET,
+            grants=access.grants,
+            room=room,
+            auto_subscribe=auto_subscribe,
+            metadata=metadata,
+        )
+        try:
+            await room.add(participant)
+        except RoomFull as exc:
+            node.rooms.discard(room)
+            raise SignallingError("room_full", str(exc)) from exc
+        participant.on_dropped = self._on_dropped
+        self.participant, self.room = participant, room
+        self.state = State.JOINED
+        self._writer = asyncio.ensure_future(self._write_events(participant))
+        if access.grants.subscribe:
+            participant.subscriber = SubscriberSession(
+                identity=access.identity,
+                network=node.network,
+                rtc=node.config.rtc,
+                send_offer=self._send_subscriber_offer,
+            )
+            participant.subscriber.on_negotiation_failed = self._on_negotiation_failed
+        others = [p.info() for p in room.participants.values() if p is not participant]
+        await self._reply(
+            {
+                "type": "joined",
+                "room": room.name,
+                "participant": participant.info(),
+                "participants": others,
+                "tracks": [p.info.to_json() for p in room.live_producers(exclude=participant)],
+                "ice_servers": node.ice_servers(),
+                "grants": {
+                    "publish": access.grants.publish,
+                    "subscribe": access.grants.subscribe,
+                },
+            }
+        )
+        if participant.subscriber is not None and auto_subscribe:
+            for producer in room.live_producers(exclude=participant):
+                participant.subscriber.subscribe(producer)
+
+    async def _send_subscriber_offer(self, sdp: str, tracks: dict[str, str]) -> None:
+        participant = self.participant
+        if participant is None:
+            return
+        subscriber = participant.subscriber
+        if subscriber is not None and subscriber.negotiations == 1:
+            participant.watch(subscriber.peer, self.node.config.limits.connect_timeout_s)
+        participant.send_event({"type": "offer", "sdp": sdp, "tracks": tracks})
+
+    def _on_negotiation_failed(self, reason: str) -> None:
+        if self.participant is not None:
+            self.participant.send_event(
+                {"type": "error", "code": "negotiation_failed", "message": reason}
+            )
+
+    def _on_dropped(self, reason: str) -> None:
+        if self.participant is not None:
+            self.participant.send_event({"type": "error", "code": "dropped", "message": reason})
+            self.state = State.CLOSED
+            asyncio.get_running_loop().call_later(0.2, self._close_socket)
+
+    def _close_socket(self) -> None:
+        asyncio.ensure_future(self.ws.close(code=4000, message=b"dropped"))
+
+    async def _on_publish(self, msg: dict) -> None:
+        participant = self._joined()
+        if not participant.grants.publish:
+            raise SignallingError("forbidden", "token lacks the 'publish' grant")
+        sdp = _require_str(msg, "sdp")
+        requests = _track_requests(msg.get("tracks"))
+        node = self.node
+        if participant.publisher is None:
+            participant.publisher = PublisherSession(
+                identity=participant.identity,
+                network=node.network,
+                rtc=node.config.rtc,
+                max_tracks=node.config.limits.max_tracks_per_participant,
+            )
+            participant.watch(participant.publisher.peer, node.config.limits.connect_timeout_s)
+        try:
+            answer, added = await participant.publisher.negotiate(sdp, requests)
+        except SdpError as exc:
+            raise SignallingError("bad_sdp", str(exc)) from exc
+        mids = {p.id: mid for mid, p in participant.publisher.producers.items()}
+        await self._reply(
+            {
+                "type": "publish_answer",
+                "sdp": answer,
+                "tracks": [{**p.info.to_json(), "mid": mids.get(p.id)} for p in added],
+            }
+        )
+        for producer in added:
+            self.room.publish(participant, producer)
+
+    async def _on_unpublish(self, msg: dict) -> None:
+        participant = self._joined()
+        track_id = _require_str(msg, "track_id", max_len=64)
+        if participant.publisher is None or participant.publisher.unpublish(track_id) is None:
+            raise SignallingError("not_found", f"you publish no track {track_id!r}")
+        await self._reply({"type": "unpublished", "track_id": track_id})
+
+    async def _on_subscribe(self, msg: dict) -> None:
+        participant = self._joined()
+        if participant.subscriber is None:
+            raise SignallingError("forbidden", "token lacks the 'subscribe' grant")
+        track_ids = _str_list(msg, "track_ids")
+        missing = [t for t in track_ids if t not in self.room.producers]
+        if missing:
+            raise SignallingError("not_found", f"no such track(s): {', '.join(missing)}")
+        for track_id in track_ids:
+            producer = self.room.producers[track_id]
+            if producer.info.publisher == participant.identity:
+                raise SignallingError("bad_request", "cannot subscribe to your own track")
+            participant.subscriber.subscribe(producer)
+        await self._reply({"type": "subscribed", "track_ids": track_ids})
+
+    async def _on_unsubscribe(self, msg: dict) -> None:
+        participant = self._joined()
+        track_ids = _str_list(msg, "track_ids")
+        if participant.subscriber is not None:
+            for track_id in track_ids:
+                participant.subscriber.unsubscribe(track_id)
+        await self._reply({"type": "unsubscribed", "track_ids": track_ids})
+
+    async def _on_answer(self, msg: dict) -> None:
+        participant = self._joined()
+        sdp = _require_str(msg, "sdp")
+        if participant.subscriber is None:
+            raise SignallingError("bad_request", "no subscriber connection")
+        try:
+            participant.subscriber.on_answer(sdp)
+        except SdpError as exc:
+            raise SignallingError("bad_sdp", str(exc)) from exc
+
+    async def _on_data(self, msg: dict) -> None:
+        participant = self._joined()
+        if "payload" not in msg:
+            raise SignallingError("bad_request", "'payload' is required")
+        topic = msg.get("topic", "")
+        if not isinstance(topic, str) or len(topic) > 64:
+            raise SignallingError("bad_request", "'topic' must be a string of at most 64 chars")
+        to = msg.get("to")
+        if to is not None and not (isinstance(to, list) and all(isinstance(t, str) for t in to)):
+            raise SignallingError("bad_request", "'to' must be a list of identities")
+        event = {
+            "type": "data",
+            "from": participant.identity,
+            "topic": topic,
+            "payload": msg["payload"],
+        }
+        for other in list(self.room.participants.values()):
+            if other is not participant and (to is None or other.identity in to):
+                other.send_event(event)
+
+    async def _on_ping(self, msg: dict) -> None:
+        await self._reply({"type": "pong", "ts": msg.get("ts")})
+
+    async def _on_leave(self, msg: dict) -> None:
+        await self._reply({"type": "left"})
+        await self._leave()
+        await self.ws.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _joined(self) -> Participant:
+        assert self.participant is not None
+        return self.participant
+
+    async def _leave(self) -> None:
+        participant, room = self.participant, self.room
+        self.state = State.CLOSED
+        if participant is not None and room is not None:
+            self.participant = None
+            # Let the writer flush what is queued (e.g. the 'left' reply), then stop it.
+            if self._writer is not None and participant.events is not None:
+                for _ in range(50):
+                    if participant.events.empty() or self.ws.closed:
+                        break
+                    await asyncio.sleep(0.01)
+                self._writer.cancel()
+            await room.remove(participant)
+
+
+def _track_requests(value: Any) -> list[TrackRequest]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SignallingError("bad_request", "'tracks' must be a list")
+    result = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise SignallingError("bad_request", "each entry of 'tracks' must be an object")
+        mid, kind = item.get("mid"), item.get("kind")
+        if kind is not None and kind not in ("audio", "video"):
+            raise SignallingError("bad_request", "track 'kind' must be 'audio' or 'video'")
+        result.append(
+            TrackRequest(
+                mid=str(mid) if mid is not None else None,
+                kind=kind,
+                source=str(item.get("source", ""))[:32],
+                name=str(item.get("name", ""))[:128],
+            )
+        )
+    return result
+
+
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    node: SfuNode = request.app[NODE_KEY]
+    ws = web.WebSocketResponse(
+        max_msg_size=node.config.limits.max_message_bytes, heartbeat=20.0, autoping=True
+    )
+    await ws.prepare(request)
+    node.websockets.add(ws)
+    try:
+        await SignallingConnection(node, ws, request.query.get("access_token")).run()
+    finally:
+        node.websockets.discard(ws)
+    return ws
+
+
+NODE_KEY: web.AppKey[SfuNode] = web.AppKey("sfu_node", SfuNode)
