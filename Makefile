@@ -31,7 +31,7 @@ $(SYSTEM_STAMP): | $(PY)
 	touch $(SYSTEM_STAMP)
 
 run: setup
-	$(PY) -m sfu serve
+	$(PY) -m sfu serve --config configs/demo.toml
 
 test: setup system-packages
 	$(PY) -m ruff check sfu agent tests benchmarks examples

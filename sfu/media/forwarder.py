@@ -151,9 +151,10 @@ class DownTrack:
         """Resend a cached packet: as RTX (RFC 4588) when negotiated, else with its own seq."""
         if self.rtx_payload_type is None or self.rtx_ssrc is None:
             b1 = self.payload_type | 0x80 if h.marker else self.payload_type
+            b0 = (0x90 if self._ext_template else 0x80) | (0x20 if h.padding_size else 0)
             packet = b"".join(
                 (
-                    RTP_FIXED.pack(0x90 if self._ext_template else 0x80, b1, seq, ts, self.ssrc),
+                    RTP_FIXED.pack(b0, b1, seq, ts, self.ssrc),
                     self._ext_template,
                     memoryview(data)[h.payload_offset :],
                 )
