@@ -7,6 +7,8 @@ import asyncio
 import logging
 import sys
 
+from aiohttp.abc import AbstractAccessLogger
+
 from .auth import Grants, mint_token
 from .config import Config, ConfigError
 
@@ -18,6 +20,20 @@ def _install_uvloop() -> str:
         return "asyncio"
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return "uvloop"
+
+
+class _AccessLogger(AbstractAccessLogger):
+    """Access log without query strings: WebSocket joins may carry a token there."""
+
+    def log(self, request, response, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %.3fs',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time,
+        )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -41,6 +57,7 @@ def serve(args: argparse.Namespace) -> int:
             "listening on http://%s:%d", config.server.host, config.server.port
         ),
         shutdown_timeout=5.0,
+        access_log_class=_AccessLogger,
     )
     return 0
 

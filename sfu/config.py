@@ -22,6 +22,15 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used, with a message naming the bad key."""
 
 
+def _same_type(default: Any, value: Any) -> bool:
+    """TOML value fits the default's type (ints fit floats; bools are never numbers)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return isinstance(value, type(default))
+
+
 @dataclass
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -103,11 +112,7 @@ class Config:
                 if key not in known:
                     raise ConfigError(f"unknown setting {section.name}.{key}")
                 default = getattr(target, key)
-                if isinstance(default, bool) != isinstance(value, bool) or (
-                    not isinstance(default, bool)
-                    and isinstance(default, int | float)
-                    and not isinstance(value, int | float)
-                ):
+                if not _same_type(default, value):
                     raise ConfigError(
                         f"{section.name}.{key} must be {type(default).__name__}, got {value!r}"
                     )
@@ -134,7 +139,11 @@ class Config:
         return cls.from_dict(data)
 
     def validate(self) -> None:
+        if not (0 <= self.server.port <= 65535):
+            raise ConfigError("server.port must be within 0..65535")
         m = self.media
+        if not all(isinstance(a, str) for a in m.bind_addresses):
+            raise ConfigError("media.bind_addresses must be a list of address strings")
         if not (0 < m.udp_port_min <= m.udp_port_max <= 65535):
             raise ConfigError("media.udp_port_min/udp_port_max must be a range within 1..65535")
         size = self.rtc.packet_cache_size
@@ -143,6 +152,8 @@ class Config:
         if not self.auth.api_keys:
             raise ConfigError("auth.api_keys must hold at least one key")
         for key, secret in self.auth.api_keys.items():
+            if not isinstance(secret, str):
+                raise ConfigError(f"auth.api_keys.{key}: secret must be a string")
             if len(secret) < 32:
                 raise ConfigError(f"auth.api_keys.{key}: secret must be at least 32 characters")
         if self.limits.max_message_bytes < 1024:

@@ -136,7 +136,8 @@ async def _start(request: web.Request, kind: ParticipantKind) -> web.Response:
     peer = participant.publisher.peer if participant.publisher else participant.subscriber.peer
     participant.watch(peer, limits.connect_timeout_s)
     participant.on_dropped = lambda reason: node.http_sessions.pop(resource_id, None)
-    location = f"/{kind.value}/{room_name}/{resource_id}"
+    # Built from the request's own path so it keeps any prefix the app is mounted under.
+    location = f"{request.rel_url.raw_path.rstrip('/')}/{resource_id}"
     logger.info("%s session %s for %s in %s", kind.value, resource_id, identity, room_name)
     return web.Response(
         status=201,

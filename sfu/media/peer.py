@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aioice.ice import StunProtocol
+from aioice.ice import StunProtocol, get_host_addresses
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -231,15 +231,18 @@ def _host_gatherer(connection, network: NetworkSettings):
     original = connection.gather_candidates
 
     async def gather_candidates() -> None:
-        if not network.addresses:
-            await original()
-            return
+        addresses = list(network.addresses)
+        if not addresses:
+            if not network.port_min:
+                await original()  # any interface, any port, STUN/TURN as configured
+                return
+            addresses = get_host_addresses(connection._use_ipv4, connection._use_ipv6)
         if connection._local_candidates_start:
             return
         connection._local_candidates_start = True
         loop = asyncio.get_running_loop()
         for component in sorted(connection._components):
-            for address in network.addresses:
+            for address in addresses:
                 protocol = await _bind_in_range(loop, connection, address, network)
                 candidate = Candidate(
                     foundation=candidate_foundation("host", "udp", address),
