@@ -58,3 +58,25 @@ async def test_publisher_to_three_subscribers(sfu_node):
     finally:
         for client in [publisher, *subscribers]:
             await client.leave()
+
+
+async def test_unpublish_then_publish_does_not_revive_the_old_track(sfu_node):
+    publisher = await RoomClient.connect(sfu_node.url, sfu_node.token("host"), network=LOOPBACK)
+    viewer = await RoomClient.connect(sfu_node.url, sfu_node.token("viewer"), network=LOOPBACK)
+    try:
+        first = await publisher.publish([ColorVideoTrack(COLOUR), ToneAudioTrack(TONE_HZ)])
+        video_id = next(t["id"] for t in first if t["kind"] == "video")
+        await publisher.unpublish(video_id)
+        await viewer.wait_for("track_unpublished", lambda m: m["track_id"] == video_id)
+        second = await publisher.publish([ColorVideoTrack((40, 40, 200))])
+        assert [t["kind"] for t in second] == ["video"]
+        assert second[0]["id"] != video_id and second[0]["mid"] != first[0]["mid"]
+        room = sfu_node.node.rooms.rooms["shop"]
+        assert video_id not in room.producers
+        assert sorted(p.kind for p in room.producers.values()) == ["audio", "video"]
+        track = await viewer.next_track(track_id=second[0]["id"], timeout=15)
+        (r, g, b), _ = await _decoded_colour(track.track)
+        assert b > 150 and r < 90, (r, g, b)
+    finally:
+        await publisher.leave()
+        await viewer.leave()

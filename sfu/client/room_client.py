@@ -152,13 +152,20 @@ class RoomClient:
         return await asyncio.wait_for(future, timeout)
 
     async def next_track(
-        self, *, kind: str | None = None, publisher: str | None = None, timeout: float = 10.0
+        self,
+        *,
+        kind: str | None = None,
+        publisher: str | None = None,
+        track_id: str | None = None,
+        timeout: float = 10.0,
     ) -> RemoteTrack:
         """A received track (already arrived, or the next to arrive) matching the filters."""
 
         def match(t: RemoteTrack) -> bool:
-            return (kind is None or t.kind == kind) and (
-                publisher is None or t.publisher == publisher
+            return (
+                (kind is None or t.kind == kind)
+                and (publisher is None or t.publisher == publisher)
+                and (track_id is None or t.track_id == track_id)
             )
 
         for t in self.remote_tracks.values():
@@ -198,6 +205,7 @@ class RoomClient:
             self.tracks[message["track"]["id"]] = message["track"]
         elif kind == "track_unpublished":
             self.tracks.pop(message["track_id"], None)
+            self.remote_tracks.pop(message["track_id"], None)
         elif kind == "offer":
             self._offers.put_nowait(message)
         self._history.append(message)
@@ -235,7 +243,15 @@ class RoomClient:
         return reply["tracks"]
 
     async def unpublish(self, track_id: str) -> None:
+        """Stop sending a published track; its m-line stays, inactive (no renegotiation)."""
         await self.request({"type": "unpublish", "track_id": track_id})
+        mid = next((t.get("mid") for t in self.published if t["id"] == track_id), None)
+        self.published = [t for t in self.published if t["id"] != track_id]
+        if self.publisher is not None and mid is not None:
+            for transceiver in self.publisher.pc.getTransceivers():
+                if transceiver.mid == mid:
+                    transceiver.sender.replaceTrack(None)
+                    transceiver.direction = "inactive"
 
     # -- subscribing -------------------------------------------------------------------------------
 

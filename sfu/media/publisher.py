@@ -59,6 +59,8 @@ class PublisherSession:
         self._ext = ExtensionIds()
         self._offered_ssrcs: dict[str, list[int]] = {}
         self._offered_rtx: dict[int, int] = {}
+        self._retired_mids: set[str] = set()
+        self._ignored_ssrcs: set[int] = set()
         self._rtcp_ssrc = random.getrandbits(32)
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
@@ -100,7 +102,7 @@ class PublisherSession:
         for transceiver in self.peer.pc.getTransceivers():
             uri_ids.update(extension_ids(transceiver))
             mid = transceiver.mid
-            if mid is None or mid in self.producers:
+            if mid is None or mid in self.producers or mid in self._retired_mids:
                 continue
             if transceiver.currentDirection not in ("recvonly", "sendrecv"):
                 continue
@@ -143,6 +145,7 @@ class PublisherSession:
         for mid, producer in list(self.producers.items()):
             if producer.id == track_id:
                 del self.producers[mid]
+                self._retired_mids.add(mid)  # a later re-offer must not revive it
                 self._by_ssrc = {s: e for s, e in self._by_ssrc.items() if e[0] is not producer}
                 producer.close()
                 return producer
@@ -163,6 +166,9 @@ class PublisherSession:
             if unwrapped is None:
                 return
             data, h = unwrapped
+            cache = producer.cache
+            if cache is not None and cache.get(h.sequence_number) is not None:
+                return  # a copy we already have (e.g. a browser's RTX bandwidth probe)
         producer.on_rtp(data, h, time.monotonic())
 
     def _learn_ssrc(self, data: bytes) -> tuple[Producer, bool] | None:
@@ -170,9 +176,15 @@ class PublisherSession:
         if len(data) < 12:
             return None
         h = RtpHeader.parse(data, self._ext)
+        if h.ssrc in self._ignored_ssrcs:
+            return None
         producer = None
         if h.mid is not None:
-            producer = self.producers.get(h.mid.decode("ascii", "replace"))
+            mid = h.mid.decode("ascii", "replace")
+            if mid in self._retired_mids:
+                self._ignored_ssrcs.add(h.ssrc)  # still sent on an unpublished m-line
+                return None
+            producer = self.producers.get(mid)
         if producer is None:
             candidates = [
                 p
