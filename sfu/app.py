@@ -9,6 +9,7 @@ from aiohttp import web
 from . import whip
 from .auth import AuthError, PermissionDenied
 from .config import Config
+from .demo import add_demo_routes
 from .node import SfuNode
 from .signalling import NODE_KEY, websocket_handler
 
@@ -32,6 +33,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/stats", node_stats)
     whip.add_routes(app)
+    add_demo_routes(app, node)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -1,0 +1,746 @@
+// Browser SDK for the SFU: a plain ES module, no build step, no dependencies.
+//
+//   import { connect } from "/sdk/sfu-client.js";
+//   const room = await connect("https://sfu.example.com", token);
+//   room.on("trackSubscribed", (t) => { if (t.kind === "video") video.srcObject = t.stream; });
+//   room.on("data", (m) => console.log(m.from, m.topic, m.payload));
+//   await room.publishCamera();
+//   await room.publishMicrophone();
+//   room.sendData({ text: "hello" }, { topic: "chat" });
+//   await room.disconnect();
+//
+// It speaks the WebSocket protocol of docs/protocol.md: one publisher RTCPeerConnection (the
+// browser offers) and one subscriber RTCPeerConnection (the SFU offers, the browser answers).
+// ICE candidates travel inside the SDP (no trickle), so every offer/answer is sent once ICE
+// gathering has completed.
+
+/** How long a request may wait for its reply. */
+const REQUEST_TIMEOUT_MS = 10000;
+/** Upper bound on waiting for ICE gathering (loopback/host candidates finish in milliseconds). */
+const GATHERING_TIMEOUT_MS = 3000;
+
+/**
+ * Camera simulcast layers, lowest first: the rids the SFU's simulcast support accepts.
+ * @type {RTCRtpEncodingParameters[]}
+ */
+export const SIMULCAST_ENCODINGS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", maxBitrate: 1_500_000 },
+];
+
+/**
+ * @typedef {"connecting"|"connected"|"disconnected"|"failed"} ConnectionState
+ */
+
+/**
+ * @typedef {Object} ConnectOptions
+ * @property {string} [name] display name shown to others (defaults to the token's name)
+ * @property {Object<string, any>} [metadata] free-form data other participants see
+ * @property {boolean} [autoSubscribe=true] receive every track published in the room
+ * @property {RTCIceServer[]} [iceServers] used in addition to the ones the SFU hands out
+ * @property {number} [timeoutMs=10000] how long to wait for the WebSocket and the join reply
+ * @property {boolean} [sendQualityMessages=false] send `quality` messages to the SFU for
+ *   {@link Room#setQuality}. Off until the SFU supports simulcast layer selection: today it would
+ *   answer them with an `unknown_type` error.
+ */
+
+/**
+ * @typedef {Object} TrackInfo
+ * @property {string} id track id (e.g. "TR_1a2b3c")
+ * @property {"audio"|"video"} kind
+ * @property {string} publisher identity of the publishing participant
+ * @property {string} source "camera", "microphone", "screen" or "" (as the publisher said)
+ * @property {string} name
+ * @property {string} codec e.g. "video/VP8"
+ */
+
+/**
+ * @typedef {Object} ParticipantInfo
+ * @property {string} sid
+ * @property {string} identity
+ * @property {string} name
+ * @property {string} kind "websocket", "whip" or "whep"
+ * @property {Object<string, any>} metadata
+ * @property {TrackInfo[]} tracks
+ */
+
+/**
+ * A track the SFU sends us.
+ * @typedef {Object} RemoteTrack
+ * @property {string} id
+ * @property {"audio"|"video"} kind
+ * @property {string} publisher
+ * @property {string} source
+ * @property {string} name
+ * @property {string} mid the subscriber m-line carrying it (m-lines are reused)
+ * @property {MediaStreamTrack} track
+ * @property {MediaStream} stream a stream holding just this track, ready for `srcObject`
+ * @property {RTCRtpReceiver} receiver
+ */
+
+/**
+ * A track we publish.
+ * @typedef {Object} LocalTrack
+ * @property {string} id track id the SFU gave it
+ * @property {"audio"|"video"} kind
+ * @property {string} source
+ * @property {string} mid
+ * @property {MediaStreamTrack} track
+ * @property {RTCRtpSender} sender
+ */
+
+/**
+ * A data message relayed by the SFU.
+ * @typedef {Object} DataMessage
+ * @property {string} from sender identity
+ * @property {string} topic
+ * @property {any} payload
+ */
+
+/**
+ * Per-track quality preference (simulcast layer choice).
+ * @typedef {Object} QualityPreference
+ * @property {"auto"|"low"|"medium"|"high"} [quality="auto"]
+ * @property {number} [maxWidth] largest useful width in pixels (the size it is shown at)
+ * @property {number} [maxHeight]
+ */
+
+/** An `error` message from the SFU, or a request that failed or timed out. */
+export class SfuError extends Error {
+  /**
+   * @param {string} code the protocol's error code (e.g. "forbidden") or "timeout"/"closed"
+   * @param {string} message
+   */
+  constructor(code, message) {
+    super(`${code}: ${message}`);
+    this.name = "SfuError";
+    this.code = code;
+  }
+}
+
+/**
+ * Join a room.
+ * @param {string} url base URL of the SFU: http(s)://host:port[/prefix] (ws(s):// also works)
+ * @param {string} token access token (JWT) naming the room and what we may do
+ * @param {ConnectOptions} [options]
+ * @returns {Promise<Room>} once joined; tracks already live are then subscribed automatically
+ */
+export async function connect(url, token, options = {}) {
+  const room = new Room(options);
+  await room._connect(url, token);
+  return room;
+}
+
+/**
+ * `http://host:8080/x` → `ws://host:8080/x/rtc`.
+ * @param {string} url
+ * @returns {string}
+ */
+export function signallingUrl(url) {
+  const u = new URL(url, globalThis.location ? globalThis.location.href : undefined);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  if (!u.pathname.endsWith("/rtc")) u.pathname = u.pathname.replace(/\/+$/, "") + "/rtc";
+  u.search = "";
+  u.hash = "";
+  return u.toString();
+}
+
+/**
+ * Resolve once ICE gathering is complete (or after a time limit: better some candidates late
+ * than a join that hangs on an unreachable STUN server).
+ * @param {RTCPeerConnection} pc
+ * @param {number} [timeoutMs]
+ * @returns {Promise<void>}
+ */
+export function iceGatheringComplete(pc, timeoutMs = GATHERING_TIMEOUT_MS) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/** Put VP8 first: every SFU path (forwarding, simulcast) supports it. */
+function preferVp8(transceiver) {
+  if (typeof transceiver.setCodecPreferences !== "function" || !RTCRtpSender.getCapabilities) {
+    return;
+  }
+  const caps = RTCRtpSender.getCapabilities("video");
+  if (!caps) return;
+  const vp8 = caps.codecs.filter((c) => c.mimeType.toLowerCase() === "video/vp8");
+  const rest = caps.codecs.filter((c) => c.mimeType.toLowerCase() !== "video/vp8");
+  if (vp8.length) transceiver.setCodecPreferences([...vp8, ...rest]);
+}
+
+/** A tiny event emitter; listener exceptions are logged, never break the SDK. */
+class Emitter {
+  constructor() {
+    /** @type {Map<string, Set<Function>>} */
+    this._listeners = new Map();
+  }
+
+  /**
+   * Listen to an event.
+   * @param {string} event
+   * @param {Function} listener
+   * @returns {() => void} call it to stop listening
+   */
+  on(event, listener) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(listener);
+    return () => this.off(event, listener);
+  }
+
+  /**
+   * @param {string} event
+   * @param {Function} listener
+   */
+  off(event, listener) {
+    const set = this._listeners.get(event);
+    if (set) set.delete(listener);
+  }
+
+  /**
+   * Listen to the next occurrence only.
+   * @param {string} event
+   * @param {Function} listener
+   * @returns {() => void}
+   */
+  once(event, listener) {
+    const off = this.on(event, (...args) => {
+      off();
+      listener(...args);
+    });
+    return off;
+  }
+
+  _emit(event, ...args) {
+    const set = this._listeners.get(event);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        listener(...args);
+      } catch (err) {
+        console.error(`sfu-client: a '${event}' listener threw`, err);
+      }
+    }
+  }
+}
+
+/**
+ * A joined room. Get one from {@link connect}.
+ *
+ * Events (`room.on(name, listener)`):
+ * - `participantJoined` (ParticipantInfo), `participantLeft` (ParticipantInfo)
+ * - `trackPublished` (TrackInfo), `trackUnpublished` (TrackInfo): tracks of others
+ * - `trackSubscribed` (RemoteTrack), `trackUnsubscribed` (RemoteTrack): media we receive
+ * - `localTrackPublished` (LocalTrack)
+ * - `connectionStateChanged` (ConnectionState)
+ * - `data` (DataMessage)
+ * - `error` (SfuError): errors the SFU sent on its own (not replies to a request)
+ * - `qualityChanged` is reserved for simulcast layer switches (not emitted yet)
+ */
+export class Room extends Emitter {
+  /** @param {ConnectOptions} [options] */
+  constructor(options = {}) {
+    super();
+    this.options = { autoSubscribe: true, timeoutMs: REQUEST_TIMEOUT_MS, ...options };
+    /** @type {string} */
+    this.name = "";
+    /** @type {ParticipantInfo|null} */
+    this.localParticipant = null;
+    /** @type {Map<string, ParticipantInfo>} other participants by identity */
+    this.participants = new Map();
+    /** @type {Map<string, TrackInfo>} tracks others publish, by track id */
+    this.tracks = new Map();
+    /** @type {Map<string, RemoteTrack>} tracks we receive, by track id */
+    this.remoteTracks = new Map();
+    /** @type {Map<string, LocalTrack>} tracks we publish, by track id */
+    this.localTracks = new Map();
+    /** @type {Map<string, QualityPreference>} preferences set with setQuality(), by track id */
+    this.qualityPreferences = new Map();
+    /** @type {{publish: boolean, subscribe: boolean}} */
+    this.grants = { publish: false, subscribe: false };
+    /** @type {RTCIceServer[]} */
+    this.iceServers = [];
+    /** @type {ConnectionState} */
+    this.state = "connecting";
+    /** @type {RTCPeerConnection|null} */
+    this.publisherPc = null;
+    /** @type {RTCPeerConnection|null} */
+    this.subscriberPc = null;
+    this._ws = null;
+    this._nextRequestId = 1;
+    this._pending = new Map();
+    this._offers = Promise.resolve();
+    this._publishing = Promise.resolve();
+    this._ownedTracks = new Set();
+  }
+
+  // -- connecting -------------------------------------------------------------------------------
+
+  async _connect(url, token) {
+    const ws = new WebSocket(signallingUrl(url));
+    this._ws = ws;
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        ws.close();
+        reject(new SfuError("timeout", "the SFU did not accept the WebSocket in time"));
+      }, this.options.timeoutMs);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      ws.onerror = () => {
+        clearTimeout(timer);
+        reject(new SfuError("connection_failed", `cannot open ${signallingUrl(url)}`));
+      };
+    });
+    ws.onmessage = (event) => this._onMessage(event.data);
+    ws.onclose = (event) => this._onSocketClosed(event);
+    ws.onerror = null;
+    const join = { type: "join", token, auto_subscribe: this.options.autoSubscribe !== false };
+    if (this.options.name) join.name = this.options.name;
+    if (this.options.metadata) join.metadata = this.options.metadata;
+    try {
+      await this._request(join, this.options.timeoutMs);
+    } catch (err) {
+      this._teardown("disconnected");
+      throw err;
+    }
+  }
+
+  /** The `joined` reply: handled here (before any offer that follows it is processed). */
+  _onJoined(msg) {
+    this.name = msg.room;
+    this.localParticipant = msg.participant;
+    this.grants = msg.grants || this.grants;
+    this.iceServers = [...(msg.ice_servers || []), ...(this.options.iceServers || [])];
+    for (const p of msg.participants || []) this.participants.set(p.identity, p);
+    for (const t of msg.tracks || []) this.tracks.set(t.id, t);
+    this._setState("connected");
+  }
+
+  // -- signalling ---------------------------------------------------------------------------------
+
+  _send(message) {
+    if (!this._ws || this._ws.readyState !== WebSocket.OPEN) {
+      throw new SfuError("closed", "not connected");
+    }
+    this._ws.send(JSON.stringify(message));
+  }
+
+  _request(message, timeoutMs = REQUEST_TIMEOUT_MS) {
+    const requestId = this._nextRequestId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(requestId);
+        reject(new SfuError("timeout", `no reply to '${message.type}'`));
+      }, timeoutMs);
+      this._pending.set(requestId, { resolve, reject, timer, type: message.type });
+      try {
+        this._send({ ...message, request_id: requestId });
+      } catch (err) {
+        clearTimeout(timer);
+        this._pending.delete(requestId);
+        reject(err);
+      }
+    });
+  }
+
+  _onMessage(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (msg.type === "joined") this._onJoined(msg);
+    const pending = msg.request_id !== undefined ? this._pending.get(msg.request_id) : undefined;
+    if (pending) {
+      this._pending.delete(msg.request_id);
+      clearTimeout(pending.timer);
+      if (msg.type === "error") pending.reject(new SfuError(msg.code, msg.message));
+      else pending.resolve(msg);
+      return;
+    }
+    switch (msg.type) {
+      case "offer":
+        this._offers = this._offers
+          .then(() => this._answerOffer(msg))
+          .catch((err) => this._emit("error", toSfuError(err, "negotiation_failed")));
+        break;
+      case "participant_joined":
+        this._onParticipantJoined(msg.participant);
+        break;
+      case "participant_left":
+        this._onParticipantLeft(msg.identity);
+        break;
+      case "track_published":
+        this._onTrackPublished(msg.track);
+        break;
+      case "track_unpublished":
+        this._onTrackUnpublished(msg.track_id);
+        break;
+      case "data":
+        this._emit("data", { from: msg.from, topic: msg.topic || "", payload: msg.payload });
+        break;
+      case "error":
+        this._emit("error", new SfuError(msg.code, msg.message));
+        if (msg.code === "dropped" || msg.code === "replaced") this._teardown("disconnected");
+        break;
+      default:
+        break; // pong, left, and message types newer than this SDK
+    }
+  }
+
+  _onSocketClosed() {
+    for (const [, pending] of this._pending) {
+      clearTimeout(pending.timer);
+      pending.reject(new SfuError("closed", "the connection to the SFU closed"));
+    }
+    this._pending.clear();
+    this._teardown("disconnected");
+  }
+
+  // -- room state ---------------------------------------------------------------------------------
+
+  _onParticipantJoined(participant) {
+    this.participants.set(participant.identity, participant);
+    for (const t of participant.tracks || []) this.tracks.set(t.id, t);
+    this._emit("participantJoined", participant);
+  }
+
+  _onParticipantLeft(identity) {
+    const participant = this.participants.get(identity) || { identity, tracks: [] };
+    this.participants.delete(identity);
+    for (const [id, info] of this.tracks) {
+      if (info.publisher === identity) this._onTrackUnpublished(id);
+    }
+    this._emit("participantLeft", participant);
+  }
+
+  _onTrackPublished(track) {
+    this.tracks.set(track.id, track);
+    const owner = this.participants.get(track.publisher);
+    if (owner) owner.tracks = [...(owner.tracks || []).filter((t) => t.id !== track.id), track];
+    this._emit("trackPublished", track);
+  }
+
+  _onTrackUnpublished(trackId) {
+    const info = this.tracks.get(trackId);
+    this.tracks.delete(trackId);
+    const remote = this.remoteTracks.get(trackId);
+    if (remote) {
+      this.remoteTracks.delete(trackId);
+      this._emit("trackUnsubscribed", remote);
+    }
+    if (info) {
+      const owner = this.participants.get(info.publisher);
+      if (owner) owner.tracks = (owner.tracks || []).filter((t) => t.id !== trackId);
+      this._emit("trackUnpublished", info);
+    }
+  }
+
+  _setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this._emit("connectionStateChanged", state);
+  }
+
+  _createPc() {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "failed" && this.state === "connected") this._setState("failed");
+    });
+    return pc;
+  }
+
+  // -- subscribing (the SFU offers) ------------------------------------------------------------------
+
+  async _answerOffer(msg) {
+    if (this.state !== "connected") return;
+    if (!this.subscriberPc) this.subscriberPc = this._createPc();
+    const pc = this.subscriberPc;
+    await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    await pc.setLocalDescription(await pc.createAnswer());
+    await iceGatheringComplete(pc);
+    if (this.state !== "connected") return;
+    this._send({ type: "answer", sdp: pc.localDescription.sdp });
+    this._syncRemoteTracks(pc, msg.tracks || {});
+  }
+
+  /** Compare the offer's `{mid: track_id}` map with what we receive now; emit the changes. */
+  _syncRemoteTracks(pc, mapping) {
+    const byMid = new Map(pc.getTransceivers().map((t) => [t.mid, t]));
+    const wanted = new Map();
+    for (const [mid, trackId] of Object.entries(mapping)) {
+      if (byMid.has(mid)) wanted.set(trackId, mid);
+    }
+    for (const [trackId, remote] of [...this.remoteTracks]) {
+      if (wanted.get(trackId) !== remote.mid) {
+        this.remoteTracks.delete(trackId);
+        this._emit("trackUnsubscribed", remote);
+      }
+    }
+    for (const [trackId, mid] of wanted) {
+      if (this.remoteTracks.has(trackId)) continue;
+      const transceiver = byMid.get(mid);
+      const track = transceiver.receiver.track;
+      const info = this.tracks.get(trackId) || {};
+      /** @type {RemoteTrack} */
+      const remote = {
+        id: trackId,
+        kind: /** @type {"audio"|"video"} */ (track.kind),
+        publisher: info.publisher || "",
+        source: info.source || "",
+        name: info.name || "",
+        mid,
+        track,
+        stream: new MediaStream([track]),
+        receiver: transceiver.receiver,
+      };
+      this.remoteTracks.set(trackId, remote);
+      this._emit("trackSubscribed", remote);
+    }
+  }
+
+  /**
+   * Receive these tracks (only needed with `autoSubscribe: false`).
+   * @param {string[]} trackIds
+   * @returns {Promise<void>}
+   */
+  async subscribe(trackIds) {
+    await this._request({ type: "subscribe", track_ids: trackIds });
+  }
+
+  /**
+   * Stop receiving these tracks (their m-lines go inactive and are reused later).
+   * @param {string[]} trackIds
+   * @returns {Promise<void>}
+   */
+  async unsubscribe(trackIds) {
+    await this._request({ type: "unsubscribe", track_ids: trackIds });
+  }
+
+  /**
+   * Say which quality of a remote video track we want.
+   *
+   * Today this only records the preference in {@link Room#qualityPreferences}: the SFU has no
+   * simulcast layer selection yet and would answer a `quality` message with an `unknown_type`
+   * error. Once it has, `{sendQualityMessages: true}` in {@link connect} (later the default)
+   * sends `{type: "quality", track_id, quality, max_width, max_height}`.
+   * @param {string} trackId
+   * @param {QualityPreference} preference
+   */
+  setQuality(trackId, preference) {
+    const pref = { quality: "auto", ...preference };
+    this.qualityPreferences.set(trackId, pref);
+    if (!this.options.sendQualityMessages || this.state !== "connected") return;
+    const message = { type: "quality", track_id: trackId, quality: pref.quality };
+    if (pref.maxWidth) message.max_width = pref.maxWidth;
+    if (pref.maxHeight) message.max_height = pref.maxHeight;
+    this._send(message);
+  }
+
+  // -- publishing (we offer) ------------------------------------------------------------------------
+
+  /**
+   * Publish the camera.
+   * @param {Object} [options]
+   * @param {boolean} [options.simulcast=false] send three layers (rids q/h/f). Off by default
+   *   for now: until the SFU negotiates simulcast, its answer ignores the rids and the browser
+   *   would send only the first layer (a quarter-size picture). Turn on once the SFU supports it.
+   * @param {MediaTrackConstraints} [options.video] getUserMedia constraints
+   * @returns {Promise<LocalTrack>}
+   */
+  async publishCamera(options = {}) {
+    const constraints = options.video || { width: { ideal: 1280 }, height: { ideal: 720 } };
+    const media = await navigator.mediaDevices.getUserMedia({ video: constraints });
+    const track = media.getVideoTracks()[0];
+    this._ownedTracks.add(track);
+    const [published] = await this._publishTracks([
+      { track, stream: media, source: "camera", simulcast: !!options.simulcast },
+    ]);
+    return published;
+  }
+
+  /**
+   * Publish the microphone.
+   * @param {Object} [options]
+   * @param {MediaTrackConstraints|boolean} [options.audio=true] getUserMedia constraints
+   * @returns {Promise<LocalTrack>}
+   */
+  async publishMicrophone(options = {}) {
+    const media = await navigator.mediaDevices.getUserMedia({ audio: options.audio ?? true });
+    const track = media.getAudioTracks()[0];
+    this._ownedTracks.add(track);
+    const [published] = await this._publishTracks([{ track, stream: media, source: "microphone" }]);
+    return published;
+  }
+
+  /**
+   * Publish every track of a stream you already have (e.g. a preview) in one negotiation.
+   * The stream's tracks stay yours: disconnect() does not stop them.
+   * @param {MediaStream} stream
+   * @param {Object} [options]
+   * @param {boolean} [options.simulcast=false] simulcast for the video track (see publishCamera)
+   * @param {string} [options.videoSource="camera"] e.g. "screen"
+   * @param {string} [options.audioSource="microphone"]
+   * @returns {Promise<LocalTrack[]>}
+   */
+  async publish(stream, options = {}) {
+    const items = stream.getTracks().map((track) => ({
+      track,
+      stream,
+      source:
+        track.kind === "video"
+          ? options.videoSource || "camera"
+          : options.audioSource || "microphone",
+      simulcast: track.kind === "video" && !!options.simulcast,
+    }));
+    return this._publishTracks(items);
+  }
+
+  /**
+   * Stop publishing a track (others get `trackUnpublished`).
+   * @param {LocalTrack} localTrack
+   * @returns {Promise<void>}
+   */
+  async unpublish(localTrack) {
+    this.localTracks.delete(localTrack.id);
+    await localTrack.sender.replaceTrack(null);
+    // The next publish offer must not carry this m-line as sending, or it becomes a new track.
+    const transceiver = this.publisherPc
+      ? this.publisherPc.getTransceivers().find((t) => t.sender === localTrack.sender)
+      : null;
+    if (transceiver) transceiver.direction = "inactive";
+    if (this._ownedTracks.delete(localTrack.track)) localTrack.track.stop();
+    await this._request({ type: "unpublish", track_id: localTrack.id });
+  }
+
+  /** One publish negotiation at a time: later calls wait for earlier ones. */
+  _publishTracks(items) {
+    const run = this._publishing.then(() => this._negotiatePublish(items));
+    this._publishing = run.catch(() => {});
+    return run;
+  }
+
+  async _negotiatePublish(items) {
+    if (this.state !== "connected") throw new SfuError("closed", "not connected");
+    if (!this.grants.publish) throw new SfuError("forbidden", "token lacks the 'publish' grant");
+    if (!this.publisherPc) this.publisherPc = this._createPc();
+    const pc = this.publisherPc;
+    const added = items.map((item) => {
+      /** @type {RTCRtpTransceiverInit} */
+      const init = { direction: "sendonly", streams: [item.stream] };
+      if (item.simulcast) init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+      const transceiver = pc.addTransceiver(item.track, init);
+      if (item.track.kind === "video") preferVp8(transceiver);
+      return { item, transceiver };
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringComplete(pc);
+    const reply = await this._request({
+      type: "publish",
+      sdp: pc.localDescription.sdp,
+      tracks: added.map(({ item, transceiver }) => ({
+        mid: transceiver.mid,
+        kind: item.track.kind,
+        source: item.source,
+      })),
+    });
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    const byMid = new Map((reply.tracks || []).map((t) => [t.mid, t]));
+    const result = [];
+    for (const { item, transceiver } of added) {
+      const info = byMid.get(transceiver.mid);
+      if (!info) continue;
+      /** @type {LocalTrack} */
+      const local = {
+        id: info.id,
+        kind: /** @type {"audio"|"video"} */ (item.track.kind),
+        source: item.source,
+        mid: transceiver.mid,
+        track: item.track,
+        sender: transceiver.sender,
+      };
+      this.localTracks.set(local.id, local);
+      result.push(local);
+      this._emit("localTrackPublished", local);
+    }
+    return result;
+  }
+
+  // -- data -------------------------------------------------------------------------------------------
+
+  /**
+   * Send a data message through the SFU (over the signalling WebSocket, reliable and ordered).
+   * @param {any} payload anything JSON can carry
+   * @param {Object} [options]
+   * @param {string} [options.topic] up to 64 characters, e.g. "chat"
+   * @param {string[]} [options.to] identities to send to (default: everyone else in the room)
+   */
+  sendData(payload, options = {}) {
+    const message = { type: "data", payload };
+    if (options.topic) message.topic = options.topic;
+    if (options.to) message.to = options.to;
+    this._send(message);
+  }
+
+  // -- stats and leaving ---------------------------------------------------------------------------------
+
+  /**
+   * WebRTC statistics of both connections.
+   * @returns {Promise<{publisher: RTCStatsReport|null, subscriber: RTCStatsReport|null}>}
+   */
+  async getStats() {
+    return {
+      publisher: this.publisherPc ? await this.publisherPc.getStats() : null,
+      subscriber: this.subscriberPc ? await this.subscriberPc.getStats() : null,
+    };
+  }
+
+  /**
+   * Leave the room: tell the SFU, close both connections, stop the tracks the SDK opened.
+   * @returns {Promise<void>}
+   */
+  async disconnect() {
+    if (this.state === "disconnected") return;
+    if (this._ws && this._ws.readyState === WebSocket.OPEN) {
+      try {
+        await this._request({ type: "leave" }, 2000);
+      } catch {
+        // leaving anyway
+      }
+    }
+    this._teardown("disconnected");
+  }
+
+  _teardown(state) {
+    if (this.state === "disconnected") return;
+    if (this._ws && this._ws.readyState <= WebSocket.OPEN) this._ws.close();
+    for (const pc of [this.publisherPc, this.subscriberPc]) if (pc) pc.close();
+    for (const track of this._ownedTracks) track.stop();
+    this._ownedTracks.clear();
+    const remotes = [...this.remoteTracks.values()];
+    this.remoteTracks.clear();
+    this.localTracks.clear();
+    this._setState(state);
+    for (const remote of remotes) this._emit("trackUnsubscribed", remote);
+  }
+}
+
+function toSfuError(err, code) {
+  return err instanceof SfuError ? err : new SfuError(code, String(err && err.message ? err.message : err));
+}
