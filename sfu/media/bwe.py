@@ -1,0 +1,670 @@
+"""Send-side bandwidth estimation in the style of Google Congestion Control (GCC).
+
+Algorithm: draft-ietf-rmcat-gcc-02.
+
+Input: `PacketResult`s from `sfu.media.twcc` (send time on our clock, arrival time on the
+receiver's clock or None if lost, size), plus REMB and RTT when known. Output: a target bitrate
+(`estimate_bps`) and the state that produced it. Written from the algorithm's description:
+
+1. Arrival groups: packets sent within 5 ms of the first packet of a group form one group
+   (so a burst from one frame is one sample); a packet that arrives in a burst (< 5 ms after the
+   previous one, and earlier than its send spacing predicts) joins the current group too.
+2. Inter-group delay variation d = (arrival spacing) - (send spacing) between the last packets of
+   consecutive groups: positive when a queue builds somewhere on the path.
+3. Trendline filter: the accumulated d is smoothed (EWMA) and a least-squares line is fitted over
+   the last ~20 (arrival time, smoothed delay) points; its slope, scaled, is the delay trend.
+4. Overuse detector: the trend is compared with an adaptive threshold; above it for > 10 ms (and
+   not falling) = overuse, below its negative = underuse, else normal. The threshold follows the
+   trend slowly so that it tolerates what competing flows do, but not sudden spikes.
+5. AIMD rate control: overuse -> decrease to 0.85 x the acknowledged (received) bitrate; normal ->
+   increase, multiplicatively (8 %/s) while far from the link capacity seen at earlier decreases,
+   additively (about one packet per response time) near it; underuse -> hold (queues drain).
+   Increases stop at 1.5 x the acknowledged bitrate, so an application-limited sender does not
+   inflate the estimate (probes, below, are how it rises past what is sent).
+6. Loss-based bound, per >= 20 reported packets: loss > 10 % -> x (1 - 0.5 loss) (at most once
+   per 300 ms + RTT); loss < 2 % -> may rise 8 %/s; in between -> hold.
+7. Probes: a cluster of packets sent at a target rate; the rate it achieved, min(send rate,
+   receive rate), lifts the estimate at once (how the estimate climbs faster than AIMD allows).
+
+The target is min(delay-based, loss-based, REMB), clamped to [min_bps, max_bps]. A peer that
+sends only REMB (no transport-cc) gets REMB as its delay-based value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from .twcc import PacketResult
+
+__all__ = [
+    "AckedBitrate",
+    "AimdRateControl",
+    "BandwidthEstimator",
+    "BandwidthUsage",
+    "BweConfig",
+    "InterArrival",
+    "LossBasedControl",
+    "PacketResult",
+    "ProbeResult",
+    "RateState",
+    "TrendlineDetector",
+]
+
+
+class BandwidthUsage(Enum):
+    NORMAL = "normal"
+    OVERUSE = "overuse"
+    UNDERUSE = "underuse"
+
+
+class RateState(Enum):
+    INCREASE = "increase"
+    HOLD = "hold"
+    DECREASE = "decrease"
+
+
+@dataclass
+class BweConfig:
+    """Tunables; the defaults follow the GCC draft and what browsers ship."""
+
+    start_bps: int = 500_000
+    min_bps: int = 50_000
+    max_bps: int = 10_000_000
+    # arrival groups
+    group_span_s: float = 0.005
+    burst_delta_s: float = 0.005
+    max_burst_s: float = 0.1
+    # trendline filter and detector
+    trendline_window: int = 20
+    trendline_smoothing: float = 0.9
+    trendline_gain: float = 4.0
+    threshold_initial_ms: float = 12.5
+    threshold_min_ms: float = 6.0
+    threshold_max_ms: float = 600.0
+    threshold_rise_per_ms: float = 0.0087  # |trend| above threshold: threshold follows slowly
+    threshold_fall_per_ms: float = 0.039  # |trend| below threshold: threshold shrinks faster
+    overuse_time_ms: float = 10.0
+    # AIMD
+    beta: float = 0.85
+    increase_per_s: float = 0.08
+    acked_headroom: float = 1.5  # increases stop at this x acknowledged bitrate (+10 kbps)
+    # loss-based bound
+    loss_low: float = 0.02
+    loss_high: float = 0.10
+    loss_min_packets: int = 20
+    # acknowledged bitrate
+    acked_window_s: float = 0.5
+    # REMB
+    remb_timeout_s: float = 10.0
+    # probes
+    probe_min_packets: int = 5
+    probe_min_received_ratio: float = 0.8
+    probe_timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a probe cluster achieved; `bitrate_bps` is 0 when the probe was unusable."""
+
+    cluster: int
+    target_bps: int
+    bitrate_bps: int
+    send_bps: float
+    recv_bps: float
+    packets_sent: int
+    packets_received: int
+
+    @property
+    def ok(self) -> bool:
+        return self.bitrate_bps > 0
+
+
+# ---------------------------------------------------------------------- building blocks
+
+
+class AckedBitrate:
+    """Throughput the receiver saw: acknowledged bytes over a sliding window of arrival time."""
+
+    def __init__(self, window_s: float = 0.5) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+        self._bytes = 0
+        self._first: float | None = None
+        self._latest = -math.inf
+
+    def update(self, arrival: float, size: int) -> None:
+        if self._first is None:
+            self._first = arrival
+        self._samples.append((arrival, size))
+        self._bytes += size
+        if arrival > self._latest:
+            self._latest = arrival
+        horizon = self._latest - self.window_s
+        samples = self._samples
+        while samples and samples[0][0] <= horizon:
+            self._bytes -= samples.popleft()[1]
+
+    def bitrate(self) -> float | None:
+        """Bits per second, or None until 150 ms of arrivals have been seen."""
+        if self._first is None:
+            return None
+        span = self._latest - self._first
+        if span >= self.window_s:
+            return self._bytes * 8 / self.window_s
+        if span < 0.15:
+            return None
+        return (self._bytes - self._samples[0][1]) * 8 / span
+
+
+class InterArrival:
+    """Groups packets by send time and yields (send delta, arrival delta) between groups (s)."""
+
+    __slots__ = ("_cfg", "_cur", "_prev")
+
+    def __init__(self, cfg: BweConfig) -> None:
+        self._cfg = cfg
+        # a group: [first_send, last_send, first_arrival, last_arrival, size]
+        self._cur: list[float] | None = None
+        self._prev: list[float] | None = None
+
+    def add(self, send: float, arrival: float, size: int) -> tuple[float, float] | None:
+        cur = self._cur
+        if cur is None:
+            self._cur = [send, send, arrival, arrival, size]
+            return None
+        if send < cur[0]:
+            return None  # from an older group (reordered): it carries no new information
+        if self._belongs(cur, send, arrival):
+            if send > cur[1]:
+                cur[1] = send
+            if arrival > cur[3]:
+                cur[3] = arrival
+            cur[4] += size
+            return None
+        out = None
+        prev = self._prev
+        if prev is not None:
+            send_delta = cur[1] - prev[1]
+            arrival_delta = cur[3] - prev[3]
+            # skip a receiver clock jump or groups that arrived out of order
+            if 0 <= arrival_delta and arrival_delta - send_delta <= 3.0:
+                out = (send_delta, arrival_delta)
+        self._prev = cur
+        self._cur = [send, send, arrival, arrival, size]
+        return out
+
+    def _belongs(self, cur: list[float], send: float, arrival: float) -> bool:
+        if send - cur[0] <= self._cfg.group_span_s:
+            return True
+        arrival_delta = arrival - cur[3]
+        return (
+            arrival_delta < self._cfg.burst_delta_s
+            and arrival_delta - (send - cur[1]) < 0
+            and arrival - cur[2] < self._cfg.max_burst_s
+        )
+
+
+class TrendlineDetector:
+    """Trendline filter over smoothed accumulated delay, with an adaptive overuse threshold."""
+
+    def __init__(self, cfg: BweConfig) -> None:
+        self._cfg = cfg
+        self._window: deque[tuple[float, float]] = deque(maxlen=cfg.trendline_window)
+        self._first_arrival_ms: float | None = None
+        self._accumulated = 0.0
+        self._smoothed = 0.0
+        self._deltas = 0
+        self._prev_trend = 0.0
+        self._time_over = -1.0
+        self._overuse_count = 0
+        self._last_threshold_update: float | None = None
+        self.trend = 0.0
+        self.modified_trend = 0.0
+        self.threshold = cfg.threshold_initial_ms
+        self.state = BandwidthUsage.NORMAL
+
+    def update(self, send_delta_ms: float, arrival_delta_ms: float, arrival_ms: float) -> None:
+        cfg = self._cfg
+        self._deltas = min(self._deltas + 1, 1000)
+        self._accumulated += arrival_delta_ms - send_delta_ms
+        a = cfg.trendline_smoothing
+        self._smoothed = a * self._smoothed + (1 - a) * self._accumulated
+        if self._first_arrival_ms is None:
+            self._first_arrival_ms = arrival_ms
+        self._window.append((arrival_ms - self._first_arrival_ms, self._smoothed))
+        if len(self._window) == self._window.maxlen:
+            slope = _slope(self._window)
+            if slope is not None:
+                self.trend = slope
+        self._detect(send_delta_ms, arrival_ms)
+
+    def _detect(self, send_delta_ms: float, now_ms: float) -> None:
+        cfg = self._cfg
+        if self._deltas < 2:
+            self.state = BandwidthUsage.NORMAL
+            return
+        m = min(self._deltas, 60) * self.trend * cfg.trendline_gain
+        self.modified_trend = m
+        if m > self.threshold:
+            if self._time_over < 0:
+                self._time_over = send_delta_ms / 2
+            else:
+                self._time_over += send_delta_ms
+            self._overuse_count += 1
+            if (
+                self._time_over > cfg.overuse_time_ms
+                and self._overuse_count > 1
+                and self.trend >= self._prev_trend
+            ):
+                self._time_over = 0.0
+                self._overuse_count = 0
+                self.state = BandwidthUsage.OVERUSE
+        elif m < -self.threshold:
+            self._time_over = -1.0
+            self._overuse_count = 0
+            self.state = BandwidthUsage.UNDERUSE
+        else:
+            self._time_over = -1.0
+            self._overuse_count = 0
+            self.state = BandwidthUsage.NORMAL
+        self._prev_trend = self.trend
+        self._adapt_threshold(m, now_ms)
+
+    def _adapt_threshold(self, m: float, now_ms: float) -> None:
+        cfg = self._cfg
+        if self._last_threshold_update is None:
+            self._last_threshold_update = now_ms
+        if abs(m) > self.threshold + 15.0:
+            self._last_threshold_update = now_ms  # a spike: do not let it drag the threshold
+            return
+        k = cfg.threshold_fall_per_ms if abs(m) < self.threshold else cfg.threshold_rise_per_ms
+        dt = min(max(now_ms - self._last_threshold_update, 0.0), 100.0)
+        self.threshold += k * (abs(m) - self.threshold) * dt
+        self.threshold = min(max(self.threshold, cfg.threshold_min_ms), cfg.threshold_max_ms)
+        self._last_threshold_update = now_ms
+
+
+def _slope(points: Iterable[tuple[float, float]]) -> float | None:
+    pts = list(points)
+    n = len(pts)
+    mean_x = sum(p[0] for p in pts) / n
+    mean_y = sum(p[1] for p in pts) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in pts)
+    den = sum((x - mean_x) ** 2 for x, _ in pts)
+    return num / den if den > 0 else None
+
+
+class AimdRateControl:
+    """Additive-increase / multiplicative-decrease driven by the overuse detector."""
+
+    def __init__(self, cfg: BweConfig) -> None:
+        self._cfg = cfg
+        self.estimate = float(cfg.start_bps)
+        self.state = RateState.INCREASE
+        self._last_update: float | None = None
+        self._last_decrease: float | None = None
+        self._cap_mean: float | None = None  # link capacity seen at decreases (bps)
+        self._cap_var = 0.4  # normalised variance, in kbps as the draft's numbers assume
+        self.decreases = 0
+
+    def set_estimate(self, bps: float, now: float) -> None:
+        self.estimate = min(max(bps, self._cfg.min_bps), self._cfg.max_bps)
+        self._last_update = now
+
+    def near_convergence(self) -> bool:
+        return self._cap_mean is not None
+
+    def _cap_bounds(self) -> tuple[float, float]:
+        assert self._cap_mean is not None
+        mean_k = self._cap_mean / 1000
+        std_k = math.sqrt(self._cap_var * mean_k)
+        return (mean_k - 3 * std_k) * 1000, (mean_k + 3 * std_k) * 1000
+
+    def _update_capacity(self, sample_bps: float) -> None:
+        alpha = 0.05
+        if self._cap_mean is None:
+            self._cap_mean = sample_bps
+        else:
+            self._cap_mean = (1 - alpha) * self._cap_mean + alpha * sample_bps
+        mean_k = max(self._cap_mean / 1000, 1.0)
+        err_k = (self._cap_mean - sample_bps) / 1000
+        self._cap_var = (1 - alpha) * self._cap_var + alpha * err_k * err_k / mean_k
+        self._cap_var = min(max(self._cap_var, 0.4), 2.5)
+
+    def update(
+        self,
+        signal: BandwidthUsage,
+        acked_bps: float | None,
+        now: float,
+        rtt_s: float,
+        packet_bits: float = 9600.0,
+    ) -> float:
+        cfg = self._cfg
+        dt = 0.0 if self._last_update is None else max(now - self._last_update, 0.0)
+        self._last_update = now
+        if signal is BandwidthUsage.OVERUSE:
+            self.state = RateState.DECREASE
+        elif signal is BandwidthUsage.UNDERUSE:
+            self.state = RateState.HOLD
+        elif self.state is not RateState.INCREASE:
+            self.state = RateState.INCREASE
+
+        new = self.estimate
+        if self.state is RateState.INCREASE:
+            if acked_bps is not None and self._cap_mean is not None:
+                if acked_bps > self._cap_bounds()[1]:
+                    self._cap_mean = None  # the link got faster: search multiplicatively again
+            if self._cap_mean is not None:
+                response_s = rtt_s + 0.1
+                new += max(4000.0, packet_bits / response_s) * min(dt, 1.0)
+            else:
+                new *= (1 + cfg.increase_per_s) ** min(dt, 1.0)
+            if acked_bps is not None:
+                limit = cfg.acked_headroom * acked_bps + 10_000
+                if new > limit:
+                    new = max(self.estimate, limit)  # no increase past it, but no cut either
+        elif self.state is RateState.DECREASE:
+            if self._time_to_reduce(now, acked_bps, rtt_s):
+                base = acked_bps if acked_bps is not None else self.estimate
+                new = min(cfg.beta * base, self.estimate)
+                if acked_bps is not None:
+                    if self._cap_mean is not None and acked_bps < self._cap_bounds()[0]:
+                        self._cap_mean = None  # the link got slower: forget what we knew
+                    self._update_capacity(acked_bps)
+                self._last_decrease = now
+                self.decreases += 1
+            self.state = RateState.HOLD
+        self.estimate = min(max(new, cfg.min_bps), cfg.max_bps)
+        return self.estimate
+
+    def _time_to_reduce(self, now: float, acked_bps: float | None, rtt_s: float) -> bool:
+        if self._last_decrease is None:
+            return True
+        if acked_bps is not None and acked_bps < 0.5 * self.estimate:
+            return True
+        return now - self._last_decrease >= min(max(rtt_s, 0.01), 0.2)
+
+
+class LossBasedControl:
+    """Loss-based bound: cut when loss > 10 %, may rise when < 2 %, hold in between."""
+
+    def __init__(self, cfg: BweConfig) -> None:
+        self._cfg = cfg
+        self.estimate: float | None = None  # no bound until loss has been measured
+        self.loss_fraction = 0.0
+        self._lost = 0
+        self._expected = 0
+        self._last_update: float | None = None
+        self._last_decrease: float | None = None
+
+    def add(self, lost: int, expected: int) -> None:
+        self._lost += lost
+        self._expected += expected
+
+    def update(self, reference_bps: float, now: float, rtt_s: float) -> float | None:
+        """Apply the loss seen since the last update once enough packets were reported.
+
+        `reference_bps` is the current overall target: the bound moves relative to it, so the
+        loss-based value never runs far ahead of what the delay-based part allows.
+        """
+        cfg = self._cfg
+        if self._expected < cfg.loss_min_packets:
+            return self.estimate
+        loss = self._lost / self._expected
+        self.loss_fraction = loss
+        self._lost = self._expected = 0
+        dt = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
+        self._last_update = now
+        base = reference_bps if self.estimate is None else min(self.estimate, reference_bps)
+        if loss < cfg.loss_low:
+            self.estimate = max(base * (1 + cfg.increase_per_s) ** dt + 1000 * dt, base)
+        elif loss > cfg.loss_high:
+            if self._last_decrease is None or now - self._last_decrease >= 0.3 + rtt_s:
+                self.estimate = base * (1 - 0.5 * loss)
+                self._last_decrease = now
+        else:
+            self.estimate = base
+        self.estimate = min(max(self.estimate or base, cfg.min_bps), cfg.max_bps)
+        return self.estimate
+
+
+class _ProbeCluster:
+    __slots__ = (
+        "target",
+        "expected",
+        "created",
+        "sent",
+        "received",
+        "bytes_sent",
+        "bytes_recv",
+        "first_send",
+        "last_send",
+        "last_send_size",
+        "first_arrival",
+        "first_arrival_size",
+        "last_arrival",
+    )
+
+    def __init__(self, target: int, expected: int, created: float) -> None:
+        self.target = target
+        self.expected = expected
+        self.created = created
+        self.sent = self.received = self.bytes_sent = self.bytes_recv = 0
+        self.first_send = math.inf
+        self.last_send = -math.inf
+        self.last_send_size = 0
+        self.first_arrival = math.inf
+        self.first_arrival_size = 0
+        self.last_arrival = -math.inf
+
+
+# ---------------------------------------------------------------------- the estimator
+
+
+class BandwidthEstimator:
+    """One per subscriber transport: feed it feedback results, read `estimate_bps`.
+
+    `on_probe_result`, if given, is called with each finished `ProbeResult` (after the
+    estimate has taken it into account).
+    """
+
+    def __init__(
+        self,
+        config: BweConfig | None = None,
+        on_probe_result: Callable[[ProbeResult], None] | None = None,
+    ) -> None:
+        self.config = cfg = config or BweConfig()
+        self.on_probe_result = on_probe_result
+        self._inter = InterArrival(cfg)
+        self.detector = TrendlineDetector(cfg)
+        self.rate = AimdRateControl(cfg)
+        self.loss = LossBasedControl(cfg)
+        self.acked = AckedBitrate(cfg.acked_window_s)
+        self.rtt_s = 0.1
+        self._rtt_seen = False
+        self.estimate_bps = cfg.start_bps
+        self.limited_by = "start"
+        self.signal = BandwidthUsage.NORMAL
+        self.has_feedback = False
+        self.last_probe: ProbeResult | None = None
+        self.overuse_events = 0
+        self._remb: float | None = None
+        self._remb_time = -math.inf
+        self._probes: dict[int, _ProbeCluster] = {}
+        self._packet_bits = 9600.0
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_rtt(self, rtt_s: float) -> None:
+        """Round-trip time (from RR/SR or feedback timing); used by the rate controllers."""
+        if rtt_s > 0:
+            self.rtt_s = 0.8 * self.rtt_s + 0.2 * rtt_s if self._rtt_seen else rtt_s
+            self._rtt_seen = True
+
+    def on_remb(self, bitrate_bps: float, now: float) -> int:
+        """A receiver's REMB: an upper bound (or the whole delay-based estimate without TWCC)."""
+        self._remb = float(bitrate_bps)
+        self._remb_time = now
+        if not self.has_feedback:
+            self.rate.set_estimate(self._remb, now)
+        return self._update_target(now)
+
+    def on_loss_report(self, fraction_lost: float, packets: int, now: float) -> int:
+        """Loss from receiver reports, for peers without transport-cc (ignored with it)."""
+        if not self.has_feedback and packets > 0:
+            lost = round(min(max(fraction_lost, 0.0), 1.0) * packets)
+            self.loss.add(lost, packets)
+            self.loss.update(self._delay_based(now), now, self.rtt_s)
+        return self._update_target(now)
+
+    def start_probe(self, cluster: int, target_bps: int, packets: int, now: float) -> None:
+        """Announce a probe cluster; tag its packets with `cluster` in the TransportSequencer."""
+        self._probes[cluster] = _ProbeCluster(target_bps, packets, now)
+
+    def on_packet_results(self, results: Iterable[PacketResult], now: float) -> int:
+        """Feed one feedback packet's worth of results; returns the new estimate in bps."""
+        received = []
+        lost = total = 0
+        probes = self._probes
+        for r in results:
+            total += 1
+            if r.arrival_time is None:
+                lost += 1
+            else:
+                received.append(r)
+            if r.cluster >= 0 and probes:
+                cluster = probes.get(r.cluster)
+                if cluster is not None:
+                    self._probe_add(cluster, r)
+        if total == 0:
+            return self.estimate_bps
+        self.has_feedback = True
+        received.sort(key=lambda r: r.arrival_time)  # type: ignore[arg-type, return-value]
+        overuse_seen = False
+        bits = 0
+        inter = self._inter
+        detector = self.detector
+        for r in received:
+            assert r.arrival_time is not None
+            self.acked.update(r.arrival_time, r.size)
+            bits += r.size * 8
+            delta = inter.add(r.send_time, r.arrival_time, r.size)
+            if delta is not None:
+                detector.update(delta[0] * 1000, delta[1] * 1000, r.arrival_time * 1000)
+                if detector.state is BandwidthUsage.OVERUSE:
+                    overuse_seen = True
+        if received:
+            self._packet_bits = 0.9 * self._packet_bits + 0.1 * (bits / len(received))
+        signal = BandwidthUsage.OVERUSE if overuse_seen else detector.state
+        if signal is BandwidthUsage.OVERUSE and self.signal is not BandwidthUsage.OVERUSE:
+            self.overuse_events += 1
+        self.signal = signal
+        self.rate.update(signal, self.acked.bitrate(), now, self.rtt_s, self._packet_bits)
+        self.loss.add(lost, total)
+        self.loss.update(self._delay_based(now), now, self.rtt_s)
+        self._finish_probes(now)
+        return self._update_target(now)
+
+    # ------------------------------------------------------------------ probes
+
+    @staticmethod
+    def _probe_add(c: _ProbeCluster, r: PacketResult) -> None:
+        c.sent += 1
+        c.bytes_sent += r.size
+        if r.send_time < c.first_send:
+            c.first_send = r.send_time
+        if r.send_time >= c.last_send:
+            c.last_send = r.send_time
+            c.last_send_size = r.size
+        if r.arrival_time is not None:
+            c.received += 1
+            c.bytes_recv += r.size
+            if r.arrival_time < c.first_arrival:
+                c.first_arrival = r.arrival_time
+                c.first_arrival_size = r.size
+            if r.arrival_time > c.last_arrival:
+                c.last_arrival = r.arrival_time
+
+    def _finish_probes(self, now: float) -> None:
+        cfg = self.config
+        for cid, c in list(self._probes.items()):
+            if c.sent < c.expected and now - c.created < cfg.probe_timeout_s:
+                continue
+            del self._probes[cid]
+            result = self._probe_result(cid, c)
+            self.last_probe = result
+            if result.ok and self.signal is not BandwidthUsage.OVERUSE:
+                if result.bitrate_bps > self.rate.estimate:
+                    self.rate.set_estimate(result.bitrate_bps, now)
+                loss = self.loss
+                if loss.estimate is not None and loss.loss_fraction <= cfg.loss_high:
+                    loss.estimate = max(loss.estimate, float(result.bitrate_bps))
+                self._update_target(now)
+            if self.on_probe_result is not None:
+                self.on_probe_result(result)
+
+    def _probe_result(self, cid: int, c: _ProbeCluster) -> ProbeResult:
+        cfg = self.config
+        send_bps = recv_bps = 0.0
+        bitrate = 0.0
+        enough = c.received >= max(cfg.probe_min_packets, cfg.probe_min_received_ratio * c.expected)
+        send_span = c.last_send - c.first_send
+        recv_span = c.last_arrival - c.first_arrival
+        if enough and send_span > 0.001 and recv_span > 0.001:
+            send_bps = (c.bytes_sent - c.last_send_size) * 8 / send_span
+            recv_bps = (c.bytes_recv - c.first_arrival_size) * 8 / recv_span
+            if recv_bps <= 2 * send_bps:  # otherwise a burst after a stall: not a measurement
+                bitrate = min(send_bps, recv_bps)
+                if recv_bps < 0.9 * send_bps:
+                    bitrate = 0.95 * recv_bps  # the link saturated: the receive rate is capacity
+        return ProbeResult(cid, c.target, int(bitrate), send_bps, recv_bps, c.sent, c.received)
+
+    # ------------------------------------------------------------------ output
+
+    def _delay_based(self, now: float) -> float:
+        if not self.has_feedback and self._remb is not None:
+            return self._remb
+        return self.rate.estimate
+
+    def _update_target(self, now: float) -> int:
+        cfg = self.config
+        candidates = [(self._delay_based(now), "delay")]
+        if self.loss.estimate is not None:
+            candidates.append((self.loss.estimate, "loss"))
+        if self._remb is not None and now - self._remb_time < cfg.remb_timeout_s:
+            candidates.append((self._remb, "remb"))
+        value, reason = min(candidates, key=lambda c: c[0])
+        if value >= cfg.max_bps:
+            value, reason = cfg.max_bps, "max"
+        elif value <= cfg.min_bps:
+            value, reason = cfg.min_bps, "min"
+        self.estimate_bps = int(value)
+        self.limited_by = reason
+        return self.estimate_bps
+
+    @property
+    def acked_bitrate_bps(self) -> int | None:
+        rate = self.acked.bitrate()
+        return None if rate is None else int(rate)
+
+    def snapshot(self) -> dict[str, object]:
+        """State for stats endpoints and plots."""
+        return {
+            "estimate_bps": self.estimate_bps,
+            "limited_by": self.limited_by,
+            "signal": self.signal.value,
+            "rate_state": self.rate.state.value,
+            "delay_based_bps": int(self.rate.estimate),
+            "loss_based_bps": None if self.loss.estimate is None else int(self.loss.estimate),
+            "remb_bps": None if self._remb is None else int(self._remb),
+            "acked_bps": self.acked_bitrate_bps,
+            "loss_fraction": round(self.loss.loss_fraction, 4),
+            "trend": round(self.detector.modified_trend, 3),
+            "threshold": round(self.detector.threshold, 3),
+            "rtt_ms": round(self.rtt_s * 1000, 1),
+            "overuse_events": self.overuse_events,
+        }
