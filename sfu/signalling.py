@@ -12,12 +12,14 @@ import asyncio
 import enum
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from .auth import AccessToken, AuthError, PermissionDenied
+from .joins import JoinTimeline
 from .media.publisher import PublisherSession, TrackRequest
 from .media.sdp import SdpError
 from .media.subscriber import SubscriberSession
@@ -28,6 +30,7 @@ from .room import Room, RoomFull, TooManyRooms
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 30.0
+INLINE_OFFER_TIMEOUT_S = 5.0
 
 
 class State(enum.Enum):
@@ -68,6 +71,7 @@ class SignallingConnection:
         self.participant: Participant | None = None
         self.room: Room | None = None
         self._writer: asyncio.Task | None = None
+        self._inline_offer: asyncio.Future | None = None  # the first offer, for `joined`
         self._handlers: dict[str, Callable[[dict], Awaitable[None]]] = {
             "join": self._on_join,
             "publish": self._on_publish,
@@ -109,7 +113,7 @@ class SignallingConnection:
         try:
             try:
                 msg = json.loads(text)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # junk, or nested too deep
                 raise SignallingError("bad_request", "message is not valid JSON") from exc
             if not isinstance(msg, dict):
                 raise SignallingError("bad_request", "message must be a JSON object")
@@ -162,6 +166,7 @@ class SignallingConnection:
     # -- handlers ------------------------------------------------------------------------------
 
     async def _on_join(self, msg: dict) -> None:
+        received = time.monotonic()
         if self.state != State.CONNECTED:
             raise SignallingError("already_joined", "this connection has already joined")
         token = msg.get("token") or self.query_token
@@ -179,9 +184,28 @@ class SignallingConnection:
             access.require_room(room_name)
         except PermissionDenied as exc:
             raise SignallingError("forbidden", str(exc)) from exc
-        await self._join(access, room_name, msg)
+        publish = msg.get("publish")
+        if publish is not None:
+            if not isinstance(publish, dict):
+                raise SignallingError("bad_request", "'publish' must be an object {sdp, tracks}")
+            publish = (_require_str(publish, "sdp"), _track_requests(publish.get("tracks")))
+        await self._join(access, room_name, msg, received, publish)
 
-    async def _join(self, access: AccessToken, room_name: str, msg: dict) -> None:
+    async def _join(
+        self,
+        access: AccessToken,
+        room_name: str,
+        msg: dict,
+        received: float,
+        publish: tuple[str, list[TrackRequest]] | None,
+    ) -> None:
+        """Join, then answer with one `joined` message.
+
+        With `inline_offer`, the subscriber offer for the tracks already live rides inside
+        `joined`; with `publish`, so does the answer to the client's publish offer: a client
+        that both watches and publishes is connected after one round trip. Events others cause
+        meanwhile are held back and follow `joined`.
+        """
         node = self.node
         auto_subscribe = msg.get("auto_subscribe", True) is not False
         name = msg.get("name") if isinstance(msg.get("name"), str) else access.name
@@ -199,41 +223,99 @@ class SignallingConnection:
             auto_subscribe=auto_subscribe,
             metadata=metadata,
         )
+        timeline = JoinTimeline(access.identity, room_name, started=received)
+        timeline.flags = {
+            "inline_offer": msg.get("inline_offer") is True,
+            "with_publish": publish is not None,
+        }
+        participant.join_timeline = timeline
+        participant.hold_events()
         try:
             await room.add(participant)
         except RoomFull as exc:
             node.rooms.discard(room)
             raise SignallingError("room_full", str(exc)) from exc
+        node.joins.add(timeline)
+        timeline.attach(participant.probe_join)
         participant.on_dropped = self._on_dropped
         self.participant, self.room = participant, room
         self.state = State.JOINED
         self._writer = asyncio.ensure_future(self._write_events(participant))
+        try:
+            await self._answer_join(access, participant, room, timeline, publish)
+        finally:
+            participant.release_events()  # (whatever is still held if answering failed)
+
+    async def _answer_join(
+        self,
+        access: AccessToken,
+        participant: Participant,
+        room: Room,
+        timeline: JoinTimeline,
+        publish: tuple[str, list[TrackRequest]] | None,
+    ) -> None:
+        node = self.node
+        subscriber = None
         if access.grants.subscribe:
-            participant.subscriber = SubscriberSession(
+            subscriber = participant.subscriber = SubscriberSession(
                 identity=access.identity,
                 network=node.network,
                 rtc=node.config.rtc,
                 send_offer=self._send_subscriber_offer,
             )
-            participant.subscriber.on_negotiation_failed = self._on_negotiation_failed
+            subscriber.on_negotiation_failed = self._on_negotiation_failed
+        live = room.live_producers(exclude=participant)
+        subscribe_now = subscriber is not None and participant.auto_subscribe
+        inline = subscribe_now and bool(live) and timeline.flags["inline_offer"]
+        if inline:
+            # The offer is built while the publish offer (if any) is answered.
+            self._inline_offer = asyncio.get_running_loop().create_future()
+            for producer in live:
+                subscriber.subscribe(producer)
+        added: list = []
+        publish_reply: dict[str, Any] = {}
+        if publish is not None:
+            try:
+                answer, added = await self._publish(participant, *publish)
+                publish_reply["publish_answer"] = answer
+                timeline.mark("publish_answer")
+            except SignallingError as exc:
+                publish_reply["publish_error"] = {"code": exc.code, "message": exc.message}
         others = [p.info() for p in room.participants.values() if p is not participant]
-        await self._reply(
-            {
-                "type": "joined",
-                "room": room.name,
-                "participant": participant.info(),
-                "participants": others,
-                "tracks": [p.info.to_json() for p in room.live_producers(exclude=participant)],
-                "ice_servers": node.ice_servers(),
-                "grants": {
-                    "publish": access.grants.publish,
-                    "subscribe": access.grants.subscribe,
-                },
-            }
-        )
-        if participant.subscriber is not None and auto_subscribe:
+        reply: dict[str, Any] = {
+            "type": "joined",
+            "room": room.name,
+            "participant": participant.info(),
+            "participants": others,
+            "tracks": [p.info.to_json() for p in room.live_producers(exclude=participant)],
+            "ice_servers": node.ice_servers(),
+            "grants": {
+                "publish": access.grants.publish,
+                "subscribe": access.grants.subscribe,
+            },
+            **publish_reply,
+        }
+        if inline:
+            try:  # None if building it failed (an error event follows)
+                offer = await asyncio.wait_for(self._inline_offer, INLINE_OFFER_TIMEOUT_S)
+            except TimeoutError:  # (e.g. the session closed meanwhile): an `offer` may follow
+                offer = None
+            self._inline_offer = None
+            if offer is not None:
+                reply["offer"] = offer
+        if getattr(self, "_request_id", None) is not None:
+            reply["request_id"] = self._request_id
+        participant.release_events(reply)
+        timeline.mark("joined")
+        if "offer" in reply:
+            timeline.mark("offer")
+        if subscribe_now:
+            # Without inline offers the first offer follows `joined`; either way this also
+            # catches tracks published while the join was being answered.
             for producer in room.live_producers(exclude=participant):
-                participant.subscriber.subscribe(producer)
+                subscriber.subscribe(producer)
+        for producer in added:
+            room.publish(participant, producer)
 
     async def _send_subscriber_offer(self, sdp: str, tracks: dict[str, str]) -> None:
         participant = self.participant
@@ -242,9 +324,18 @@ class SignallingConnection:
         subscriber = participant.subscriber
         if subscriber is not None and subscriber.negotiations == 1:
             participant.watch(subscriber.peer, self.node.config.limits.connect_timeout_s)
+        pending = self._inline_offer
+        if pending is not None and not pending.done():
+            pending.set_result({"sdp": sdp, "tracks": tracks})  # goes out inside `joined`
+            return
         participant.send_event({"type": "offer", "sdp": sdp, "tracks": tracks})
+        if participant.join_timeline is not None:
+            participant.join_timeline.mark("offer")
 
     def _on_negotiation_failed(self, reason: str) -> None:
+        pending = self._inline_offer
+        if pending is not None and not pending.done():
+            pending.set_result(None)
         if self.participant is not None:
             self.participant.send_event(
                 {"type": "error", "code": "negotiation_failed", "message": reason}
@@ -261,33 +352,44 @@ class SignallingConnection:
 
     async def _on_publish(self, msg: dict) -> None:
         participant = self._joined()
-        if not participant.grants.publish:
-            raise SignallingError("forbidden", "token lacks the 'publish' grant")
         sdp = _require_str(msg, "sdp")
         requests = _track_requests(msg.get("tracks"))
+        answer, added = await self._publish(participant, sdp, requests)
+        if participant.join_timeline is not None:
+            participant.join_timeline.mark("publish_answer")
+        await self._reply({"type": "publish_answer", **answer})
+        for producer in added:
+            self.room.publish(participant, producer)
+
+    async def _publish(
+        self, participant: Participant, sdp: str, requests: list[TrackRequest]
+    ) -> tuple[dict, list]:
+        """Answer a publish offer: ({sdp, tracks}, the producers it added, not yet announced)."""
+        if not participant.grants.publish:
+            raise SignallingError("forbidden", "token lacks the 'publish' grant")
         node = self.node
-        if participant.publisher is None:
+        created = participant.publisher is None
+        if created:
             participant.publisher = PublisherSession(
                 identity=participant.identity,
                 network=node.network,
                 rtc=node.config.rtc,
                 max_tracks=node.config.limits.max_tracks_per_participant,
             )
-            participant.watch(participant.publisher.peer, node.config.limits.connect_timeout_s)
         try:
             answer, added = await participant.publisher.negotiate(sdp, requests)
         except SdpError as exc:
+            if created and participant.publisher is not None:
+                # Nothing was negotiated: drop the connection rather than let its connect
+                # watchdog drop the whole participant later.
+                publisher, participant.publisher = participant.publisher, None
+                await publisher.close()
             raise SignallingError("bad_sdp", str(exc)) from exc
+        if created:
+            participant.watch(participant.publisher.peer, node.config.limits.connect_timeout_s)
         mids = {p.id: mid for mid, p in participant.publisher.producers.items()}
-        await self._reply(
-            {
-                "type": "publish_answer",
-                "sdp": answer,
-                "tracks": [{**p.info.to_json(), "mid": mids.get(p.id)} for p in added],
-            }
-        )
-        for producer in added:
-            self.room.publish(participant, producer)
+        tracks = [{**p.info.to_json(), "mid": mids.get(p.id)} for p in added]
+        return {"sdp": answer, "tracks": tracks}, added
 
     async def _on_unpublish(self, msg: dict) -> None:
         participant = self._joined()
@@ -328,6 +430,8 @@ class SignallingConnection:
             participant.subscriber.on_answer(sdp)
         except SdpError as exc:
             raise SignallingError("bad_sdp", str(exc)) from exc
+        if participant.join_timeline is not None:
+            participant.join_timeline.mark("answer")
 
     async def _on_data(self, msg: dict) -> None:
         participant = self._joined()

@@ -67,6 +67,8 @@ class DownTrack:
         self.packets_sent = 0
         self.octets_sent = 0
         self.retransmitted = 0
+        self.keyframes_from_cache = 0
+        self.first_packet_s: float | None = None  # when the first packet went out (join metrics)
         self.fraction_lost = 0
         self.packets_lost = 0
         self.jitter = 0
@@ -141,6 +143,10 @@ class DownTrack:
         if self._send(packet):
             self.packets_sent += 1
             self.octets_sent += len(data) - h.payload_offset
+        elif not self.packets_sent and self.forwarder is not None:
+            # The transport is not up yet and the subscriber missed this packet (maybe the
+            # keyframe): start again on the next keyframe rather than feed it interframes.
+            self.forwarder.synced = False
         if not self.started or 0 < (seq - self.last_seq) & 0xFFFF < 0x8000:
             self.last_seq = seq
             self.last_ts = ts
@@ -185,8 +191,8 @@ class DownTrack:
         and its RTP time is translated by the forwarder's timestamp offset.
         """
         fw = self.forwarder
-        if fw is None or not self.started:
-            return None
+        if fw is None or not self.started or not fw.synced:
+            return None  # before the offsets are chosen, the RTP clock would be wrong
         stats = fw.producer.stats
         if stats is None or not stats.last_sr_arrival:
             return None
@@ -218,6 +224,7 @@ class DownTrack:
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmitted": self.retransmitted,
+            "keyframes_from_cache": self.keyframes_from_cache,
             "fraction_lost": self.fraction_lost / 256,
             "packets_lost": self.packets_lost,
             "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
@@ -239,6 +246,8 @@ class Forwarder:
         "needs_keyframe",
         "closed",
         "dropped_waiting_keyframe",
+        "primed",
+        "resume_ts",
     )
 
     def __init__(self, producer: Producer, downtrack: DownTrack) -> None:
@@ -252,6 +261,8 @@ class Forwarder:
         self.needs_keyframe = producer.kind == "video"
         self.closed = False
         self.dropped_waiting_keyframe = 0
+        self.primed = False  # the producer's cached keyframe was sent (once per forwarder)
+        self.resume_ts = -1  # after the cached keyframe: live again from the frame after this
 
     def forward(self, data: bytes, h: RtpHeader, keyframe: bool, now_s: float) -> None:
         dt = self.downtrack
@@ -265,13 +276,22 @@ class Forwarder:
                     self.synced = False  # the publisher restarted its stream on this SSRC
                 else:
                     self.in_highest_seq = seq_in
+            elif 0x10000 - delta > RESTART_SEQ_JUMP:
+                self.synced = False  # restarted with lower numbers: not a late packet
         else:
             self.synced = False
         if not self.synced:
             if self.needs_keyframe and not keyframe:
-                self.dropped_waiting_keyframe += 1
-                self.producer.request_keyframe(now_s)
-                return
+                if self.resume_ts >= 0 and h.timestamp != self.resume_ts:
+                    self.resume_ts = -1  # a new frame after the cached keyframe: go live
+                elif not self.primed and self.prime(now_s):
+                    self.forward(data, h, keyframe, now_s)
+                    return
+                else:
+                    self.dropped_waiting_keyframe += 1
+                    self.producer.request_keyframe(now_s)
+                    return
+            self.resume_ts = -1
             self._rebase(h, now_s)
         dt.send_media(
             data,
@@ -281,9 +301,53 @@ class Forwarder:
             now_s,
         )
 
+    def prime(self, now_s: float) -> bool:
+        """Start this subscriber on the producer's cached keyframe instead of waiting for one.
+
+        The cached packets go out at once, numbered as this DownTrack continues. If the
+        publisher has sent nothing since, live packets simply follow; otherwise live forwarding
+        resumes at the next frame with sequence numbers that go on without a gap (the skipped
+        frames are never announced, so nothing is NACKed) and timestamps advanced by the time
+        elapsed. Those frames still refer to frames the subscriber never got, so a fresh
+        keyframe is asked for; a browser shows the cached picture until it arrives.
+        Returns False, having sent nothing, without a fresh cached keyframe or before the
+        transport is up.
+        """
+        dt = self.downtrack
+        if self.synced or self.primed or not dt.negotiated:
+            return False
+        packets = self.producer.cached_keyframe(now_s)
+        if not packets:
+            return False
+        self._rebase(packets[0][1], now_s)
+        sent_before = dt.packets_sent
+        for data, h in packets:
+            dt.send_media(
+                data,
+                h,
+                (h.sequence_number + self.seq_offset) & 0xFFFF,
+                (h.timestamp + self.ts_offset) & 0xFFFFFFFF,
+                now_s,
+            )
+            if dt.packets_sent == sent_before:  # not connected yet: try again later
+                self.synced = False
+                return False
+        self.primed = True
+        dt.keyframes_from_cache += 1
+        last = packets[-1][1]
+        self.in_highest_seq = last.sequence_number
+        newest = self.producer.newest_packet()
+        if newest is not None and newest.sequence_number != last.sequence_number:
+            self.synced = False
+            self.resume_ts = newest.timestamp
+            self.producer.request_keyframe(now_s, trailing=True)
+        return True
+
     def _rebase(self, h: RtpHeader, now_s: float) -> None:
         """Choose offsets so this packet follows the last one the subscriber saw."""
         dt = self.downtrack
+        if not dt.packets_sent:
+            dt.first_packet_s = now_s  # (overwritten until a send succeeds)
         if dt.started:
             next_seq = (dt.last_seq + 1) & 0xFFFF
             gap = max(1, int((now_s - dt.last_send_s) * dt.clock_rate))

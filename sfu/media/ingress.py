@@ -129,7 +129,7 @@ class ReceiveStats:
 @dataclass
 class _Missing:
     first_seen_s: float
-    last_asked_s: float = 0.0
+    last_asked_s: float = float("-inf")  # never asked: the first due() asks at once
     asks: int = 0
 
 
@@ -164,6 +164,9 @@ class NackGenerator:
             else:
                 for i in range(1, delta):
                     self.missing[(self._highest + i) % SEQ_MOD] = _Missing(now_s)
+            self._highest = seq
+        elif SEQ_MOD - delta > self.max_gap:
+            self.missing.clear()  # far behind: the sender restarted with lower numbers
             self._highest = seq
         elif self.missing:
             self.missing.pop(seq, None)  # a late or repaired packet

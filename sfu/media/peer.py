@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -91,10 +92,18 @@ class MediaPeer:
         self._dtls: RTCDtlsTransport | None = None
         self._tx_srtp = None
         self._ice_connection = None
+        # send route of the nominated pair, looked up once per pair instead of per packet
+        self._route_pair = None
+        self._route_send: Callable[[bytes, tuple], object] | None = None
+        self._route_addr: tuple = ()
         self.connected = asyncio.Event()
+        # when ICE and DTLS connected (monotonic seconds): join-time metrics read these
+        self.ice_connected_at: float | None = None
+        self.dtls_connected_at: float | None = None
         self.closed = False
         self.errors = 0
         self.pc.on("connectionstatechange", self._on_state_change)
+        self.pc.on("iceconnectionstatechange", self._on_ice_state)
 
     # -- negotiation ---------------------------------------------------------------------------
 
@@ -144,11 +153,9 @@ class MediaPeer:
         pair = self._ice_connection._nominated.get(1)
         if pair is None:
             return False
-        protocol = pair.protocol
-        if type(protocol) is StunProtocol:
-            protocol.transport.sendto(srtp.protect(data), pair.remote_addr)
-        else:  # a TURN allocation: its send path is a coroutine
-            asyncio.ensure_future(protocol.send_data(srtp.protect(data), pair.remote_addr))
+        if pair is not self._route_pair:
+            self._set_route(pair)
+        self._route_send(srtp.protect(data), self._route_addr)
         return True
 
     def send_rtcp(self, data: bytes) -> bool:
@@ -158,12 +165,24 @@ class MediaPeer:
         pair = self._ice_connection._nominated.get(1)
         if pair is None:
             return False
+        if pair is not self._route_pair:
+            self._set_route(pair)
+        self._route_send(srtp.protect_rtcp(data), self._route_addr)
+        return True
+
+    def _set_route(self, pair) -> None:
+        """Cache how to reach a nominated pair: the socket's sendto, or TURN's coroutine."""
         protocol = pair.protocol
         if type(protocol) is StunProtocol:
-            protocol.transport.sendto(srtp.protect_rtcp(data), pair.remote_addr)
-        else:
-            asyncio.ensure_future(protocol.send_data(srtp.protect_rtcp(data), pair.remote_addr))
-        return True
+            self._route_send = protocol.transport.sendto
+        else:  # a TURN allocation: its send path is a coroutine
+
+            def send_via_turn(data: bytes, addr: tuple, protocol=protocol) -> None:
+                asyncio.ensure_future(protocol.send_data(data, addr))
+
+            self._route_send = send_via_turn
+        self._route_addr = pair.remote_addr
+        self._route_pair = pair
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         if self._on_rtp is None:
@@ -204,9 +223,15 @@ class MediaPeer:
         if transport.state == "connected" and transport is self._dtls:
             self._tx_srtp = transport._tx_srtp
             self._ice_connection = transport.transport._connection
+            if self.dtls_connected_at is None:
+                self.dtls_connected_at = time.monotonic()
             self.connected.set()
         elif transport.state in ("closed", "failed") and transport is self._dtls:
             self._tx_srtp = None
+
+    def _on_ice_state(self) -> None:
+        if self.pc.iceConnectionState == "completed" and self.ice_connected_at is None:
+            self.ice_connected_at = time.monotonic()
 
     def _on_state_change(self) -> None:
         logger.debug("%s: connection %s", self.label, self.pc.connectionState)

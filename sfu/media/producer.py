@@ -7,6 +7,7 @@ every Forwarder attached to it. It never decodes anything.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -78,6 +79,7 @@ class Producer:
         cache_size: int = 1024,
         pli_throttle_s: float = 0.3,
         nack: NackGenerator | None = None,
+        keyframe_cache_s: float = 0.0,
     ) -> None:
         self.info = info
         self.codec = codec
@@ -95,6 +97,16 @@ class Producer:
         self.keyframe_requests = 0
         self.packets = 0
         self.last_keyframe_s = 0.0
+        # The packets of the last complete keyframe, from its first packet through its marker
+        # bit, so a new subscriber starts at once instead of waiting for the publisher to
+        # answer a PLI. 0 turns the cache off; an older keyframe is not used.
+        self.keyframe_cache_s = keyframe_cache_s if self.kind == "video" else 0.0
+        self.keyframe_packets: tuple[tuple[bytes, RtpHeader], ...] = ()
+        self.keyframe_at = 0.0
+        self._keyframe_parts: list[tuple[bytes, RtpHeader]] | None = None
+        self._keyframe_ts = 0
+        self._keyframe_next_seq = 0
+        self._trailing_pli: asyncio.TimerHandle | None = None
         self.closed = False
         self._close_callbacks: list[Callable[[Producer], None]] = []
 
@@ -120,30 +132,86 @@ class Producer:
             if detector is not None and detector(memoryview(data)[h.payload_offset :]):
                 keyframe = True
                 self.last_keyframe_s = now_s
+                if self.keyframe_cache_s:
+                    self._collect_keyframe(data, h, now_s, True)
+            elif self._keyframe_parts is not None:
+                self._collect_keyframe(data, h, now_s, False)
         for forwarder in self.forwarders:
             forwarder.forward(data, h, keyframe, now_s)
+
+    def _collect_keyframe(self, data: bytes, h: RtpHeader, now_s: float, first: bool) -> None:
+        """Gather a keyframe's packets; only a complete, gap-free one replaces the cached one."""
+        parts = self._keyframe_parts
+        if first and (parts is None or h.timestamp != self._keyframe_ts):
+            parts = self._keyframe_parts = []  # (H.264 flags several packets of one keyframe)
+            self._keyframe_ts = h.timestamp
+        elif parts is None:
+            return
+        elif h.timestamp != self._keyframe_ts or h.sequence_number != self._keyframe_next_seq:
+            self._keyframe_parts = None  # lost or reordered: keep the last complete keyframe
+            return
+        parts.append((data, h))
+        self._keyframe_next_seq = (h.sequence_number + 1) & 0xFFFF
+        if h.marker:
+            self.keyframe_packets = tuple(parts)
+            self.keyframe_at = now_s
+            self._keyframe_parts = None
+
+    def cached_keyframe(self, now_s: float) -> tuple[tuple[bytes, RtpHeader], ...]:
+        """The last keyframe's packets if it is recent enough to show a new subscriber, else ()."""
+        packets = self.keyframe_packets
+        if (
+            not packets
+            or now_s - self.keyframe_at > self.keyframe_cache_s
+            or packets[0][1].ssrc != self.ssrc
+        ):
+            return ()
+        return packets
+
+    def newest_packet(self) -> RtpHeader | None:
+        """Header of the newest packet received (by sequence number), if still cached."""
+        if self.stats is None or self.cache is None:
+            return None
+        entry = self.cache.get(self.stats.max_seq)
+        return entry[1] if entry is not None else None
 
     def _on_new_ssrc(self, ssrc: int) -> None:
         if self.ssrc is not None:
             logger.info("track %s: publisher changed SSRC %d -> %d", self.id, self.ssrc, ssrc)
         self.ssrc = ssrc
         self.stats = ReceiveStats(ssrc, self.codec.clock_rate)
+        self.keyframe_packets, self._keyframe_parts = (), None
         if self.nack is not None:
             self.nack.missing.clear()
 
     # -- feedback towards the publisher ----------------------------------------------------------
 
-    def request_keyframe(self, now_s: float | None = None) -> bool:
-        """Ask the publisher for a keyframe, at most once per throttle interval."""
+    def request_keyframe(self, now_s: float | None = None, trailing: bool = False) -> bool:
+        """Ask the publisher for a keyframe, at most once per throttle interval.
+
+        `trailing`: a request that falls inside the interval is sent when it ends instead of
+        being dropped (for a subscriber that will not ask again).
+        """
         if self.kind != "video" or self.ssrc is None or self.closed:
             return False
         now = time.monotonic() if now_s is None else now_s
         if now - self._last_pli_s < self._pli_throttle_s:
+            if trailing and self._trailing_pli is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    return False
+                delay = self._last_pli_s + self._pli_throttle_s - now
+                self._trailing_pli = loop.call_later(max(0.0, delay), self._send_trailing_pli)
             return False
         self._last_pli_s = now
         self.keyframe_requests += 1
         self._send_keyframe_request(self.ssrc)
         return True
+
+    def _send_trailing_pli(self) -> None:
+        self._trailing_pli = None
+        self.request_keyframe(trailing=True)  # (re-armed if the timer fired a hair early)
 
     def on_sender_report(self, ntp: int, rtp_ts: int, now_s: float) -> None:
         if self.stats is not None:
@@ -166,6 +234,8 @@ class Producer:
         if self.closed:
             return
         self.closed = True
+        if self._trailing_pli is not None:
+            self._trailing_pli.cancel()
         for forwarder in self.forwarders:
             forwarder.close()
         self.forwarders = ()

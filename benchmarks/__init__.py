@@ -1,0 +1,1 @@
+"""Benchmarks that measure the SFU as a separate process (see benchmarks/RESULTS.md)."""
