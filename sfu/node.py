@@ -13,6 +13,7 @@ import uuid
 
 from .auth import AccessToken, AuthError, verify_token
 from .config import Config
+from .joins import JoinLog
 from .media.peer import NetworkSettings
 from .participant import Participant
 from .room import RoomRegistry
@@ -37,6 +38,7 @@ class SfuNode:
         self.started_at = time.time()
         self.closing = False
         self.websockets: set = set()
+        self.joins = JoinLog()  # join-time metrics of the recent joins
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)
@@ -57,6 +59,8 @@ class SfuNode:
                 if p.subscriber is not None:
                     entry["downtracks"] = p.subscriber.stats()
                     entry["subscriber_state"] = p.subscriber.peer.connection_state
+                if p.join_timeline is not None:
+                    entry["join"] = p.join_timeline.to_json()
                 if p.publisher is not None:
                     entry["publisher_state"] = p.publisher.peer.connection_state
                     entry["producers"] = [
@@ -79,6 +83,7 @@ class SfuNode:
             "region": self.config.server.region,
             "uptime_s": round(time.time() - self.started_at, 1),
             "rooms": rooms,
+            "joins": self.joins.summary(),
         }
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .auth import Grants
+from .joins import JoinTimeline
 from .media.peer import MediaPeer
 from .media.publisher import PublisherSession
 from .media.subscriber import SubscriberSession
@@ -63,6 +64,8 @@ class Participant:
         self.closed = False
         self._watchdogs: list[asyncio.Task] = []
         self.on_dropped: Callable[[str], None] | None = None
+        self.join_timeline: JoinTimeline | None = None
+        self._held: list[dict] | None = None  # events held back until the join reply is out
 
     def info(self) -> dict:
         return {
@@ -81,11 +84,44 @@ class Participant:
         """Queue an event for the client; a client too slow to drain its queue is dropped."""
         if self.events is None or self.closed:
             return
+        if self._held is not None:
+            self._held.append(message)
+            return
         try:
             self.events.put_nowait(message)
         except asyncio.QueueFull:
             logger.warning("%s: event queue full, dropping the participant", self.identity)
             self.drop("event queue overflow")
+
+    def hold_events(self) -> None:
+        """Keep events back while the join is being answered, so `joined` is the first one."""
+        if self._held is None:
+            self._held = []
+
+    def release_events(self, first: dict | None = None) -> None:
+        """Queue `first`, then every event held back since hold_events()."""
+        held, self._held = self._held or [], None
+        for message in ([first] if first is not None else []) + held:
+            self.send_event(message)
+
+    def probe_join(self, timeline: JoinTimeline) -> None:
+        """Read the join's connection phases and first packets from the live sessions."""
+        for label, session in (("subscriber", self.subscriber), ("publisher", self.publisher)):
+            if session is None:
+                continue
+            peer = session.peer
+            if peer.ice_connected_at is not None:
+                timeline.mark(f"{label}_ice", peer.ice_connected_at)
+            if peer.dtls_connected_at is not None:
+                timeline.mark(f"{label}_dtls", peer.dtls_connected_at)
+        if self.subscriber is None:
+            return
+        sent = [dt for dt in self.subscriber.downtracks if dt.packets_sent and dt.first_packet_s]
+        for dt in sorted(sent, key=lambda dt: dt.first_packet_s):
+            key = dt.forwarder.producer.id if dt.forwarder is not None else f"mid:{dt.mid}"
+            timeline.first_packets.setdefault(key, dt.first_packet_s)
+            timeline.mark("first_packet", dt.first_packet_s)
+            timeline.mark(f"first_{dt.kind}_packet", dt.first_packet_s)
 
     # -- connection health ---------------------------------------------------------------------
 
@@ -119,6 +155,8 @@ class Participant:
         """Close both connections; every producer it published is unpublished."""
         if self.closed:
             return
+        if self.join_timeline is not None:
+            self.join_timeline.freeze()  # last readings before the connections go
         self.closed = True
         current = asyncio.current_task()
         for task in self._watchdogs:

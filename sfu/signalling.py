@@ -86,9 +86,14 @@ class SignallingConnection:
 
     # -- socket loop ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, url_join: dict | None = None) -> None:
+        """Serve the socket; `url_join`: a join the upgrade request asked for, done first."""
         join_deadline = asyncio.get_running_loop().call_later(JOIN_TIMEOUT_S, self._join_timeout)
         try:
+            if url_join is not None:
+                await self._dispatch(json.dumps(url_join))
+                if self.state == State.JOINED:
+                    join_deadline.cancel()
             async for raw in self.ws:
                 if raw.type == WSMsgType.TEXT:
                     await self._dispatch(raw.data)
@@ -513,10 +518,37 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     node.websockets.add(ws)
     try:
-        await SignallingConnection(node, ws, request.query.get("access_token")).run()
+        connection = SignallingConnection(node, ws, request.query.get("access_token"))
+        await connection.run(url_join(request.query))
     finally:
         node.websockets.discard(ws)
     return ws
+
+
+def url_join(query) -> dict | None:
+    """The `join` that `/rtc?access_token=JWT&join=1[&...]` asks for, or None.
+
+    Joining in the upgrade request saves the client a round trip: `joined` (with the first
+    offer, `inline_offer=1`) follows the 101 response at once. Its `request_id` is "join".
+    """
+    if query.get("join") not in ("1", "true"):
+        return None
+    message: dict[str, Any] = {"type": "join", "request_id": "join"}
+    for key in ("room", "name"):
+        if key in query:
+            message[key] = query[key]
+    if query.get("auto_subscribe") in ("0", "false"):
+        message["auto_subscribe"] = False
+    if query.get("inline_offer") in ("1", "true"):
+        message["inline_offer"] = True
+    if "metadata" in query:
+        try:
+            metadata = json.loads(query["metadata"])
+        except ValueError:
+            metadata = None
+        if isinstance(metadata, dict):
+            message["metadata"] = metadata
+    return message
 
 
 NODE_KEY: web.AppKey[SfuNode] = web.AppKey("sfu_node", SfuNode)

@@ -80,35 +80,69 @@ class RoomClient:
         network: NetworkSettings = ANY_INTERFACE,
         metadata: dict | None = None,
         timeout: float = 10.0,
+        publish: list[MediaStreamTrack] | None = None,
+        sources: list[str] | None = None,
+        inline_offer: bool = True,
     ) -> RoomClient:
-        """Open the signalling socket at `url` (http(s) base of the node) and join."""
+        """Open the signalling socket at `url` (http(s) base of the node) and join.
+
+        `publish`: tracks to publish as part of the join (their offer rides in `join`, the
+        answer in `joined`: one round trip); `client.published` then holds their infos.
+        `inline_offer`: ask for the first subscriber offer inside `joined` (see protocol.md).
+        """
         base = url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+        publisher: MediaPeer | None = None
+        transceivers: list = []
+        if publish:
+            publisher = MediaPeer(network, label="client-pub")
+            transceivers = [publisher.pc.addTransceiver(t, direction="sendonly") for t in publish]
         session = aiohttp.ClientSession()
         try:
-            ws = await session.ws_connect(
+            # the publish offer is built while the socket connects
+            connecting = session.ws_connect(
                 f"{base}/rtc", timeout=aiohttp.ClientWSTimeout(ws_close=5)
             )
-        except Exception:
+            if publisher is not None:
+                ws, offer = await asyncio.gather(connecting, publisher.offer())
+            else:
+                ws, offer = await connecting, None
+        except BaseException:
             await session.close()
+            if publisher is not None:
+                await publisher.close()
             raise
         client = cls(session, ws, network)
+        client.publisher = publisher
         join: dict[str, Any] = {"type": "join", "token": token, "auto_subscribe": auto_subscribe}
+        if inline_offer:
+            join["inline_offer"] = True
         if name:
             join["name"] = name
         if metadata:
             join["metadata"] = metadata
+        if offer is not None:
+            join["publish"] = {
+                "sdp": offer,
+                "tracks": [
+                    {
+                        "mid": tr.mid,
+                        "kind": tr.kind,
+                        "source": sources[i] if sources and i < len(sources) else "",
+                    }
+                    for i, tr in enumerate(transceivers)
+                ],
+            }
         try:
             joined = await client.request(join, timeout=timeout)
+            if "publish_error" in joined:
+                error = joined["publish_error"]
+                raise SignallingError(error.get("code", "internal"), error.get("message", ""))
+            if publisher is not None and "publish_answer" in joined:
+                await publisher.accept_answer(joined["publish_answer"]["sdp"])
+                client.published.extend(joined["publish_answer"]["tracks"])
         except BaseException:
             await client.close()
             raise
-        client.identity = joined["participant"]["identity"]
-        client.room = joined["room"]
-        client.ice_servers = joined.get("ice_servers", [])
-        for p in joined.get("participants", []):
-            client.participants[p["identity"]] = p
-        for t in joined.get("tracks", []):
-            client.tracks[t["id"]] = t
         return client
 
     # -- requests and events -----------------------------------------------------------------------
@@ -197,7 +231,18 @@ class RoomClient:
                 future.set_exception(SignallingError(message["code"], message["message"]))
             else:
                 future.set_result(message)
-        if kind == "participant_joined":
+        if kind == "joined":
+            # room state first: the inline offer is answered from it
+            self.identity = message["participant"]["identity"]
+            self.room = message["room"]
+            self.ice_servers = message.get("ice_servers", [])
+            for p in message.get("participants", []):
+                self.participants[p["identity"]] = p
+            for t in message.get("tracks", []):
+                self.tracks[t["id"]] = t
+            if "offer" in message:
+                self._offers.put_nowait({"type": "offer", **message["offer"]})
+        elif kind == "participant_joined":
             self.participants[message["participant"]["identity"]] = message["participant"]
         elif kind == "participant_left":
             self.participants.pop(message["identity"], None)
@@ -305,6 +350,10 @@ class RoomClient:
         if to is not None:
             message["to"] = to
         await self.send(message)
+
+    async def wait_closed(self) -> None:
+        """Return when the signalling socket has closed (server gone, dropped, or close())."""
+        await asyncio.wait({self._reader})
 
     async def leave(self) -> None:
         if not self._ws.closed:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 NTP_FRACTION = 1 << 32
 RESTART_SEQ_JUMP = 3000
+PRIMED_NACK_WINDOW_S = 5.0  # how long NACKs for a cached keyframe sent to a new subscriber count
 
 
 class DownTrack:
@@ -248,6 +250,7 @@ class Forwarder:
         "dropped_waiting_keyframe",
         "primed",
         "resume_ts",
+        "primed_numbering",
     )
 
     def __init__(self, producer: Producer, downtrack: DownTrack) -> None:
@@ -263,6 +266,10 @@ class Forwarder:
         self.dropped_waiting_keyframe = 0
         self.primed = False  # the producer's cached keyframe was sent (once per forwarder)
         self.resume_ts = -1  # after the cached keyframe: live again from the frame after this
+        # (first out seq, packets, seq offset, ts offset, until) the cached keyframe went out
+        # with, so NACKs for it are answered after live packets were renumbered (for a while:
+        # sequence numbers wrap)
+        self.primed_numbering: tuple[int, int, int, int, float] | None = None
 
     def forward(self, data: bytes, h: RtpHeader, keyframe: bool, now_s: float) -> None:
         dt = self.downtrack
@@ -334,13 +341,21 @@ class Forwarder:
                 return False
         self.primed = True
         dt.keyframes_from_cache += 1
+        first_out = (packets[0][1].sequence_number + self.seq_offset) & 0xFFFF
+        self.primed_numbering = (
+            first_out,
+            len(packets),
+            self.seq_offset,
+            self.ts_offset,
+            now_s + PRIMED_NACK_WINDOW_S,
+        )
         last = packets[-1][1]
         self.in_highest_seq = last.sequence_number
         newest = self.producer.newest_packet()
         if newest is not None and newest.sequence_number != last.sequence_number:
             self.synced = False
             self.resume_ts = newest.timestamp
-            self.producer.request_keyframe(now_s, trailing=True)
+            self.producer.want_keyframe(now_s)
         return True
 
     def _rebase(self, h: RtpHeader, now_s: float) -> None:
@@ -367,15 +382,21 @@ class Forwarder:
         if cache is None or not self.synced:
             return 0
         sent = 0
+        primed = self.primed_numbering
+        if primed is not None and time.monotonic() > primed[4]:
+            primed = self.primed_numbering = None
         for out_seq in out_seqs:
-            entry = cache.get((out_seq - self.seq_offset) & 0xFFFF)
+            seq_offset, ts_offset = self.seq_offset, self.ts_offset
+            if primed is not None and (out_seq - primed[0]) & 0xFFFF < primed[1]:
+                seq_offset, ts_offset = primed[2], primed[3]  # a packet of the cached keyframe
+            entry = cache.get((out_seq - seq_offset) & 0xFFFF)
             if entry is None:
                 continue
             data, h = entry
             if h.ssrc != self.in_ssrc:
                 continue
             self.downtrack.send_retransmission(
-                data, h, out_seq, (h.timestamp + self.ts_offset) & 0xFFFFFFFF
+                data, h, out_seq, (h.timestamp + ts_offset) & 0xFFFFFFFF
             )
             sent += 1
         return sent

@@ -115,6 +115,7 @@ class MediaPeer:
             self._prepared.add(id(transport))
             connection = transport.transport.iceGatherer._connection
             connection.gather_candidates = _host_gatherer(connection, self.network)
+            connection.connect = _prompt_connect(connection)
             if self._on_rtp is not None or self._on_rtcp is not None:
                 transport._handle_rtp_data = self._handle_rtp_data
                 transport._handle_rtcp_data = self._handle_rtcp_data
@@ -249,6 +250,53 @@ class MediaPeer:
             await self.pc.close()
         except Exception:  # closing must always finish
             logger.exception("%s: error while closing", self.label)
+
+
+def _prompt_connect(connection):
+    """Wrap aioice's connect() so it returns as soon as a pair is nominated.
+
+    aioice paces its checks with a 20 ms sleep and only notices a completed check list at the
+    next tick, which delays ICE (and so DTLS and the first packet) by 0-20 ms. Here the caller
+    is released at once; aioice's connect() still finishes at its tick in the background
+    (cancelling the remaining checks, starting consent freshness checks).
+    """
+    original_connect = connection.connect
+    original_maybe_complete = connection._check_list_maybe_complete
+
+    async def connect() -> None:
+        completed = asyncio.Event()
+
+        def check_list_maybe_complete() -> bool:
+            complete = original_maybe_complete()
+            if complete:
+                completed.set()
+            return complete
+
+        connection._check_list_maybe_complete = check_list_maybe_complete
+        task = asyncio.ensure_future(original_connect())
+        waiter = asyncio.ensure_future(completed.wait())
+        try:
+            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            waiter.cancel()
+        if task.done():
+            return task.result()  # (raises if ICE failed)
+        task.add_done_callback(lambda t: _connect_finished(connection, t))
+
+    return connect
+
+
+def _connect_finished(connection, task: asyncio.Task) -> None:
+    """aioice's connect() ended after we moved on: tidy up if the connection closed meanwhile."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("ICE connect ended with %r after completing", task.exception())
+    if connection._closing:
+        consent = connection._query_consent_task
+        if consent is not None and not consent.done():
+            consent.cancel()
 
 
 def _host_gatherer(connection, network: NetworkSettings):

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# want_keyframe(): how many requests at most, and how long after the throttle interval each
+# one waits (a publisher may ignore a request that comes less than its own interval after the
+# previous one).
+KEYFRAME_ASKS = 8
+KEYFRAME_ASK_MARGIN_S = 0.05
+
 
 @dataclass(frozen=True)
 class CodecInfo:
@@ -106,7 +112,9 @@ class Producer:
         self._keyframe_parts: list[tuple[bytes, RtpHeader]] | None = None
         self._keyframe_ts = 0
         self._keyframe_next_seq = 0
-        self._trailing_pli: asyncio.TimerHandle | None = None
+        self._keyframe_wanted_since = 0.0  # want_keyframe(): asking until one newer arrives
+        self._keyframe_asks_left = 0
+        self._keyframe_timer: asyncio.TimerHandle | None = None
         self.closed = False
         self._close_callbacks: list[Callable[[Producer], None]] = []
 
@@ -186,32 +194,47 @@ class Producer:
 
     # -- feedback towards the publisher ----------------------------------------------------------
 
-    def request_keyframe(self, now_s: float | None = None, trailing: bool = False) -> bool:
-        """Ask the publisher for a keyframe, at most once per throttle interval.
-
-        `trailing`: a request that falls inside the interval is sent when it ends instead of
-        being dropped (for a subscriber that will not ask again).
-        """
+    def request_keyframe(self, now_s: float | None = None) -> bool:
+        """Ask the publisher for a keyframe, at most once per throttle interval."""
         if self.kind != "video" or self.ssrc is None or self.closed:
             return False
         now = time.monotonic() if now_s is None else now_s
         if now - self._last_pli_s < self._pli_throttle_s:
-            if trailing and self._trailing_pli is None:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    return False
-                delay = self._last_pli_s + self._pli_throttle_s - now
-                self._trailing_pli = loop.call_later(max(0.0, delay), self._send_trailing_pli)
             return False
         self._last_pli_s = now
         self.keyframe_requests += 1
         self._send_keyframe_request(self.ssrc)
         return True
 
-    def _send_trailing_pli(self) -> None:
-        self._trailing_pli = None
-        self.request_keyframe(trailing=True)  # (re-armed if the timer fired a hair early)
+    def want_keyframe(self, since_s: float) -> None:
+        """Keep asking (throttled) until a keyframe newer than `since_s` arrives.
+
+        For a subscriber that will not ask again itself, e.g. one started on the cached
+        keyframe: a single throttled request could be lost, or ignored by a publisher that
+        answers at most one request per interval (Chrome: 300 ms).
+        """
+        if self.kind != "video" or self.closed:
+            return
+        self._keyframe_wanted_since = max(self._keyframe_wanted_since, since_s)
+        self._keyframe_asks_left = KEYFRAME_ASKS
+        if self._keyframe_timer is None:
+            self._ask_for_wanted_keyframe()
+
+    def _ask_for_wanted_keyframe(self) -> None:
+        self._keyframe_timer = None
+        if self.closed or self.last_keyframe_s > self._keyframe_wanted_since:
+            return
+        if self._keyframe_asks_left <= 0:
+            return
+        now = time.monotonic()
+        if self.request_keyframe(now):
+            self._keyframe_asks_left -= 1
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no event loop: unit tests drive the producer by hand)
+            return
+        wait = self._last_pli_s + self._pli_throttle_s + KEYFRAME_ASK_MARGIN_S - now
+        self._keyframe_timer = loop.call_later(max(0.01, wait), self._ask_for_wanted_keyframe)
 
     def on_sender_report(self, ntp: int, rtp_ts: int, now_s: float) -> None:
         if self.stats is not None:
@@ -234,8 +257,8 @@ class Producer:
         if self.closed:
             return
         self.closed = True
-        if self._trailing_pli is not None:
-            self._trailing_pli.cancel()
+        if self._keyframe_timer is not None:
+            self._keyframe_timer.cancel()
         for forwarder in self.forwarders:
             forwarder.close()
         self.forwarders = ()

@@ -9,6 +9,7 @@ REMB, NACKs for gaps and keyframe requests (PLI) on behalf of subscribers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -26,6 +27,9 @@ from .sdp import SdpError, extension_ids, negotiated_codec, parse_offer
 logger = logging.getLogger(__name__)
 
 NACK_TICK_S = 0.02
+# A new subscriber starts on the publisher's last keyframe if it is at most this old (older:
+# it waits for the keyframe its PLI asks for).
+KEYFRAME_CACHE_S = 3.0
 
 
 @dataclass
@@ -63,6 +67,8 @@ class PublisherSession:
         self._ignored_ssrcs: set[int] = set()
         self._rtcp_ssrc = random.getrandbits(32)
         self._task: asyncio.Task | None = None
+        # set when a producer sees a gap: the RTCP loop ticks for NACKs only while gaps exist
+        self._gap_seen = asyncio.Event()
         self._lock = asyncio.Lock()
         self.closed = False
 
@@ -128,6 +134,7 @@ class PublisherSession:
                     max_age_s=self.rtc.nack_max_age_ms / 1000,
                     retry_s=self.rtc.nack_retry_ms / 1000,
                 ),
+                keyframe_cache_s=KEYFRAME_CACHE_S,
             )
             self.producers[mid] = producer
             for ssrc in self._offered_ssrcs.get(mid, []):
@@ -170,6 +177,8 @@ class PublisherSession:
             if cache is not None and cache.get(h.sequence_number) is not None:
                 return  # a copy we already have (e.g. a browser's RTX bandwidth probe)
         producer.on_rtp(data, h, time.monotonic())
+        if producer.nack is not None and producer.nack.missing:
+            self._gap_seen.set()
 
     def _learn_ssrc(self, data: bytes) -> tuple[Producer, bool] | None:
         """An SSRC the SDP did not announce: find its track by MID, else by payload type."""
@@ -237,12 +246,23 @@ class PublisherSession:
         self.peer.send_rtcp(Pli(self._rtcp_ssrc, media_ssrc).serialize())
 
     async def _rtcp_loop(self) -> None:
-        """NACKs every tick; receiver reports and REMB every rtcp_interval_s."""
+        """NACKs every tick while gaps exist; receiver reports and REMB every rtcp_interval_s.
+
+        Without gaps the loop sleeps until the next report (or the next gap): a timer that
+        wakes the process 50 times a second costs more CPU than the NACK work itself.
+        """
         interval = self.rtc.rtcp_interval_s
         next_report = time.monotonic() + 0.2
         try:
             while not self.closed:
-                await asyncio.sleep(NACK_TICK_S)
+                if any(p.nack is not None and p.nack.missing for p in self.producers.values()):
+                    await asyncio.sleep(NACK_TICK_S)
+                else:
+                    self._gap_seen.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._gap_seen.wait(), max(0.0, next_report - time.monotonic())
+                        )
                 now = time.monotonic()
                 for producer in list(self.producers.values()):
                     if producer.nack is not None and producer.ssrc is not None:

@@ -75,6 +75,7 @@ class SubscriberSession:
         self._dirty = False
         self._negotiation: asyncio.Task | None = None
         self._rtcp_task: asyncio.Task | None = None
+        self._prime_task: asyncio.Task | None = None
         self.negotiations = 0
         self.closed = False
         self.on_negotiation_failed: Callable[[str], None] | None = None
@@ -119,6 +120,7 @@ class SubscriberSession:
                 for downtrack, producer in bindings:
                     if self.subscriptions.get(producer.id) is producer and not producer.closed:
                         bind(producer, downtrack)
+                self._prime_on_connect()
                 self._start_rtcp()
         except asyncio.CancelledError:
             raise
@@ -250,6 +252,7 @@ class SubscriberSession:
         for p in producers:
             self.subscriptions[p.id] = p
         self._apply_answerer()
+        self._prime_on_connect()
         self._start_rtcp()
         return answer
 
@@ -266,6 +269,33 @@ class SubscriberSession:
             if downtrack is not None:
                 bind(producer, downtrack)
                 carried.add(producer.id)
+
+    # -- first picture ------------------------------------------------------------------------
+
+    def _prime_on_connect(self) -> None:
+        """Send new video forwarders the publisher's cached keyframe as soon as media can flow.
+
+        Without this the first packet after DTLS connects would do it, up to a frame later.
+        """
+        if self.peer.connected.is_set():
+            self._prime()
+        elif self._prime_task is None:
+            self._prime_task = asyncio.ensure_future(self._prime_when_connected())
+
+    async def _prime_when_connected(self) -> None:
+        try:
+            await self.peer.connected.wait()
+        except asyncio.CancelledError:
+            return
+        if not self.closed:
+            self._prime()
+
+    def _prime(self) -> None:
+        now = time.monotonic()
+        for dt in self.downtracks:
+            fw = dt.forwarder
+            if fw is not None and fw.needs_keyframe and not fw.synced and not fw.primed:
+                fw.prime(now)
 
     # -- RTCP --------------------------------------------------------------------------------
 
@@ -330,7 +360,7 @@ class SubscriberSession:
         if self.closed:
             return
         self.closed = True
-        for task in (self._negotiation, self._rtcp_task):
+        for task in (self._negotiation, self._rtcp_task, self._prime_task):
             if task is not None:
                 task.cancel()
         for dt in self.downtracks:

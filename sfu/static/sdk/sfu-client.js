@@ -11,12 +11,20 @@
 //
 // It speaks the WebSocket protocol of docs/protocol.md: one publisher RTCPeerConnection (the
 // browser offers) and one subscriber RTCPeerConnection (the SFU offers, the browser answers).
-// ICE candidates travel inside the SDP (no trickle), so every offer/answer is sent once ICE
-// gathering has completed.
+// There is no trickle ICE. The SFU's candidates are in its SDP; the browser sends its offers
+// and answers at once, with whatever candidates it has gathered by then, without waiting for
+// gathering to complete (Chrome's TCP phase alone takes ~110 ms, and host candidates are mDNS
+// names the SFU cannot resolve anyway): the SFU learns the browser's address from its
+// connectivity checks (peer-reflexive candidates), which is how it reaches browsers behind NAT.
+//
+// Joining costs no round trip of its own: the join rides in the WebSocket upgrade request and
+// `joined`, with the SFU's offer for every track already live inside, follows the handshake.
+// While the socket opens the SDK creates the subscriber connection and (with
+// `connect(..., {publish: stream})`) the publish offer, sent as soon as the socket is open.
 
 /** How long a request may wait for its reply. */
 const REQUEST_TIMEOUT_MS = 10000;
-/** Upper bound on waiting for ICE gathering (loopback/host candidates finish in milliseconds). */
+/** Upper bound on waiting for ICE gathering with `waitForIceGathering: true`. */
 const GATHERING_TIMEOUT_MS = 3000;
 
 /**
@@ -43,6 +51,43 @@ export const SIMULCAST_ENCODINGS = [
  * @property {boolean} [sendQualityMessages=false] send `quality` messages to the SFU for
  *   {@link Room#setQuality}. Off until the SFU supports simulcast layer selection: today it would
  *   answer them with an `unknown_type` error.
+ * @property {MediaStream|PublishOptions} [publish] publish these tracks as part of the join: the
+ *   offer is made while the WebSocket opens and sent with the join, so a caller who both talks
+ *   and watches is connected after one round trip. connect() does not wait for the answer:
+ *   `room.publishing` resolves with the LocalTracks (or rejects, and `error` is emitted, if
+ *   the SFU refused them). The offer is made before the SFU's `ice_servers` are known: pass
+ *   TURN servers in `iceServers` if publishers need them.
+ * @property {boolean} [inlineOffer=true] ask the SFU to put its first offer inside `joined`
+ *   (otherwise it follows as an `offer` message; both work).
+ * @property {boolean} [urlJoin=true] join in the WebSocket's upgrade request
+ *   (`/rtc?access_token=...&join=1`), which saves a round trip: `joined` follows the handshake
+ *   at once. `false` sends a `join` message instead (nodes older than this SDK need that).
+ * @property {boolean} [waitForIceGathering=false] send offers and answers only once ICE
+ *   gathering is complete (at most 3 s), with every candidate in them. Not needed with this
+ *   SFU, which learns the browser's address from its checks; it makes joins ~10-120 ms slower.
+ * @property {string} [captionLanguage] live captions in this language (e.g. "pt"); see
+ *   {@link Room#setCaptionLanguage}
+ */
+
+/**
+ * @typedef {Object} PublishOptions
+ * @property {MediaStream} stream
+ * @property {boolean} [simulcast=false]
+ * @property {string} [videoSource="camera"]
+ * @property {string} [audioSource="microphone"]
+ */
+
+/**
+ * Milliseconds from the start of connect() to each step of the join (absent until it happens).
+ * @typedef {Object} JoinTimings
+ * @property {number} [wsOpen] the WebSocket is open (the join went with its upgrade request)
+ * @property {number} [joined] `joined` arrived
+ * @property {number} [offer] the SFU's first subscriber offer arrived
+ * @property {number} [answerSent] our answer to it was sent
+ * @property {number} [subscriberConnected] the subscriber connection is connected (ICE + DTLS)
+ * @property {number} [publishAnswered] the answer to our first publish offer arrived
+ * @property {number} [publisherConnected]
+ * @property {number} [firstTrack] the first `trackSubscribed`
  */
 
 /**
@@ -99,6 +144,27 @@ export const SIMULCAST_ENCODINGS = [
  */
 
 /**
+ * A live caption from the room's captioner (topic `captions/<lang>`, sent to us alone).
+ * Partials (`final: false`) revise the phrase `id` until its final arrives.
+ * @typedef {Object} Caption
+ * @property {string} id phrase id ("<track>:<seq>"): partials and the final of a phrase share it
+ * @property {boolean} final
+ * @property {string} text the caption in `lang`
+ * @property {string} lang the language we asked for
+ * @property {string} sourceLang what the host spoke
+ * @property {string} [sourceText] the host's words (finals only)
+ * @property {boolean} untranslated no offline model for sourceLang → lang: `text` is the source
+ * @property {string} speaker identity of the host
+ * @property {string} from identity of the captioner
+ * @property {number} start unix seconds the phrase started
+ * @property {number} end unix seconds it ended (partials: the audio so far)
+ */
+
+/** Data topics of live captions. */
+export const CAPTIONS_SUBSCRIBE_TOPIC = "captions/subscribe";
+const CAPTIONS_TOPIC_PREFIX = "captions/";
+
+/**
  * Per-track quality preference (simulcast layer choice).
  * @typedef {Object} QualityPreference
  * @property {"auto"|"low"|"medium"|"high"} [quality="auto"]
@@ -125,6 +191,7 @@ export class SfuError extends Error {
  * @param {string} token access token (JWT) naming the room and what we may do
  * @param {ConnectOptions} [options]
  * @returns {Promise<Room>} once joined; tracks already live are then subscribed automatically
+ *   (their offer came with the join and is being answered)
  */
 export async function connect(url, token, options = {}) {
   const room = new Room(options);
@@ -247,6 +314,7 @@ class Emitter {
  * - `localTrackPublished` (LocalTrack)
  * - `connectionStateChanged` (ConnectionState)
  * - `data` (DataMessage)
+ * - `caption` (Caption): live captions in the language set with setCaptionLanguage()
  * - `error` (SfuError): errors the SFU sent on its own (not replies to a request)
  * - `qualityChanged` is reserved for simulcast layer switches (not emitted yet)
  */
@@ -285,14 +353,40 @@ export class Room extends Emitter {
     this._offers = Promise.resolve();
     this._publishing = Promise.resolve();
     this._ownedTracks = new Set();
+    /** @type {string|null} language of the live captions we asked for */
+    this.captionLanguage = options.captionLanguage || null;
+    /** @type {JoinTimings} */
+    this.timings = {};
+    this._t0 = 0;
+    // Settled when connect() is done: trackSubscribed must not fire before its caller listens.
+    this._connectDone = false;
+    /**
+     * With `connect(..., {publish})`: the tracks published with the join, once the SFU has
+     * answered (rejects, and emits `error`, if it refused them).
+     * @type {Promise<LocalTrack[]>}
+     */
+    this.publishing = Promise.resolve([]);
+    this._afterConnect = new Promise((resolve) => {
+      this._resolveAfterConnect = resolve;
+    });
+  }
+
+  _mark(step) {
+    if (this.timings[step] === undefined) this.timings[step] = performance.now() - this._t0;
   }
 
   // -- connecting -------------------------------------------------------------------------------
 
   async _connect(url, token) {
-    const ws = new WebSocket(signallingUrl(url));
+    this._t0 = performance.now();
+    const urlJoin = this.options.urlJoin !== false;
+    const ws = new WebSocket(urlJoin ? this._joinUrl(url, token) : signallingUrl(url));
     this._ws = ws;
-    await new Promise((resolve, reject) => {
+    // With the join in the URL, `joined` follows the upgrade at once: listen from the start.
+    ws.onmessage = (event) => this._onMessage(event.data);
+    const joining = urlJoin ? this._awaitReply("join", "join", this.options.timeoutMs) : null;
+    if (joining) joining.catch(() => {}); // (awaited below; never an unhandled rejection)
+    const opened = new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         ws.close();
         reject(new SfuError("timeout", "the SFU did not accept the WebSocket in time"));
@@ -306,29 +400,99 @@ export class Room extends Emitter {
         reject(new SfuError("connection_failed", `cannot open ${signallingUrl(url)}`));
       };
     });
-    ws.onmessage = (event) => this._onMessage(event.data);
-    ws.onclose = (event) => this._onSocketClosed(event);
-    ws.onerror = null;
-    const join = { type: "join", token, auto_subscribe: this.options.autoSubscribe !== false };
-    if (this.options.name) join.name = this.options.name;
-    if (this.options.metadata) join.metadata = this.options.metadata;
+    // While the socket opens: the subscriber connection (the SFU's offer comes with `joined`)
+    // and the publish offer, if any. Neither needs anything from the SFU.
+    this.subscriberPc = this._createPc();
+    let publishing = null;
     try {
-      await this._request(join, this.options.timeoutMs);
+      const items = this.options.publish ? publishItems(this.options.publish) : null;
+      publishing = items ? this._preparePublish(items) : null;
+      await Promise.all([opened, publishing]);
     } catch (err) {
       this._teardown("disconnected");
       throw err;
     }
+    ws.onclose = (event) => this._onSocketClosed(event);
+    ws.onerror = null;
+    const prepared = publishing ? await publishing : null;
+    this._mark("wsOpen");
+    try {
+      // connect() resolves as soon as we are in the room; the publish answer (if any) is
+      // applied in the background (`room.publishing`): waiting for it would hold back
+      // `trackSubscribed`, and a page that attaches its <video> late misses the first frame.
+      let answered;
+      if (urlJoin) {
+        // The join is under way; a publish offer follows it on the socket without waiting.
+        answered = prepared
+          ? this._request(
+              { type: "publish", sdp: prepared.sdp, tracks: prepared.tracks },
+              this.options.timeoutMs,
+            )
+          : null;
+        if (answered) answered.catch(() => {});
+        await joining;
+      } else {
+        const join = { type: "join", token, auto_subscribe: this.options.autoSubscribe !== false };
+        if (this.options.inlineOffer !== false) join.inline_offer = true;
+        if (this.options.name) join.name = this.options.name;
+        if (this.options.metadata) join.metadata = this.options.metadata;
+        if (prepared) join.publish = { sdp: prepared.sdp, tracks: prepared.tracks };
+        const reply = await this._request(join, this.options.timeoutMs);
+        answered = reply.publish_error
+          ? Promise.reject(new SfuError(reply.publish_error.code, reply.publish_error.message))
+          : Promise.resolve(reply.publish_answer);
+      }
+      if (prepared) {
+        this.publishing = answered.then((answer) => this._applyPublishAnswer(prepared, answer));
+        this.publishing.catch((err) => this._emit("error", toSfuError(err, "publish_failed")));
+      }
+    } catch (err) {
+      this._teardown("disconnected");
+      throw err;
+    } finally {
+      this._connectDone = true;
+      this._resolveAfterConnect();
+    }
+  }
+
+  /** `/rtc?access_token=...&join=1&...`: the SFU joins us while upgrading the connection. */
+  _joinUrl(url, token) {
+    const u = new URL(signallingUrl(url));
+    const query = u.searchParams;
+    query.set("access_token", token);
+    query.set("join", "1");
+    if (this.options.inlineOffer !== false) query.set("inline_offer", "1");
+    if (this.options.autoSubscribe === false) query.set("auto_subscribe", "0");
+    if (this.options.name) query.set("name", this.options.name);
+    if (this.options.metadata) query.set("metadata", JSON.stringify(this.options.metadata));
+    return u.toString();
   }
 
   /** The `joined` reply: handled here (before any offer that follows it is processed). */
   _onJoined(msg) {
+    this._mark("joined");
     this.name = msg.room;
     this.localParticipant = msg.participant;
     this.grants = msg.grants || this.grants;
     this.iceServers = [...(msg.ice_servers || []), ...(this.options.iceServers || [])];
+    if ((msg.ice_servers || []).length && this.subscriberPc) {
+      // made before the SFU's servers were known; it has not gathered yet, so this applies
+      this.subscriberPc.setConfiguration({
+        ...this.subscriberPc.getConfiguration(),
+        iceServers: this.iceServers,
+      });
+    }
     for (const p of msg.participants || []) this.participants.set(p.identity, p);
     for (const t of msg.tracks || []) this.tracks.set(t.id, t);
     this._setState("connected");
+    if (msg.offer) this._queueOffer({ type: "offer", ...msg.offer });
+    if (this.captionLanguage) this._askForCaptions(this._captioners());
+  }
+
+  _queueOffer(msg) {
+    this._offers = this._offers
+      .then(() => this._answerOffer(msg))
+      .catch((err) => this._emit("error", toSfuError(err, "negotiation_failed")));
   }
 
   // -- signalling ---------------------------------------------------------------------------------
@@ -338,6 +502,17 @@ export class Room extends Emitter {
       throw new SfuError("closed", "not connected");
     }
     this._ws.send(JSON.stringify(message));
+  }
+
+  /** A reply the SFU will send with this request id without our asking (the URL join). */
+  _awaitReply(requestId, type, timeoutMs) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(requestId);
+        reject(new SfuError("timeout", `no reply to '${type}'`));
+      }, timeoutMs);
+      this._pending.set(requestId, { resolve, reject, timer, type });
+    });
   }
 
   _request(message, timeoutMs = REQUEST_TIMEOUT_MS) {
@@ -376,9 +551,7 @@ export class Room extends Emitter {
     }
     switch (msg.type) {
       case "offer":
-        this._offers = this._offers
-          .then(() => this._answerOffer(msg))
-          .catch((err) => this._emit("error", toSfuError(err, "negotiation_failed")));
+        this._queueOffer(msg);
         break;
       case "participant_joined":
         this._onParticipantJoined(msg.participant);
@@ -394,6 +567,7 @@ export class Room extends Emitter {
         break;
       case "data":
         this._emit("data", { from: msg.from, topic: msg.topic || "", payload: msg.payload });
+        if (isCaption(msg)) this._emit("caption", toCaption(msg));
         break;
       case "error":
         this._emit("error", new SfuError(msg.code, msg.message));
@@ -418,6 +592,7 @@ export class Room extends Emitter {
   _onParticipantJoined(participant) {
     this.participants.set(participant.identity, participant);
     for (const t of participant.tracks || []) this.tracks.set(t.id, t);
+    if (this.captionLanguage && isCaptioner(participant)) this._askForCaptions([participant.identity]);
     this._emit("participantJoined", participant);
   }
 
@@ -459,8 +634,12 @@ export class Room extends Emitter {
   }
 
   _createPc() {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    const iceServers = this.iceServers.length ? this.iceServers : this.options.iceServers || [];
+    const pc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
     pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "connected") {
+        this._mark(pc === this.subscriberPc ? "subscriberConnected" : "publisherConnected");
+      }
       if (pc.connectionState === "failed" && this.state === "connected") this._setState("failed");
     });
     return pc;
@@ -470,13 +649,21 @@ export class Room extends Emitter {
 
   async _answerOffer(msg) {
     if (this.state !== "connected") return;
+    this._mark("offer");
     if (!this.subscriberPc) this.subscriberPc = this._createPc();
     const pc = this.subscriberPc;
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
-    await iceGatheringComplete(pc);
+    if (this.options.waitForIceGathering) await iceGatheringComplete(pc);
     if (this.state !== "connected") return;
     this._send({ type: "answer", sdp: pc.localDescription.sdp });
+    this._mark("answerSent");
+    if (!this._connectDone) {
+      // (rare: our answer went out before connect() returned) let its caller listen first
+      await this._afterConnect;
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      if (this.state !== "connected") return;
+    }
     this._syncRemoteTracks(pc, msg.tracks || {});
   }
 
@@ -511,6 +698,7 @@ export class Room extends Emitter {
         receiver: transceiver.receiver,
       };
       this.remoteTracks.set(trackId, remote);
+      this._mark("firstTrack");
       this._emit("trackSubscribed", remote);
     }
   }
@@ -600,16 +788,7 @@ export class Room extends Emitter {
    * @returns {Promise<LocalTrack[]>}
    */
   async publish(stream, options = {}) {
-    const items = stream.getTracks().map((track) => ({
-      track,
-      stream,
-      source:
-        track.kind === "video"
-          ? options.videoSource || "camera"
-          : options.audioSource || "microphone",
-      simulcast: track.kind === "video" && !!options.simulcast,
-    }));
-    return this._publishTracks(items);
+    return this._publishTracks(publishItems({ ...options, stream }));
   }
 
   /**
@@ -639,6 +818,17 @@ export class Room extends Emitter {
   async _negotiatePublish(items) {
     if (this.state !== "connected") throw new SfuError("closed", "not connected");
     if (!this.grants.publish) throw new SfuError("forbidden", "token lacks the 'publish' grant");
+    const prepared = await this._preparePublish(items);
+    const reply = await this._request({
+      type: "publish",
+      sdp: prepared.sdp,
+      tracks: prepared.tracks,
+    });
+    return this._applyPublishAnswer(prepared, reply);
+  }
+
+  /** Add the tracks to the publisher connection and make the offer (with its candidates). */
+  async _preparePublish(items) {
     if (!this.publisherPc) this.publisherPc = this._createPc();
     const pc = this.publisherPc;
     const added = items.map((item) => {
@@ -650,17 +840,26 @@ export class Room extends Emitter {
       return { item, transceiver };
     });
     await pc.setLocalDescription(await pc.createOffer());
-    await iceGatheringComplete(pc);
-    const reply = await this._request({
-      type: "publish",
-      sdp: pc.localDescription.sdp,
+    if (this.options.waitForIceGathering) await iceGatheringComplete(pc);
+    return {
+      pc,
+      added,
+      get sdp() {
+        return pc.localDescription.sdp; // read when sent: the candidates gathered by then
+      },
       tracks: added.map(({ item, transceiver }) => ({
         mid: transceiver.mid,
         kind: item.track.kind,
         source: item.source,
       })),
-    });
+    };
+  }
+
+  /** The SFU's answer ({sdp, tracks}) to a prepared offer: the LocalTracks it accepted. */
+  async _applyPublishAnswer(prepared, reply) {
+    const { pc, added } = prepared;
     await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    this._mark("publishAnswered");
     const byMid = new Map((reply.tracks || []).map((t) => [t.mid, t]));
     const result = [];
     for (const { item, transceiver } of added) {
@@ -696,6 +895,29 @@ export class Room extends Emitter {
     if (options.topic) message.topic = options.topic;
     if (options.to) message.to = options.to;
     this._send(message);
+  }
+
+  // -- live captions ------------------------------------------------------------------------------
+
+  /**
+   * Receive live captions in `lang` (e.g. "pt"; null stops them) as `caption` events.
+   * Tells every captioner in the room (participants whose metadata has role "captioner"), now
+   * and whenever one joins later. A language with no offline translation model arrives in the
+   * host's language, marked `untranslated`.
+   * @param {string|null} lang
+   */
+  setCaptionLanguage(lang) {
+    this.captionLanguage = lang || null;
+    if (this.state === "connected") this._askForCaptions(this._captioners());
+  }
+
+  _captioners() {
+    return [...this.participants.values()].filter(isCaptioner).map((p) => p.identity);
+  }
+
+  _askForCaptions(identities) {
+    if (!identities.length) return;
+    this.sendData({ lang: this.captionLanguage }, { topic: CAPTIONS_SUBSCRIBE_TOPIC, to: identities });
   }
 
   // -- stats and leaving ---------------------------------------------------------------------------------
@@ -739,6 +961,52 @@ export class Room extends Emitter {
     this._setState(state);
     for (const remote of remotes) this._emit("trackUnsubscribed", remote);
   }
+}
+
+/** The tracks of a stream to publish, with their sources and simulcast choice. */
+function publishItems(options) {
+  const { stream, simulcast, videoSource, audioSource } =
+    options instanceof MediaStream ? { stream: options } : options;
+  return stream.getTracks().map((track) => ({
+    track,
+    stream,
+    source: track.kind === "video" ? videoSource || "camera" : audioSource || "microphone",
+    simulcast: track.kind === "video" && !!simulcast,
+  }));
+}
+
+function isCaptioner(participant) {
+  return !!participant && (participant.metadata || {}).role === "captioner";
+}
+
+function isCaption(msg) {
+  const p = msg.payload;
+  return (
+    typeof msg.topic === "string" &&
+    msg.topic.startsWith(CAPTIONS_TOPIC_PREFIX) &&
+    msg.topic !== CAPTIONS_SUBSCRIBE_TOPIC &&
+    !!p &&
+    typeof p === "object" &&
+    typeof p.text === "string"
+  );
+}
+
+/** @returns {Caption} */
+function toCaption(msg) {
+  const p = msg.payload;
+  return {
+    id: String(p.id || ""),
+    final: !!p.final,
+    text: p.text,
+    lang: p.lang || msg.topic.slice(CAPTIONS_TOPIC_PREFIX.length),
+    sourceLang: p.source_lang || "",
+    sourceText: p.source_text,
+    untranslated: !!p.untranslated,
+    speaker: p.speaker || "",
+    from: msg.from,
+    start: p.start,
+    end: p.end,
+  };
 }
 
 function toSfuError(err, code) {
