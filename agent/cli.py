@@ -5,6 +5,7 @@ python -m agent ask --audio IN.wav --out OUT.wav [--lang pt] [--json]
 python -m agent chat                      # several turns, context kept
 python -m agent tickets [--json] [--status open]
 python -m agent eval [--questions FILE] [--json]
+python -m agent worker [--url http://127.0.0.1:8080] [--config NODE.toml]   # serve SFU jobs
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy of the answer engine on a question set")
     ev.add_argument("--questions", help="questions JSON (default configs/shop/questions.json)")
     ev.add_argument("--json", action="store_true")
+
+    worker = sub.add_parser("worker", help="take agent jobs from an SFU node (runs until stopped)")
+    worker.add_argument("--url", help="the SFU node (default: worker.url in the agent config)")
+    worker.add_argument(
+        "--config",
+        dest="node_config",
+        help="the node's TOML, for its API key and secret (default: the development key)",
+    )
+    worker.add_argument("--agent-config", help="agent TOML (default: the global --config)")
+    worker.add_argument("--capacity", type=int, help="jobs at once (default: worker.capacity)")
+    worker.add_argument("--kinds", help="comma-separated job kinds (default: worker.kinds)")
+    worker.add_argument("--name", help="worker name in the node's listing")
     return parser
 
 
@@ -59,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         return _chat(config)
     if args.command == "tickets":
         return _tickets(args, config)
+    if args.command == "worker":
+        from .worker import run_worker
+
+        if args.agent_config:
+            config = load_config(args.agent_config)
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
+        return run_worker(args.url, args.node_config, config, kinds, args.capacity, args.name)
     return _eval(args, config)
 
 

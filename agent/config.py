@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .captions.config import CaptionSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "agent.toml"
 
@@ -70,6 +72,30 @@ class TranslateSettings:
 
 
 @dataclass
+class SessionSettings:
+    """One agent in one room (agent/session.py)."""
+
+    name: str = "Shop assistant"  # display name in the room
+    # after this much silence in a turn, STT starts on what was said so far, so that it overlaps
+    # the end-of-turn wait; speech that resumes throws that pass away
+    early_stt_ms: int = 120
+    # an unvoiced gap up to this long inside a burst of buyer speech still counts as the same
+    # burst when measuring it against audio.barge_in_ms
+    barge_in_gap_ms: int = 60
+    voice_queue_frames: int = 2  # 20 ms frames queued ahead of the sender (bounds barge-in)
+    idle_timeout_s: float = 600.0  # leave a room where no buyer has been for this long
+
+
+@dataclass
+class WorkerSettings:
+    """`python -m agent worker`: where the SFU is and how many rooms one worker serves."""
+
+    url: str = "http://127.0.0.1:8080"
+    capacity: int = 2  # sessions at once; they share the loaded models
+    kinds: list[str] = field(default_factory=lambda: ["agent"])
+
+
+@dataclass
 class AgentConfig:
     shop: ShopSettings = field(default_factory=ShopSettings)
     tickets: TicketSettings = field(default_factory=TicketSettings)
@@ -77,6 +103,9 @@ class AgentConfig:
     stt: SttSettings = field(default_factory=SttSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
     translate: TranslateSettings = field(default_factory=TranslateSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    captions: CaptionSettings = field(default_factory=CaptionSettings)  # agent/captions
 
     @property
     def tickets_db(self) -> str:

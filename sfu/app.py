@@ -6,7 +6,8 @@ import logging
 
 from aiohttp import web
 
-from . import whip
+from . import captions_archive, whip
+from .agents import add_agent_routes
 from .auth import AuthError, PermissionDenied
 from .config import Config
 from .demo import add_demo_routes
@@ -34,6 +35,8 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/api/stats", node_stats)
     whip.add_routes(app)
     add_demo_routes(app, node)
+    add_agent_routes(app, node)
+    captions_archive.add_routes(app, node)
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     return app

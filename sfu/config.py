@@ -87,12 +87,21 @@ class RtcSettings:
 
 
 @dataclass
+class AgentSettings:
+    # Rooms that get an agent (a job for the agent workers) when the first buyer joins.
+    auto_rooms: list[str] = field(default_factory=list)
+    # A worker silent this long is dead: its jobs move to another worker.
+    worker_timeout_s: float = 3.0
+
+
+@dataclass
 class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     rtc: RtcSettings = field(default_factory=RtcSettings)
+    agents: AgentSettings = field(default_factory=AgentSettings)
 
     @property
     def uses_dev_credentials(self) -> bool:
@@ -158,3 +167,7 @@ class Config:
                 raise ConfigError(f"auth.api_keys.{key}: secret must be at least 32 characters")
         if self.limits.max_message_bytes < 1024:
             raise ConfigError("limits.max_message_bytes must be at least 1024")
+        if not all(isinstance(r, str) and r for r in self.agents.auto_rooms):
+            raise ConfigError("agents.auto_rooms must be a list of room names")
+        if self.agents.worker_timeout_s <= 0:
+            raise ConfigError("agents.worker_timeout_s must be positive")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .config import LimitSettings
@@ -49,6 +50,7 @@ class Room:
             {"type": "participant_joined", "participant": participant.info()}, exclude=participant
         )
         logger.info("%s joined %s (%s)", participant.identity, self.name, participant.kind.value)
+        self.registry.notify("joined", self, participant)
 
     async def remove(self, participant: Participant) -> None:
         if self.participants.get(participant.identity) is not participant:
@@ -60,6 +62,7 @@ class Room:
         logger.info("%s left %s", participant.identity, self.name)
         if not self.participants:
             self.registry.discard(self)
+        self.registry.notify("left", self, participant)
 
     # -- tracks --------------------------------------------------------------------------------
 
@@ -114,6 +117,15 @@ class RoomRegistry:
     def __init__(self, limits: LimitSettings) -> None:
         self.limits = limits
         self.rooms: dict[str, Room] = {}
+        # listener(event, room, participant) for "joined" and "left" (agent dispatch uses it)
+        self.listeners: list[Callable[[str, Room, Participant], None]] = []
+
+    def notify(self, event: str, room: Room, participant: Participant) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, room, participant)
+            except Exception:  # a listener's bug must not break joins and leaves
+                logger.exception("room listener failed on %s", event)
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)

@@ -75,8 +75,10 @@ class Browser:
 
 
 @asynccontextmanager
-async def launch_chromium() -> AsyncIterator[Browser]:
-    """Start headless Chromium (fake camera and microphone); close it afterwards."""
+async def launch_chromium(extra_args: list[str] | None = None) -> AsyncIterator[Browser]:
+    """Start headless Chromium (fake camera and microphone); close it afterwards.
+
+    `extra_args`: more flags, e.g. `--use-file-for-fake-audio-capture=question.wav`."""
     executable = _require_chromium()
     try:
         from playwright.async_api import async_playwright
@@ -92,7 +94,7 @@ async def launch_chromium() -> AsyncIterator[Browser]:
                 profile,
                 executable_path=executable,
                 headless=True,
-                args=CHROMIUM_FLAGS,
+                args=CHROMIUM_FLAGS + list(extra_args or []),
                 viewport={"width": 720, "height": 420},
             )
             try:

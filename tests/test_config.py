@@ -49,10 +49,12 @@ def test_local_example_is_exactly_the_defaults():
     assert Config.load(None) == Config()
 
 
-def test_demo_example_is_the_defaults_plus_demo_tokens():
+def test_demo_example_is_the_defaults_plus_demo_tokens_and_the_agent_room():
     demo = Config.load(ROOT / "configs" / "demo.toml")
     assert demo.server.demo_tokens is True
+    assert demo.agents.auto_rooms == ["agent-demo"]  # the "talk to the agent" page's room
     demo.server.demo_tokens = False
+    demo.agents.auto_rooms = []
     assert demo == Config()
 
 

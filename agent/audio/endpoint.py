@@ -90,6 +90,12 @@ class Endpointer:
                 events.append(ended)
         return events
 
+    def current_audio(self) -> np.ndarray | None:
+        """The open turn's audio so far (pre-roll included), or None outside a turn."""
+        if not self._in_turn or not self._frames:
+            return None
+        return np.concatenate(self._frames).astype(np.int16)
+
     def flush(self) -> list[TurnEnded]:
         """End a turn still open at the end of a recording."""
         ended = self._end() if self._in_turn else None

@@ -178,7 +178,10 @@ class WhisperStt:
         )
 
     def _detect(self, audio: np.ndarray, prior: str | None) -> tuple[list[str], float]:
-        _, _, all_probs = self.model.detect_language(audio)
+        # the window transcribe() will encode (it drops the last feature frame): the encoder
+        # output is then computed once and cached for the decode that follows
+        features = self.model.feature_extractor(audio)[..., :-1]
+        _, _, all_probs = self.model.detect_language(features=features)
         probs = {lang: p for lang, p in all_probs if lang in self.languages}
         if prior in probs:
             probs[prior] *= 1.5  # the buyer's language so far is likelier than a switch

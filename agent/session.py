@@ -1,0 +1,681 @@
+"""One agent in one room: hears every buyer, answers by voice, stops when talked over.
+
+`AgentSession` joins with the Python SDK (`RoomClient`) as "agent-<job>" with metadata role
+"agent", publishes one audio track (its voice, `AgentVoice`) and subscribes to the audio of
+every other participant (WebSocket and WHIP publishers alike; never video, never other agents).
+Per speaker (`Listener`): 48 kHz frames -> 16 kHz -> VAD -> endpointing, with barge-in detection
+and an early STT pass that overlaps the end-of-turn wait. Per turn: STT -> answer engine ->
+TTS sentence by sentence (the first sentence plays while the next is synthesised) -> voice.
+CPU-heavy stages run in the pipeline's thread pool, never on the event loop.
+
+Data messages it sends (payload shapes the demo page reads, sfu/static/demo/agent.html):
+- topic "transcript":   {id, speaker: "user"|"agent", identity, language, final, text, turn,
+                         timings_ms (agent lines), interrupted + heard (after a barge-in)}
+- topic "agent_state":  {state: "listening"|"thinking"|"speaking"|"interrupted", turn}
+- topic "interruption": {kind: "barge_in"|"ignored_noise", speaker, voiced_ms, turn,
+                         heard_text, heard_ms, total_ms, stopped_frames}
+- topic "tool_result":  {name, args, result, turn}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+from sfu.client.room_client import RemoteTrack, RoomClient
+from sfu.media.peer import NetworkSettings
+
+from .answer import Answer, ConversationState
+from .audio.bargein import BargeInDetector
+from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
+from .audio.frames import STT_RATE
+from .audio.stt import Transcript
+from .audio.tts import split_sentences
+from .pipeline import VoicePipeline
+from .voice import AgentVoice, Utterance, low_latency_receiver, trim_frames
+
+logger = logging.getLogger(__name__)
+
+TOPIC_TRANSCRIPT = "transcript"
+TOPIC_STATE = "agent_state"
+TOPIC_INTERRUPTION = "interruption"
+TOPIC_TOOL = "tool_result"
+TOPIC_ASK = "ask"  # buyers may type: {text, language?}
+MIN_TRANSCRIPT_CHARS = 2  # Whisper's "." or "" on a noise is no question
+SENTENCE_PAUSE_FRAMES = 12  # silence kept after a sentence that another follows (240 ms)
+
+
+def is_agent(identity: str, metadata: dict | None = None) -> bool:
+    return identity.startswith("agent") or (metadata or {}).get("role") == "agent"
+
+
+@dataclass
+class JobSpec:
+    """What the SFU's dispatcher hands a worker (see sfu/agents.py)."""
+
+    job_id: str
+    room: str
+    kind: str
+    identity: str
+    token: str
+    attempt: int = 1
+
+    @classmethod
+    def from_json(cls, data: dict) -> JobSpec:
+        return cls(
+            job_id=str(data["job_id"]),
+            room=str(data["room"]),
+            kind=str(data.get("kind", "agent")),
+            identity=str(data.get("identity", f"agent-{data['job_id']}")),
+            token=str(data["token"]),
+            attempt=int(data.get("attempt", 1)),
+        )
+
+
+@dataclass
+class EarlyStt:
+    """An STT pass started while the buyer is (perhaps) still talking."""
+
+    frames: int  # turn frames it covers
+    future: asyncio.Future
+
+
+class Listener:
+    """One remote speaker: resampling, VAD, endpointing, barge-in, early STT."""
+
+    def __init__(self, session: AgentSession, identity: str, remote: RemoteTrack) -> None:
+        self.session = session
+        self.identity = identity
+        self.remote = remote
+        config = session.pipeline.config
+        self.frame_ms = config.audio.frame_ms
+        self.endpointer: Endpointer = session.pipeline.new_endpointer()
+        self.barge = BargeInDetector(
+            config.audio.barge_in_ms, self.frame_ms, config.session.barge_in_gap_ms
+        )
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
+        self._n16 = STT_RATE * self.frame_ms // 1000
+        self._pending = np.zeros(0, np.int16)
+        self._early_frames = max(1, config.session.early_stt_ms // self.frame_ms)
+        self._silence = 0  # unvoiced frames since the last voiced one, inside a turn
+        self._turn_frames = 0
+        self._early: EarlyStt | None = None
+        self._barged = False  # this turn's speech interrupted the agent
+        self._started_while_speaking = False
+        self.line = 0  # turns heard from this speaker (names the transcript line)
+        self.last_voiced_at = 0.0  # monotonic arrival of the last voiced frame
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        track = self.remote.track
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:  # MediaStreamError: the track ended
+                return
+            frame.pts = None  # aiortc's timestamps may jump; the resampler needs none
+            for out in self._resampler.resample(frame):
+                self._pending = np.concatenate([self._pending, out.to_ndarray().reshape(-1)])
+            while len(self._pending) >= self._n16:
+                chunk, self._pending = self._pending[: self._n16], self._pending[self._n16 :]
+                self._push(chunk)
+
+    def _push(self, chunk: np.ndarray) -> None:
+        session = self.session
+        now = time.monotonic()
+        events = self.endpointer.push(chunk)
+        voiced = self.endpointer.voiced_ms > 0
+        if voiced:
+            self.last_voiced_at = now
+        verdict = self.barge.push(voiced)
+        if verdict is not None and session.speaking:
+            kind, burst = verdict
+            if kind == "barge_in":
+                self._barged = True
+                session.barge_in(self, burst.voiced_ms)
+            else:
+                session.ignored_noise(self, burst.voiced_ms)
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self.line += 1
+                self._turn_frames = 0
+                self._silence = 0
+                self._early = None
+                self._barged = False
+                self._started_while_speaking = session.speaking
+            elif isinstance(event, TurnEnded):
+                self._turn_ended(event, now)
+        session.mark_talking(self, self.endpointer.in_turn)
+        if self.endpointer.in_turn:
+            self._turn_frames += 1
+            if voiced:
+                self._silence = 0
+                self._early = None  # speech resumed: the early pass is stale
+            else:
+                self._silence += 1
+                if self._silence == self._early_frames and self._early is None:
+                    audio = self.endpointer.current_audio()
+                    if audio is not None:
+                        state = session.state_for(self.identity)
+                        future = session.transcribe_soon(audio, state)
+                        line_id = self.line_id
+                        future.add_done_callback(lambda f: self._partial(f, line_id))
+                        self._early = EarlyStt(self._turn_frames, future)
+
+    @property
+    def line_id(self) -> str:
+        return f"{self.session.job.job_id}-{self.identity}-{self.line}"
+
+    def _partial(self, future: asyncio.Future, line_id: str) -> None:
+        """An early STT pass as a partial transcript line (final: false): what was said up to
+        a pause, shown while the buyer goes on or while the final pass runs."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        if line_id in self.session.final_lines or not future.result().text.strip():
+            return  # the final line is out already: never overwrite it
+        self.session.send(
+            TOPIC_TRANSCRIPT,
+            {
+                "id": line_id,
+                "speaker": "user",
+                "identity": self.identity,
+                "language": future.result().language,
+                "final": False,
+                "text": future.result().text,
+            },
+        )
+
+    def _turn_ended(self, turn: TurnEnded, now: float) -> None:
+        early, self._early = self._early, None
+        if self._started_while_speaking and not self._barged:
+            # a noise over the agent's voice that still made a "turn": not a question
+            if early is not None:
+                early.future.cancel()
+            return
+        self.session.on_turn(self, turn, early, now)
+
+
+class AgentSession:
+    """Runs until stopped, until its socket closes, or until no buyer was present for long."""
+
+    def __init__(
+        self,
+        job: JobSpec,
+        pipeline: VoicePipeline,
+        url: str,
+        network: NetworkSettings,
+        on_started: Callable[[], Any] | None = None,
+    ) -> None:
+        self.job = job
+        self.pipeline = pipeline
+        self.config = pipeline.config
+        self.url = url
+        self.network = network
+        self.on_started = on_started
+        self.client: RoomClient | None = None
+        self.voice = AgentVoice(self.config.audio.frame_ms, self.config.session.voice_queue_frames)
+        self.listeners: dict[str, Listener] = {}  # by track id
+        self.states: dict[str, ConversationState] = {}  # by buyer identity
+        self.final_lines: set[str] = set()  # transcript lines already sent as final
+        self.state = "idle"
+        self.speaking = False
+        self.turn = 0
+        self.utterance: Utterance | None = None
+        self.history: list[dict[str, Any]] = []  # per answer: question, answer, heard
+        self.counters = {"barge_ins": 0, "ignored_noises": 0, "turns": 0}
+        self._reply: asyncio.Task | None = None  # the turn being answered
+        self._claimed = 0  # its number
+        self._talking: set[Listener] = set()  # speakers in the middle of a turn
+        self._quiet = asyncio.Event()  # set while nobody is
+        self._quiet.set()
+        self._outbox: asyncio.Queue[tuple[str, dict]] = asyncio.Queue()
+        self._stop = asyncio.Event()
+        self.stop_reason = ""
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Join, serve, leave; returns why it ended."""
+        client = self.client = await RoomClient.connect(
+            self.url,
+            self.job.token,
+            name=self.config.session.name,
+            metadata={"role": "agent", "job_id": self.job.job_id},
+            auto_subscribe=False,
+            network=self.network,
+            publish=[self.voice],
+            sources=["microphone"],
+        )
+        try:
+            client.on("track_published", lambda m: self._spawn(self._listen_to(m["track"])))
+            client.on("track_unpublished", lambda m: self._forget(m["track_id"]))
+            client.on("error", self._on_error)
+            client.on("data", self._on_data)
+            self._spawn(self._send_loop())
+            for info in list(client.tracks.values()):
+                self._spawn(self._listen_to(info))
+            self._set_state("listening")
+            if self.on_started is not None:
+                self.on_started()
+            closed = asyncio.ensure_future(client.wait_closed())
+            stopped = asyncio.ensure_future(self._stop.wait())
+            idle = asyncio.ensure_future(self._idle_watch())
+            done, _ = await asyncio.wait({closed, stopped, idle}, return_when="FIRST_COMPLETED")
+            for task in (closed, stopped, idle):
+                task.cancel()
+            if closed in done and not self.stop_reason:
+                self.stop_reason = "signalling socket closed"
+            return self.stop_reason or "stopped"
+        finally:
+            await self._shutdown()
+
+    def stop(self, reason: str = "stopped") -> None:
+        if not self.stop_reason:
+            self.stop_reason = reason
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        if self._reply is not None:
+            self._reply.cancel()
+        self.voice.interrupt()
+        for listener in self.listeners.values():
+            if listener.task is not None:
+                listener.task.cancel()
+        # let the last messages (state, transcripts) out before leaving
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), 1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        self.voice.interrupt()
+        if self.client is not None:
+            await self.client.leave()
+
+    def _on_error(self, message: dict) -> None:
+        if message.get("code") in ("replaced", "dropped"):
+            self.stop(f"server: {message.get('code')}")
+
+    async def _idle_watch(self) -> None:
+        """Leave a room where no buyer has been for `idle_timeout_s`."""
+        timeout = self.config.session.idle_timeout_s
+        alone_since = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, timeout))
+            others = [
+                p
+                for p in self.client.participants.values()
+                if not is_agent(p["identity"], p.get("metadata"))
+            ]
+            if others:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since >= timeout:
+                self.stop_reason = "no buyer in the room"
+                return
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- subscriptions ---------------------------------------------------------------------------
+
+    async def _listen_to(self, info: dict) -> None:
+        client = self.client
+        publisher = info.get("publisher", "")
+        if info.get("kind") != "audio" or publisher == client.identity:
+            return
+        if is_agent(publisher, client.participants.get(publisher, {}).get("metadata")):
+            return
+        track_id = info["id"]
+        if track_id in self.listeners:
+            return
+        try:
+            await client.subscribe([track_id])
+            remote = await client.next_track(track_id=track_id, timeout=10)
+        except Exception as exc:
+            logger.warning("agent %s: cannot subscribe to %s: %s", self.job.job_id, track_id, exc)
+            return
+        for receiver in client.subscriber.pc.getReceivers():
+            if receiver.track is remote.track:
+                low_latency_receiver(receiver)
+        listener = Listener(self, publisher, remote)
+        self.listeners[track_id] = listener
+        listener.task = self._spawn(listener.run())
+        logger.info("agent %s listens to %s (%s)", self.job.job_id, publisher, track_id)
+
+    def _forget(self, track_id: str) -> None:
+        listener = self.listeners.pop(track_id, None)
+        if listener is not None:
+            self.mark_talking(listener, False)
+            if listener.task is not None:
+                listener.task.cancel()
+
+    def mark_talking(self, listener: Listener, talking: bool) -> None:
+        if talking:
+            self._talking.add(listener)
+            self._quiet.clear()
+        else:
+            self._talking.discard(listener)
+            if not self._talking:
+                self._quiet.set()
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def send(self, topic: str, payload: dict) -> None:
+        """Queue a data message; one sender keeps them in order without blocking the caller."""
+        self._outbox.put_nowait((topic, payload))
+
+    async def _send_loop(self) -> None:
+        while True:
+            topic, payload = await self._outbox.get()
+            try:
+                await self.client.send_data(payload, topic=topic)
+            except Exception as exc:  # the socket is going away; run() notices
+                logger.debug("agent %s: data not sent: %s", self.job.job_id, exc)
+            finally:
+                self._outbox.task_done()
+
+    def _set_state(self, state: str, **extra: Any) -> None:
+        if state == self.state and not extra:
+            return
+        self.state = state
+        self.send(TOPIC_STATE, {"state": state, "turn": self.turn, **extra})
+
+    # -- turns -----------------------------------------------------------------------------------
+
+    def transcribe_soon(self, audio16k: np.ndarray, state: ConversationState) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(
+            self.pipeline.executor, self.pipeline.stt.transcribe, audio16k, None, state.language
+        )
+
+    def state_for(self, identity: str) -> ConversationState:
+        """The conversation with one buyer (kept across their turns, spoken or typed)."""
+        state = self.states.get(identity)
+        if state is None:
+            state = self.states[identity] = ConversationState(customer=identity)
+        return state
+
+    def _new_turn(self, coro_factory) -> None:
+        """Start on a new turn; it replaces the current answer once it proves to be words."""
+        self.turn += 1
+        self.counters["turns"] += 1
+        self._spawn(coro_factory(self.turn))
+
+    def _claim(self, number: int) -> bool:
+        """Make turn `number` the one being answered: the answer to an older turn (being
+        prepared or spoken) is cancelled. False if a newer turn has claimed already."""
+        if number < self._claimed:
+            return False
+        current = asyncio.current_task()
+        if self._reply is not None and self._reply is not current and not self._reply.done():
+            self._reply.cancel()
+        self._reply, self._claimed = current, number
+        return True
+
+    def on_turn(self, listener: Listener, turn: TurnEnded, early: EarlyStt | None, now: float):
+        """A buyer finished speaking a turn."""
+        self._new_turn(lambda number: self._hear(listener, turn, early, now, number))
+
+    def _on_data(self, message: dict) -> None:
+        """Typed questions (topic "ask": {text, language?}) are answered by voice too."""
+        payload = message.get("payload")
+        sender = message.get("from", "")
+        if message.get("topic") != TOPIC_ASK or not isinstance(payload, dict):
+            return
+        text = payload.get("text")
+        language = payload.get("language")
+        if not isinstance(text, str) or not text.strip() or is_agent(sender):
+            return
+        language = language if language in self.config.stt.languages else None
+        now = time.monotonic()
+        self._new_turn(
+            lambda number: self._respond(sender, text.strip()[:500], language, number, {}, now)
+        )
+
+    async def _hear(
+        self,
+        listener: Listener,
+        turn: TurnEnded,
+        early: EarlyStt | None,
+        detected_at: float,
+        number: int,
+    ) -> None:
+        """STT for a spoken turn (the early pass when it is still valid), then the answer."""
+        timings = {"endpointing": (detected_at - listener.last_voiced_at) * 1e3}
+        if not self.speaking:
+            self._set_state("thinking")
+        state = self.state_for(listener.identity)
+        line_id = listener.line_id
+        t0 = time.monotonic()
+        transcript: Transcript | None = None
+        early_result: Transcript | None = None
+        if early is not None:
+            try:
+                transcript = early_result = await early.future
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                transcript = None
+        if transcript is None:
+            transcript = await self.transcribe_soon(turn.audio, state)
+        t1 = time.monotonic()
+        timings["stt"] = transcript.timings_ms.get("total", (t1 - t0) * 1e3)
+        timings["stt_wait"] = (t1 - t0) * 1e3
+        if len(transcript.text.strip(" .,!?¿¡")) < MIN_TRANSCRIPT_CHARS:
+            # a cough or a knock that made a "turn": whatever was being said goes on
+            if self._reply is None or self._reply.done():
+                self._set_state("listening")
+            return
+        await self._respond(
+            listener.identity,
+            transcript.text,
+            transcript.language,
+            number,
+            timings,
+            detected_at,
+            line_id,
+            early_stt=transcript is early_result,
+        )
+
+    async def _respond(
+        self,
+        identity: str,
+        text: str,
+        language: str | None,
+        number: int,
+        timings: dict[str, float],
+        detected_at: float,
+        line_id: str = "",
+        **extra: Any,
+    ) -> None:
+        """The answer engine (tools included) for one turn's text, then speak the answer."""
+        if not self._claim(number):
+            return
+        self._set_state("thinking")
+        state = self.state_for(identity)
+        line_id = line_id or f"{self.job.job_id}-{number}-user"
+        self.final_lines.add(line_id)
+        self.send(
+            TOPIC_TRANSCRIPT,
+            {
+                "id": line_id,
+                "speaker": "user",
+                "identity": identity,
+                "language": language or state.language,
+                "final": True,
+                "text": text,
+                "turn": number,
+                **extra,
+            },
+        )
+        loop = asyncio.get_running_loop()
+        t1 = time.monotonic()
+        answer: Answer = await loop.run_in_executor(
+            self.pipeline.executor, self.pipeline.engine.answer, text, state, language
+        )
+        timings["answer"] = (time.monotonic() - t1) * 1e3
+        for call in answer.tool_calls:
+            self.send(
+                TOPIC_TOOL,
+                {"name": call.name, "args": call.args, "result": call.result, "turn": number},
+            )
+        await self._speak(identity, text, answer, number, timings, detected_at)
+
+    async def _speak(
+        self,
+        identity: str,
+        question: str,
+        answer: Answer,
+        number: int,
+        timings: dict[str, float],
+        detected_at: float,
+    ) -> None:
+        """Synthesize sentence by sentence, one ahead of playback; play through the voice."""
+        loop = asyncio.get_running_loop()
+        pipeline = self.pipeline
+        frame_ms = self.config.audio.frame_ms
+        sentences = split_sentences(answer.text) or [answer.text]
+
+        def synthesize(index: int) -> list[np.ndarray]:
+            frames = list(pipeline.tts.frames(sentences[index], answer.language, frame_ms))
+            last = index == len(sentences) - 1
+            return trim_frames(
+                frames, lead=1 if index else 0, tail=2 if last else SENTENCE_PAUSE_FRAMES
+            )
+
+        reply_id = f"{self.job.job_id}-{number}-agent"
+        utterance = Utterance(reply_id, answer.text, answer.language, frame_ms)
+        entry = {
+            "turn": number,
+            "speaker": identity,
+            "question": question,
+            "answer": answer.text,
+            "language": answer.language,
+            "intent": answer.intent,
+            "heard": "",
+            "interrupted": False,
+        }
+        self.history.append(entry)
+        t0 = time.monotonic()
+        upcoming = loop.run_in_executor(pipeline.executor, synthesize, 0)
+        generation = None
+        try:
+            for i, sentence in enumerate(sentences):
+                frames = await upcoming
+                if i + 1 < len(sentences):
+                    upcoming = loop.run_in_executor(pipeline.executor, synthesize, i + 1)
+                utterance.add(sentence, len(frames))
+                if i == 0:
+                    # turn-taking: someone is talking (a new turn is open): wait for its end;
+                    # if it turns out to be a question, it replaces this answer
+                    await self._quiet.wait()
+                    now = time.monotonic()
+                    timings["tts_first_audio"] = (now - t0) * 1e3
+                    timings["reply"] = (now - detected_at) * 1e3
+                    generation = self.voice.begin()
+                    self.utterance = utterance
+                    self.speaking = True
+                    self._set_state("speaking")
+                    self.send(
+                        TOPIC_TRANSCRIPT,
+                        {
+                            "id": reply_id,
+                            "speaker": "agent",
+                            "identity": self.client.identity,
+                            "language": answer.language,
+                            "final": True,
+                            "text": answer.text,
+                            "turn": number,
+                            "intent": answer.intent,
+                            "timings_ms": {k: round(v, 1) for k, v in timings.items()},
+                        },
+                    )
+                for frame in frames:
+                    if not await self.voice.put(frame, generation):
+                        return
+            await self.voice.drained(generation)
+            if generation == self.voice.generation:
+                entry["heard"] = answer.text
+                self.speaking = False
+                self.utterance = None
+                self._set_state("listening")
+        finally:
+            if generation is not None and generation == self.voice.generation:
+                # cancelled (a newer turn, or leaving) while speaking: stop the voice too
+                self.speaking = False
+                self.voice.interrupt()
+
+    # -- interruptions -----------------------------------------------------------------------------
+
+    def barge_in(self, listener: Listener, voiced_ms: int) -> None:
+        """Buyer speech over the agent: silence now, drop what was being prepared."""
+        if not self.speaking:
+            return
+        stopped = self.voice.interrupt()  # first: the next frame out is silence
+        sent = self.voice.sent
+        self.speaking = False
+        if self._reply is not None:
+            self._reply.cancel()
+        utterance, self.utterance = self.utterance, None
+        heard = utterance.heard(sent) if utterance is not None else ""
+        if self.history:
+            self.history[-1].update(heard=heard, interrupted=True)
+        self.counters["barge_ins"] += 1
+        payload = {
+            "kind": "barge_in",
+            "speaker": listener.identity,
+            "voiced_ms": voiced_ms,
+            "turn": self.turn,
+            "heard_text": heard,
+            "heard_ms": sent * self.voice.frame_ms,
+            "total_ms": utterance.total_ms if utterance is not None else 0,
+            "stopped_frames": stopped,
+        }
+        self.send(TOPIC_INTERRUPTION, payload)
+        if utterance is not None:
+            self.send(
+                TOPIC_TRANSCRIPT,
+                {
+                    "id": utterance.reply_id,
+                    "speaker": "agent",
+                    "identity": self.client.identity,
+                    "language": utterance.language,
+                    "final": True,
+                    "text": heard or "…",
+                    "turn": self.turn,
+                    "interrupted": True,
+                    "full_text": utterance.text,
+                },
+            )
+        self._set_state("interrupted", speaker=listener.identity)
+        self._set_state("listening")
+        logger.info(
+            "agent %s interrupted by %s after %d ms of speech (heard %d ms)",
+            self.job.job_id,
+            listener.identity,
+            voiced_ms,
+            payload["heard_ms"],
+        )
+
+    def ignored_noise(self, listener: Listener, voiced_ms: int) -> None:
+        """A burst too short to be a barge-in (cough, click): keep talking, count it."""
+        self.counters["ignored_noises"] += 1
+        self.send(
+            TOPIC_INTERRUPTION,
+            {
+                "kind": "ignored_noise",
+                "speaker": listener.identity,
+                "voiced_ms": voiced_ms,
+                "turn": self.turn,
+            },
+        )

@@ -1,0 +1,580 @@
+#!/usr/bin/env python3
+"""Agent latency benchmark: a buyer talks to the agent over real WebRTC, timed at the buyer.
+
+    .venv/bin/python benchmarks/agent_latency.py --questions 12 --json build/agent_latency.json
+    .venv/bin/python benchmarks/agent_latency.py --quick --json build/agent_latency-quick.json
+
+What runs (each its own process, as in production):
+
+* the SFU: `python -m sfu serve` on a free loopback port, with `[agents] auto_rooms` naming
+  the benchmark room, so the first buyer to join brings the agent in;
+* one agent worker: `python -m agent worker` (Whisper base int8, hibari-tts, espeak-ng);
+* this process: one buyer per language (en, pt, es), each a `RoomClient` publishing an audio
+  track, speaking questions made offline with espeak-ng before the run.
+
+The script alternates a "host" question (asked in silence; its answer is long) and a "barge"
+question: 0.5 s into the host's answer the buyer makes a short noise (a click or a knock) that
+must NOT stop the agent; 1.5 s in, it asks the barge question over the agent, which must stop
+it. The barge question is then answered in full.
+
+Measured at the buyer (all processes share CLOCK_MONOTONIC):
+* voice_to_voice_ms: end of the buyer's question (its last frame sent) -> first audible frame
+  of the agent's answer decoded at the buyer;
+* barge_in_ms: the first frame of the barging question sent -> the first silent frame of the
+  agent's voice at the buyer that starts >= 0.5 s of silence;
+* false_interruptions: noises after which the agent reported a barge-in within 1 s;
+* answered_correctly: answers (the agent's transcript messages) holding the expected facts;
+* per stage p50, as the agent reports them in its transcript messages: endpointing_ms (last
+  voiced frame -> end of turn), stt_ms (the STT pass), stt_wait_ms (end of turn -> transcript;
+  the early STT pass overlaps the end-of-turn wait), answer_ms, tts_first_audio_ms, reply_ms
+  (end of turn -> first answer frame handed to the agent's sender).
+
+Both aiortc receivers (agent and buyer) play out with a 1-frame jitter buffer (aiortc's default
+holds 4 frames, 80 ms; see agent/voice.py low_latency_receiver).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from agent.audio.frames import WEBRTC_RATE  # noqa: E402
+from agent.buyer import AUDIBLE_RMS, Buyer, Said, speech_clip  # noqa: E402
+from sfu.auth import Grants, mint_token  # noqa: E402
+from sfu.config import Config  # noqa: E402
+from sfu.media.peer import NetworkSettings  # noqa: E402
+
+ROOM = "bench-agent"
+LOOPBACK = NetworkSettings(addresses=("127.0.0.1",))
+# espeak-ng voices Whisper base understands best (as in tests/agent/conftest.py)
+CLIP_VOICES = {"en": "en-us", "pt": "pt", "es": "es-419+klatt"}
+TARGETS = {
+    "voice_to_voice_ms_p50": ("<=", 1000.0),
+    "barge_in_ms_p50": ("<=", 250.0),
+    "answered_correctly": (">=", 0.8),
+    "false_interruption_rate": ("<", 0.05),
+}
+NOISE_AT_S = 0.5  # into the host answer
+BARGE_AT_S = 1.5
+SILENCE_FOR_STOP_S = 0.5
+START_TIMEOUT_S = 60.0
+ANSWER_TIMEOUT_S = 12.0
+
+
+@dataclass
+class Question:
+    lang: str
+    text: str
+    expect: list[str]
+    role: str  # "host" (long answer, interrupted) or "barge" (asked over the host answer)
+    voice: str = ""  # espeak-ng voice (default CLIP_VOICES[lang])
+    wpm: int = 150
+
+
+# Pairs: a host question whose answer is long, then the question that interrupts it. Voices and
+# rates are ones whose espeak-ng rendering Whisper base transcribes (robotic pt/es speech is
+# often heard as English or as other words; see benchmarks/RESULTS_agent.md).
+PAIRS: list[tuple[Question, Question]] = [
+    (
+        Question("en", "Where is my order one zero zero two three?", ["10023", "transit"], "host"),
+        Question("en", "How much is the leather tote bag?", ["159"], "barge"),
+    ),
+    (
+        Question("pt", "Qual é a política de devolução?", ["30"], "host", "pt", 135),
+        Question("pt", "Quanto custa o relógio automático?", ["420"], "barge", "pt-br", 140),
+    ),
+    (
+        Question("es", "¿Cuál es la política de devoluciones?", ["30"], "host", "es", 120),
+        Question("es", "¿Cuánto cuesta el bolso de cuero?", ["159"], "barge"),
+    ),
+    (
+        Question("en", "Do I have to pay customs duties?", ["duties", "800"], "host"),
+        Question("en", "Is the automatic watch water resistant?", ["50"], "barge"),
+    ),
+    (
+        Question("pt", "Como posso pagar?", ["visa"], "host", "pt-br", 130),
+        Question("pt", "Quanto custa a bolsa de couro?", ["159"], "barge", "pt-br", 130),
+    ),
+    (
+        Question("es", "¿Qué formas de pago aceptan?", ["visa"], "host", "es", 135),
+        Question("es", "¿El reloj es resistente al agua?", ["50"], "barge"),
+    ),
+]
+
+
+@dataclass
+class Turn:
+    lang: str
+    question: str
+    role: str
+    expect: list[str]
+    voice_to_voice_ms: float | None = None
+    answer: str = ""
+    heard: str = ""  # what the agent transcribed (its final "user" transcript line)
+    heard_language: str = ""
+    correct: bool = False
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    barge_in_ms: float | None = None
+    barge_in_signal_ms: float | None = None  # the agent's interruption message reached the buyer
+    noise: str = ""
+    noise_stopped_agent: bool | None = None
+    error: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fold(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text.lower())
+    return "".join(c for c in text if not unicodedata.combining(c))
+
+
+def noise_clip(kind: str) -> np.ndarray:
+    """A click (5 ms impulse train) or a knock (60 ms decaying noise): shorter than a barge-in."""
+    rng = np.random.default_rng(7)
+    if kind == "click":
+        n = WEBRTC_RATE * 5 // 1000
+        x = rng.uniform(-1, 1, n) * np.hanning(n)
+    else:
+        n = WEBRTC_RATE * 60 // 1000
+        x = rng.normal(0, 0.35, n) * np.exp(-np.linspace(0, 5, n))
+    return (np.clip(x, -1, 1) * 30000).astype(np.int16)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 1)
+    if q == 50:
+        return round(statistics.median(values), 1)
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (ordered[high] - ordered[low]) * (pos - low), 1)
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+class Processes:
+    """The SFU and the worker as child processes, each in its own process group."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.node_toml = tmp / "node.toml"
+        self.agent_toml = tmp / "agent.toml"
+        self.children: list[subprocess.Popen] = []
+        self.config = Config()
+
+    def write_configs(self) -> None:
+        self.node_toml.write_text(
+            f'[server]\nport = {self.port}\n[agents]\nauto_rooms = ["{ROOM}"]\n'
+        )
+        self.config = Config.load(self.node_toml)
+        self.agent_toml.write_text(
+            f'[tickets]\ndb = "{self.tmp / "tickets.sqlite3"}"\n'
+            f'[worker]\nurl = "{self.url}"\ncapacity = 1\n'
+        )
+
+    def start(self, args: list[str], log: str) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("AGENT_TICKETS_DB", None)
+        out = open(self.tmp / log, "wb")  # noqa: SIM115 - lives as long as the child
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.children.append(proc)
+        return proc
+
+    def start_all(self) -> None:
+        self.start(["-m", "sfu", "serve", "--config", str(self.node_toml)], "sfu.log")
+        self.start(
+            [
+                "-m",
+                "agent",
+                "--config",
+                str(self.agent_toml),
+                "worker",
+                "--url",
+                self.url,
+                "--config",
+                str(self.node_toml),
+                "--name",
+                "bench",
+            ],
+            "worker.log",
+        )
+
+    def admin(self, path: str) -> Any:
+        token = mint_token(self.config.auth, identity="bench", room="*", grants=Grants(admin=True))
+        request = urllib.request.Request(
+            self.url + path, headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return json.loads(response.read())
+
+    async def wait_ready(self) -> float:
+        """Seconds until the worker registered with the node."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < START_TIMEOUT_S:
+            for proc in self.children:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a child exited early ({proc.args}); see {self.tmp}")
+            with contextlib.suppress(OSError, ValueError):
+                listing = await asyncio.to_thread(self.admin, "/api/agents")
+                if listing.get("workers"):
+                    return time.monotonic() - t0
+            await asyncio.sleep(0.2)
+        raise TimeoutError("the worker did not register in time")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        tck = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for name, proc in zip(("sfu", "worker"), self.children, strict=False):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / tck
+        return out
+
+    def stop(self) -> None:
+        for proc in reversed(self.children):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.children):
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+
+# -- the conversation ------------------------------------------------------------------------------
+
+
+async def ask(
+    buyer: Buyer, q: Question, clip: np.ndarray, turn: Turn, said: Said | None = None
+) -> float | None:
+    """Speak `q` (unless already spoken), then time and check the agent's answer; returns when
+    the answer was first heard."""
+    if said is None:
+        said = await buyer.say(clip)
+    try:
+        _, payload = await buyer.wait_message(
+            "transcript",
+            lambda p: p.get("speaker") == "agent" and not p.get("interrupted"),
+            after=said.start,
+            timeout=ANSWER_TIMEOUT_S,
+        )
+    except TimeoutError:
+        turn.error = "no answer"
+        return None
+    turn.answer = payload.get("text", "")
+    turn.timings_ms = payload.get("timings_ms", {})
+    users = [
+        p
+        for p in buyer.messages_on("transcript", after=said.start)
+        if p.get("speaker") == "user" and p.get("final") and p.get("turn") == payload.get("turn")
+    ]
+    if users:
+        turn.heard, turn.heard_language = users[-1].get("text", ""), users[-1].get("language", "")
+    answer = fold(turn.answer)
+    turn.correct = all(fold(fact) in answer for fact in q.expect)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        first = buyer.first_audible(said.end)
+        if first is not None:
+            turn.voice_to_voice_ms = round((first - said.end) * 1000, 1)
+            return first
+        await asyncio.sleep(0.02)
+    turn.error = "answer not heard"
+    return None
+
+
+async def wait_until_quiet(buyer: Buyer, quiet_s: float = 0.6, timeout: float = 20.0) -> None:
+    """Until the agent's voice has been silent for `quiet_s`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if not buyer.audible_between(now - quiet_s, now):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def mid_word(buyer: Buyer, timeout: float = 1.0) -> bool:
+    """Wait (briefly) until the agent's last 100 ms were all audible."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        recent = [h for h in buyer.heard if h.at >= now - 0.1]
+        if len(recent) >= 4 and all(h.rms >= AUDIBLE_RMS for h in recent):
+            return True
+        await asyncio.sleep(0.01)
+    return buyer.audible_between(time.monotonic() - 0.3, time.monotonic())
+
+
+async def run_pair(
+    buyer: Buyer,
+    host: Question,
+    barge: Question,
+    clips: dict[str, np.ndarray],
+    noise: str,
+) -> tuple[Turn, Turn]:
+    host_turn = Turn(host.lang, host.text, "host", host.expect, noise=noise)
+    barge_turn = Turn(barge.lang, barge.text, "barge", barge.expect)
+    await wait_until_quiet(buyer)
+    started = await ask(buyer, host, clips[host.text], host_turn)
+    if started is None:
+        return host_turn, barge_turn
+    # a short noise over the answer: must not stop it
+    await asyncio.sleep(max(0.0, started + NOISE_AT_S - time.monotonic()))
+    noise_said = await buyer.say(clips[noise])
+    await asyncio.sleep(max(0.0, started + BARGE_AT_S - time.monotonic()))
+    host_turn.noise_stopped_agent = any(
+        p.get("kind") == "barge_in"
+        for p in buyer.messages_on("interruption", after=noise_said.start)
+    )
+    # the barging question, spoken over the agent mid-word (not in a pause between words)
+    speaking = await mid_word(buyer)
+    said = await buyer.say(clips[barge.text])
+    stop = buyer.stopped_at(said.start, SILENCE_FOR_STOP_S)
+    if speaking and stop is not None:
+        barge_turn.barge_in_ms = round((stop - said.start) * 1000, 1)
+        with contextlib.suppress(TimeoutError):
+            at, _ = await buyer.wait_message(
+                "interruption", lambda p: p.get("kind") == "barge_in", said.start, timeout=2
+            )
+            barge_turn.barge_in_signal_ms = round((at - said.start) * 1000, 1)
+    elif not speaking:
+        barge_turn.error = "agent had already finished (no barge-in measured)"
+    await ask(buyer, barge, clips[barge.text], barge_turn, said)
+    return host_turn, barge_turn
+
+
+async def conversation(procs: Processes, pairs: list[tuple[Question, Question]]) -> dict:
+    clips: dict[str, np.ndarray] = {}
+    for host, barge in pairs:
+        for q in (host, barge):
+            voice = q.voice or CLIP_VOICES[q.lang]
+            clips[q.text] = await asyncio.to_thread(speech_clip, q.text, voice, q.wpm)
+    clips["click"] = noise_clip("click")
+    clips["knock"] = noise_clip("knock")
+    languages = sorted({q.lang for pair in pairs for q in pair})
+    buyers: dict[str, Buyer] = {}
+    t0 = time.monotonic()
+    try:
+        for lang in languages:
+            token = mint_token(
+                procs.config.auth,
+                identity=f"buyer-{lang}",
+                room=ROOM,
+                grants=Grants(publish=True, subscribe=True),
+            )
+            buyers[lang] = await Buyer.connect(procs.url, token, LOOPBACK, name=f"Buyer {lang}")
+        for buyer in buyers.values():
+            await buyer.wait_for_agent(timeout=20)
+        agent_joined_s = time.monotonic() - t0
+        await asyncio.sleep(0.5)  # the agent subscribes to each buyer's audio
+        cpu0 = procs.cpu_seconds()
+        t_run = time.monotonic()
+        turns: list[Turn] = []
+        for i, (host, barge) in enumerate(pairs):
+            pair = await run_pair(
+                buyers[host.lang], host, barge, clips, "click" if i % 2 == 0 else "knock"
+            )
+            turns.extend(pair)
+        run_s = time.monotonic() - t_run
+        cpu1 = procs.cpu_seconds()
+        # every buyer receives every data message: count one buyer's copies
+        any_buyer = next(iter(buyers.values()))
+        ignored = sum(
+            1 for p in any_buyer.messages_on("interruption") if p.get("kind") == "ignored_noise"
+        )
+        cpu = {k: round((cpu1[k] - cpu0.get(k, 0)) / run_s * 100, 1) for k in cpu1}
+        return {
+            "turns": turns,
+            "agent_joined_s": agent_joined_s,
+            "run_s": run_s,
+            "ignored_noises": ignored,
+            "cpu_pct": cpu,
+        }
+    finally:
+        for buyer in buyers.values():
+            with contextlib.suppress(Exception):
+                await buyer.close()
+
+
+def summarize(result: dict, questions: int, ready_s: float) -> dict:
+    turns: list[Turn] = result["turns"]
+    v2v = [t.voice_to_voice_ms for t in turns if t.voice_to_voice_ms is not None]
+    barge = [t.barge_in_ms for t in turns if t.barge_in_ms is not None]
+    signal_ms = [t.barge_in_signal_ms for t in turns if t.barge_in_signal_ms is not None]
+    noises = [t for t in turns if t.noise_stopped_agent is not None]
+    false = sum(1 for t in noises if t.noise_stopped_agent)
+    stage: dict[str, float | None] = {}
+    for name in ("endpointing", "stt", "stt_wait", "answer", "tts_first_audio", "reply"):
+        values = [t.timings_ms[name] for t in turns if name in t.timings_ms]
+        stage[f"{name}_ms_p50"] = percentile(values, 50)
+    metrics: dict[str, Any] = {
+        "questions": len(turns),
+        "voice_to_voice_ms_p50": percentile(v2v, 50),
+        "voice_to_voice_ms_p95": percentile(v2v, 95),
+        "barge_in_ms_p50": percentile(barge, 50),
+        "barge_in_ms_p95": percentile(barge, 95),
+        "barge_in_signal_ms_p50": percentile(signal_ms, 50),
+        "barge_ins_measured": len(barge),
+        "noises_played": len(noises),
+        "false_interruptions": false,
+        "false_interruption_rate": round(false / len(noises), 3) if noises else None,
+        "ignored_noises_reported": result["ignored_noises"],
+        "answered_correctly": round(sum(t.correct for t in turns) / len(turns), 3)
+        if turns
+        else None,
+        **stage,
+        "worker_ready_s": round(ready_s, 2),
+        "agent_joined_s": round(result["agent_joined_s"], 2),
+        "conversation_s": round(result["run_s"], 1),
+        "cpu_pct": result["cpu_pct"],
+    }
+    checks = {}
+    for key, (op, bound) in TARGETS.items():
+        value = metrics.get(key)
+        if value is None:
+            checks[key] = False
+        elif op == "<=":
+            checks[key] = value <= bound
+        elif op == ">=":
+            checks[key] = value >= bound
+        else:
+            checks[key] = value < bound
+    return {
+        "benchmark": "agent_latency",
+        "requested_questions": questions,
+        "metrics": metrics,
+        "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()},
+        "targets_met": checks,
+        "turns": [asdict(t) for t in turns],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+
+
+def print_table(out: dict) -> None:
+    m = out["metrics"]
+    print(f"\n{'turn':<5}{'lang':<5}{'role':<6}{'v2v ms':>8}{'barge ms':>10}  ok  answer")
+    for i, t in enumerate(out["turns"], 1):
+        v2v = f"{t['voice_to_voice_ms']:.0f}" if t["voice_to_voice_ms"] is not None else "-"
+        barge = f"{t['barge_in_ms']:.0f}" if t["barge_in_ms"] is not None else "-"
+        ok = "yes" if t["correct"] else "NO"
+        text = (t["answer"] or t["error"])[:60]
+        print(f"{i:<5}{t['lang']:<5}{t['role']:<6}{v2v:>8}{barge:>10}  {ok:<3} {text}")
+    print()
+    rows = [
+        ("voice_to_voice_ms p50 / p95", m["voice_to_voice_ms_p50"], m["voice_to_voice_ms_p95"]),
+        ("barge_in_ms p50 / p95", m["barge_in_ms_p50"], m["barge_in_ms_p95"]),
+    ]
+    rows.append(("barge_in_signal_ms p50 (message)", m["barge_in_signal_ms_p50"], "-"))
+    for name, a, b in rows:
+        print(f"{name:<36}{a!s:>10} / {b!s}")
+    print(f"{'false interruptions':<36}{m['false_interruptions']:>10} of {m['noises_played']}")
+    print(f"{'answered correctly':<36}{m['answered_correctly']!s:>10}")
+    for key in (
+        "endpointing_ms_p50",
+        "stt_ms_p50",
+        "stt_wait_ms_p50",
+        "answer_ms_p50",
+        "tts_first_audio_ms_p50",
+        "reply_ms_p50",
+    ):
+        print(f"{key:<36}{m[key]!s:>10}")
+    print(f"{'CPU % (sfu, worker)':<36}{json.dumps(m['cpu_pct']):>10}")
+    met = ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in out["targets_met"].items())
+    print(f"targets: {met}")
+
+
+def copy_logs(tmp: Path, keep: Path) -> None:
+    keep.mkdir(parents=True, exist_ok=True)
+    for log in ("sfu.log", "worker.log"):
+        if (tmp / log).exists():
+            (keep / log).write_bytes((tmp / log).read_bytes())
+
+
+async def run(questions: int, keep_logs: Path | None) -> dict:
+    pairs = [PAIRS[i % len(PAIRS)] for i in range(max(1, (questions + 1) // 2))]
+    with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        procs = Processes(tmp)
+        procs.write_configs()
+        try:
+            procs.start_all()
+            ready_s = await procs.wait_ready()
+            budget = 30.0 + 14.0 * len(pairs)
+            result = await asyncio.wait_for(conversation(procs, pairs), budget)
+        finally:
+            procs.stop()
+            if keep_logs is not None:
+                copy_logs(tmp, keep_logs)
+    return summarize(result, questions, ready_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=12, help="questions asked (default 12)")
+    parser.add_argument("--quick", action="store_true", help="4 questions (< 60 s in all)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--logs", help="keep the SFU and worker logs in this folder")
+    args = parser.parse_args(argv)
+    questions = 4 if args.quick else max(2, args.questions)
+    t0 = time.monotonic()
+    out = asyncio.run(run(questions, Path(args.logs) if args.logs else None))
+    out["wall_s"] = round(time.monotonic() - t0, 1)
+    out["command"] = " ".join(["benchmarks/agent_latency.py", *(argv or sys.argv[1:])])
+    print_table(out)
+    print(f"wall time {out['wall_s']} s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

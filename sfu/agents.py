@@ -1,0 +1,470 @@
+"""Agent dispatch: jobs ("join room R as the agent") handed to agent workers over a WebSocket.
+
+The node keeps a job registry in memory. A job is created by an admin call
+(`POST /api/rooms/{room}/agents`) or when the first buyer joins a room listed in
+`[agents] auto_rooms`; it ends when the room's last non-agent participant leaves, when an admin
+deletes it, or when its worker reports it done. Workers (`python -m agent worker`) connect to
+`GET /api/agent-workers/ws` with a token carrying the `agent` grant, say which job kinds they
+take and how many at once, and heartbeat. A worker whose socket closes, or that stays silent
+for `worker_timeout_s`, loses its jobs to the other workers at once.
+
+Worker protocol (JSON text messages):
+
+    worker -> node  {"type": "register", "kinds": ["agent"], "capacity": 2, "name": "..."}
+    node -> worker  {"type": "registered", "worker_id", "heartbeat_interval_s", "timeout_s"}
+    node -> worker  {"type": "assign", "job": {"job_id", "room", "kind", "identity", "token",
+                                               "attempt"}}
+    worker -> node  {"type": "job_started", "job_id"}          (joined the room)
+    worker -> node  {"type": "job_done", "job_id"} | {"type": "job_failed", "job_id", "error"}
+    node -> worker  {"type": "cancel", "job_id", "reason"}     (leave the room now)
+    worker -> node  {"type": "heartbeat", "jobs": [job ids it runs]}
+    node -> worker  {"type": "error", "message"}
+
+`kind` is free-form ("agent" for the conversational agent; other kinds, such as live captions,
+use the same machinery): a job goes only to a worker that listed its kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from .auth import AuthError, Grants, PermissionDenied, mint_token
+
+if TYPE_CHECKING:
+    from .node import SfuNode
+    from .participant import Participant
+    from .room import Room
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KIND = "agent"
+ACTIVE = ("pending", "assigned", "running")
+HEARTBEAT_INTERVAL_S = 1.0
+MAX_ATTEMPTS = 3  # a job a worker reports failed is retried this many times in all
+JOB_TOKEN_TTL_S = 12 * 3600
+FINISHED_KEPT = 200  # finished jobs kept for the admin listing
+_KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def is_agent_participant(identity: str, metadata: dict | None = None) -> bool:
+    """Agents join as "agent-<job>" or say role "agent"; they do not keep a room alive."""
+    return identity.startswith("agent") or (metadata or {}).get("role") == "agent"
+
+
+@dataclass
+class AgentJob:
+    id: str
+    room: str
+    kind: str
+    source: str  # "admin" or "auto"
+    state: str = "pending"  # pending -> assigned -> running -> ended | failed
+    worker: str | None = None
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    attempts: int = 0  # times a worker was given it
+    moves: int = 0  # times it moved because its worker died
+    reason: str = ""
+
+    @property
+    def identity(self) -> str:
+        return f"agent-{self.id}"
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def set_state(self, state: str, reason: str = "") -> None:
+        self.state = state
+        self.updated_at = time.time()
+        if reason:
+            self.reason = reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "room": self.room,
+            "kind": self.kind,
+            "source": self.source,
+            "state": self.state,
+            "worker": self.worker,
+            "identity": self.identity,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attempts": self.attempts,
+            "moves": self.moves,
+            "reason": self.reason,
+        }
+
+
+class WorkerLink:
+    """One connected worker: its socket, what it takes, and the jobs it holds."""
+
+    def __init__(self, ws: web.WebSocketResponse, identity: str) -> None:
+        self.id = "AW_" + uuid.uuid4().hex[:10]
+        self.ws = ws
+        self.identity = identity
+        self.name = identity
+        self.kinds: frozenset[str] = frozenset()
+        self.capacity = 0
+        self.jobs: set[str] = set()
+        self.last_seen = time.monotonic()
+        self.registered = False
+        self.gone = False
+
+    def free(self) -> int:
+        return self.capacity - len(self.jobs)
+
+    def send(self, message: dict) -> None:
+        """Queue a message without awaiting (dispatch runs from synchronous room events)."""
+        if self.gone or self.ws.closed:
+            return
+        asyncio.ensure_future(self._send(message))
+
+    async def _send(self, message: dict) -> None:
+        try:
+            await self.ws.send_json(message)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.id,
+            "name": self.name,
+            "kinds": sorted(self.kinds),
+            "capacity": self.capacity,
+            "jobs": sorted(self.jobs),
+            "last_seen_s_ago": round(time.monotonic() - self.last_seen, 2),
+        }
+
+
+class AgentDispatcher:
+    """The node's jobs and workers; hands pending jobs to workers with a free slot."""
+
+    def __init__(self, node: SfuNode) -> None:
+        self.node = node
+        self.settings = node.config.agents
+        self.jobs: dict[str, AgentJob] = {}
+        self.workers: dict[str, WorkerLink] = {}
+        self._watchdog: asyncio.Task | None = None
+        node.rooms.listeners.append(self._on_room_event)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def create_job(self, room: str, kind: str = DEFAULT_KIND, source: str = "admin") -> AgentJob:
+        job = AgentJob(id=uuid.uuid4().hex[:12], room=room, kind=kind, source=source)
+        self.jobs[job.id] = job
+        logger.info("agent job %s (%s) for room %s created (%s)", job.id, kind, room, source)
+        self._trim()
+        self._dispatch()
+        return job
+
+    def active_jobs(self, room: str | None = None, kind: str | None = None) -> list[AgentJob]:
+        return [
+            j
+            for j in self.jobs.values()
+            if j.active and (room is None or j.room == room) and (kind is None or j.kind == kind)
+        ]
+
+    def end_job(self, job: AgentJob, reason: str, state: str = "ended") -> None:
+        """Finish a job; its worker (if any) is told to leave the room."""
+        if not job.active:
+            return
+        worker = self.workers.get(job.worker) if job.worker else None
+        if worker is not None:
+            worker.jobs.discard(job.id)
+            worker.send({"type": "cancel", "job_id": job.id, "reason": reason})
+        job.set_state(state, reason)
+        logger.info("agent job %s %s: %s", job.id, state, reason)
+        self._dispatch()  # a slot came free
+
+    def _dispatch(self) -> None:
+        """Give every pending job (oldest first) to the least-loaded worker that takes its kind."""
+        for job in sorted(self.jobs.values(), key=lambda j: j.created_at):
+            if job.state != "pending":
+                continue
+            candidates = [
+                w
+                for w in self.workers.values()
+                if w.registered and not w.gone and job.kind in w.kinds and w.free() > 0
+            ]
+            if not candidates:
+                continue
+            worker = max(candidates, key=lambda w: (w.free(), -len(w.jobs)))
+            self._assign(job, worker)
+
+    def _assign(self, job: AgentJob, worker: WorkerLink) -> None:
+        job.worker = worker.id
+        job.attempts += 1
+        job.set_state("assigned")
+        worker.jobs.add(job.id)
+        token = mint_token(
+            self.node.config.auth,
+            identity=job.identity,
+            room=job.room,
+            grants=Grants(publish=True, subscribe=True),
+            ttl_s=JOB_TOKEN_TTL_S,
+            name="Shop assistant" if job.kind == DEFAULT_KIND else job.kind,
+        )
+        worker.send(
+            {
+                "type": "assign",
+                "job": {
+                    "job_id": job.id,
+                    "room": job.room,
+                    "kind": job.kind,
+                    "identity": job.identity,
+                    "token": token,
+                    "attempt": job.attempts,
+                },
+            }
+        )
+        logger.info("agent job %s assigned to worker %s", job.id, worker.name)
+
+    def _trim(self) -> None:
+        finished = sorted(
+            (j for j in self.jobs.values() if not j.active), key=lambda j: j.updated_at
+        )
+        for job in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self.jobs[job.id]
+
+    # -- rooms ---------------------------------------------------------------------------------
+
+    def _on_room_event(self, event: str, room: Room, participant: Participant) -> None:
+        if is_agent_participant(participant.identity, participant.metadata):
+            return
+        if event == "joined":
+            if room.name in self.settings.auto_rooms and not self.active_jobs(
+                room.name, DEFAULT_KIND
+            ):
+                self.create_job(room.name, DEFAULT_KIND, source="auto")
+            return
+        humans = [
+            p
+            for p in room.participants.values()
+            if not is_agent_participant(p.identity, p.metadata)
+        ]
+        if not humans:
+            for job in self.active_jobs(room.name):
+                self.end_job(job, "room is empty")
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _register(self, worker: WorkerLink, msg: dict) -> None:
+        kinds = msg.get("kinds", [DEFAULT_KIND])
+        capacity = msg.get("capacity", 1)
+        if (
+            not isinstance(kinds, list)
+            or not kinds
+            or not all(isinstance(k, str) and k and set(k) <= _KIND_CHARS for k in kinds)
+        ):
+            raise ValueError("'kinds' must be a non-empty list of lower-case kind names")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= 64:
+            raise ValueError("'capacity' must be an integer within 1..64")
+        if isinstance(msg.get("name"), str):
+            worker.name = msg["name"][:64]
+        worker.kinds = frozenset(kinds)
+        worker.capacity = capacity
+        worker.registered = True
+        self.workers[worker.id] = worker
+        worker.send(
+            {
+                "type": "registered",
+                "worker_id": worker.id,
+                "heartbeat_interval_s": HEARTBEAT_INTERVAL_S,
+                "timeout_s": self.settings.worker_timeout_s,
+            }
+        )
+        logger.info(
+            "agent worker %s registered: kinds %s, capacity %d", worker.name, kinds, capacity
+        )
+        self._dispatch()
+
+    def _on_worker_message(self, worker: WorkerLink, msg: dict) -> None:
+        kind = msg.get("type")
+        worker.last_seen = time.monotonic()
+        if kind == "register":
+            self._register(worker, msg)
+            return
+        if not worker.registered:
+            raise ValueError("send 'register' first")
+        if kind == "heartbeat":
+            jobs = msg.get("jobs", [])
+            if isinstance(jobs, list):
+                # a job it still runs but no longer holds (moved while it was unreachable)
+                for job_id in jobs:
+                    if isinstance(job_id, str) and job_id not in worker.jobs:
+                        worker.send({"type": "cancel", "job_id": job_id, "reason": "moved"})
+            return
+        job_id = msg.get("job_id")
+        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None or job.worker != worker.id or not job.active:
+            return  # late news about a job that ended or moved
+        if kind == "job_started":
+            job.set_state("running")
+        elif kind == "job_done":
+            worker.jobs.discard(job.id)
+            job.set_state("ended", str(msg.get("reason", "done"))[:200])
+            self._dispatch()
+        elif kind == "job_failed":
+            worker.jobs.discard(job.id)
+            error = str(msg.get("error", "failed"))[:200]
+            logger.warning("agent job %s failed on %s: %s", job.id, worker.name, error)
+            if job.attempts < MAX_ATTEMPTS:
+                job.worker = None
+                job.set_state("pending", error)
+            else:
+                job.set_state("failed", error)
+            self._dispatch()
+        else:
+            raise ValueError(f"unknown message type {kind!r}")
+
+    def _worker_gone(self, worker: WorkerLink, reason: str) -> None:
+        """Move the worker's jobs to the others (or back to pending until one registers)."""
+        if worker.gone:
+            return
+        worker.gone = True
+        self.workers.pop(worker.id, None)
+        for job_id in list(worker.jobs):
+            job = self.jobs.get(job_id)
+            if job is not None and job.active:
+                job.worker = None
+                job.moves += 1
+                job.set_state("pending", f"worker {worker.name} {reason}")
+        worker.jobs.clear()
+        if worker.registered:
+            logger.warning("agent worker %s %s; moving its jobs", worker.name, reason)
+        self._dispatch()
+
+    async def _watch(self) -> None:
+        """Drop workers that stopped heartbeating (a hung process keeps its socket open)."""
+        timeout = self.settings.worker_timeout_s
+        while True:
+            await asyncio.sleep(min(0.5, timeout / 4))
+            now = time.monotonic()
+            for worker in list(self.workers.values()):
+                if now - worker.last_seen > timeout:
+                    self._worker_gone(worker, f"missed heartbeats for {timeout:g} s")
+                    asyncio.ensure_future(worker.ws.close(code=4408, message=b"heartbeat timeout"))
+
+    async def serve_worker(self, request: web.Request) -> web.StreamResponse:
+        """GET /api/agent-workers/ws: a worker's socket (token with the `agent` grant)."""
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = token or request.query.get("access_token")
+        try:
+            access = self.node.authenticate(token)
+            access.require("agent")
+        except AuthError as exc:
+            return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
+        except PermissionDenied as exc:
+            return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
+        ws = web.WebSocketResponse(max_msg_size=self.node.config.limits.max_message_bytes)
+        await ws.prepare(request)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.ensure_future(self._watch())
+        worker = WorkerLink(ws, access.identity)
+        self.node.websockets.add(ws)
+        try:
+            async for raw in ws:
+                if raw.type != WSMsgType.TEXT:
+                    break
+                try:
+                    msg = json.loads(raw.data)
+                    if not isinstance(msg, dict):
+                        raise ValueError("messages must be JSON objects")
+                    self._on_worker_message(worker, msg)
+                except ValueError as exc:
+                    await ws.send_json({"type": "error", "message": str(exc)})
+        finally:
+            self.node.websockets.discard(ws)
+            self._worker_gone(worker, "disconnected")
+        return ws
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "workers": [w.to_json() for w in self.workers.values()],
+            "jobs": [j.to_json() for j in sorted(self.jobs.values(), key=lambda j: j.created_at)],
+        }
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+
+AGENTS_KEY: web.AppKey[AgentDispatcher] = web.AppKey("agent_dispatcher", AgentDispatcher)
+
+
+def add_agent_routes(app: web.Application, node: SfuNode) -> AgentDispatcher:
+    """The dispatcher for `node` and its routes (admin API and the workers' socket)."""
+    dispatcher = AgentDispatcher(node)
+    app[AGENTS_KEY] = dispatcher
+
+    async def create(request: web.Request) -> web.Response:
+        if (denied := _admin(request)) is not None:
+            return denied
+        room = request.match_info["room"]
+        kind = DEFAULT_KIND
+        if request.can_read_body:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return _bad_request('body must be JSON (optional: {"kind": "agent"})')
+            if body is not None:
+                if not isinstance(body, dict):
+                    return _bad_request("body must be a JSON object")
+                kind = body.get("kind", DEFAULT_KIND)
+        if not isinstance(kind, str) or not kind or not set(kind) <= _KIND_CHARS or len(kind) > 32:
+            return _bad_request("'kind' must be a short lower-case name such as \"agent\"")
+        if not room or len(room) > 128:
+            return _bad_request("bad room name")
+        job = dispatcher.create_job(room, kind, source="admin")
+        return web.json_response(job.to_json() | {"job_id": job.id}, status=201)
+
+    async def listing(request: web.Request) -> web.Response:
+        if (denied := _admin(request)) is not None:
+            return denied
+        return web.json_response(dispatcher.info())
+
+    async def delete(request: web.Request) -> web.Response:
+        if (denied := _admin(request)) is not None:
+            return denied
+        job = dispatcher.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return web.json_response({"error": "not_found"}, status=404)
+        dispatcher.end_job(job, "ended by an admin")
+        return web.json_response(job.to_json())
+
+    async def on_shutdown(app: web.Application) -> None:
+        await dispatcher.close()
+
+    app.router.add_post("/api/rooms/{room}/agents", create)
+    app.router.add_get("/api/agents", listing)
+    app.router.add_delete("/api/agents/{job_id}", delete)
+    app.router.add_get("/api/agent-workers/ws", dispatcher.serve_worker)
+    app.on_shutdown.append(on_shutdown)
+    return dispatcher
+
+
+def _admin(request: web.Request) -> web.Response | None:
+    """None for a valid admin token, else the 401/403 answer."""
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    try:
+        request.app[AGENTS_KEY].node.authenticate(token).require("admin")
+    except AuthError as exc:
+        return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
+    except PermissionDenied as exc:
+        return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
+    return None
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"error": "bad_request", "message": message}, status=400)

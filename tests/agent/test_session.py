@@ -1,0 +1,390 @@
+"""The agent in a room over real WebRTC: an SFU node, an agent worker, and a buyer (a
+RoomClient publishing espeak-ng speech through an aiortc audio track) who asks, listens,
+interrupts and types. What the buyer hears is transcribed back with Whisper."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from agent.answer.numbers import find_numbers
+from agent.audio.frames import STT_RATE, WEBRTC_RATE, frames_of, resample, write_wav
+from agent.buyer import Buyer, speech_clip
+from agent.config import AgentConfig
+from agent.pipeline import VoicePipeline
+from agent.voice import AgentVoice
+from agent.worker import AgentWorker
+from sfu import Config
+from sfu.agents import AGENTS_KEY
+from sfu.media.peer import MediaPeer
+
+from ..conftest import LOOPBACK, start_node
+from .conftest import CLIP_VOICES
+
+pytestmark = pytest.mark.slow
+
+ROOM = "agent-demo"
+ROOT = Path(__file__).resolve().parents[2]
+LONG_QUESTION = "Where is my order one zero zero two three?"  # a ~7 s answer
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_cache, tmp_path_factory):
+    config = AgentConfig()
+    config.stt.cache_dir = str(model_cache)
+    config.tickets.db = str(tmp_path_factory.mktemp("tickets") / "t.sqlite3")
+    # the espeak-ng voice Whisper base understands best (as in test_ask_audio.py)
+    config.tts.espeak_voices = {**config.tts.espeak_voices, "pt": "pt"}
+    os.environ.pop("AGENT_TICKETS_DB", None)
+    p = VoicePipeline.from_config(config)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def clips():
+    made = {}
+
+    def clip(text: str, lang: str = "en") -> np.ndarray:
+        if (text, lang) not in made:
+            made[text, lang] = speech_clip(text, CLIP_VOICES[lang])
+        return made[text, lang]
+
+    return clip
+
+
+@pytest.fixture
+async def room(pipeline):
+    """A node whose room "agent-demo" asks for an agent, and one in-process worker."""
+    config = Config()
+    config.agents.auto_rooms = [ROOM]
+    node = await start_node(config)
+    worker = AgentWorker(
+        node.url, config, pipeline.config, network=LOOPBACK, resources={"pipeline": pipeline}
+    )
+    running = asyncio.ensure_future(worker.run())
+    buyers: list[Buyer] = []
+
+    async def join(identity: str = "buyer-1", keep_audio: bool = False) -> Buyer:
+        buyer = await Buyer.connect(
+            node.url, node.token(identity, room=ROOM), LOOPBACK, keep_audio=keep_audio
+        )
+        buyers.append(buyer)
+        await buyer.wait_for_agent(timeout=20)
+        await buyer.wait_message("agent_state", lambda p: p["state"] == "listening")
+        await asyncio.sleep(0.3)  # the agent's subscription to the buyer's audio settles
+        return buyer
+
+    try:
+        await asyncio.wait_for(worker.registered.wait(), 30)
+        yield node, join
+    finally:
+        for buyer in buyers:
+            await buyer.close()
+        worker.close()
+        await asyncio.wait_for(running, 15)
+        await node.runner.cleanup()
+
+
+async def _answer(buyer: Buyer, after: float, timeout: float = 15.0) -> dict:
+    _, payload = await buyer.wait_message(
+        "transcript",
+        lambda p: p["speaker"] == "agent" and not p.get("interrupted"),
+        after=after,
+        timeout=timeout,
+    )
+    return payload
+
+
+async def _first_audible(buyer: Buyer, after: float, timeout: float = 5.0) -> float:
+    deadline = time.monotonic() + timeout
+    while (first := buyer.first_audible(after)) is None:
+        assert time.monotonic() < deadline, "the agent's answer was not heard"
+        await asyncio.sleep(0.02)
+    return first
+
+
+async def _until_quiet(buyer: Buyer, quiet_s: float = 0.6, timeout: float = 20.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if buyer.first_audible(now - 30) is not None and not buyer.audible_between(
+            now - quiet_s, now
+        ):
+            return now
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the agent did not stop talking")
+
+
+def _heard_numbers(pipeline: VoicePipeline, audio48k: np.ndarray, lang: str) -> list[str]:
+    heard = pipeline.stt.transcribe(resample(audio48k, WEBRTC_RATE, STT_RATE), language=lang)
+    return find_numbers(heard.text, lang)
+
+
+async def test_spoken_question_gets_a_spoken_answer_with_the_fact(room, pipeline, clips):
+    node, join = room
+    buyer = await join(keep_audio=True)
+    # a hesitation shorter than the end-of-turn silence: one turn, with a partial transcript
+    pause = np.zeros(WEBRTC_RATE * 250 // 1000, np.int16)
+    question = np.concatenate([clips("How much is the"), pause, clips("leather tote bag?")])
+    said = await buyer.say(question)
+    answer = await _answer(buyer, said.start)
+    assert answer["language"] == "en" and "159" in answer["text"]
+    assert set(answer["timings_ms"]) >= {"endpointing", "stt", "answer", "tts_first_audio"}
+    lines = [p for p in buyer.messages_on("transcript", after=said.start) if p["speaker"] == "user"]
+    partial, final = lines[0], lines[-1]
+    assert not partial["final"] and "how much" in partial["text"].lower()
+    assert final["final"] and final["id"] == partial["id"] and final["identity"] == "buyer-1"
+    assert "159" not in final["text"] and "bag" in final["text"].lower()
+    first = await _first_audible(buyer, said.end)
+    assert first - said.end < 3.0
+    end = await _until_quiet(buyer)
+    states = [p["state"] for p in buyer.messages_on("agent_state", after=said.start)]
+    assert states[:3] == ["thinking", "speaking", "listening"]
+    assert "159" in _heard_numbers(pipeline, buyer.recording(first - 0.1, end), "en")
+
+
+@pytest.mark.parametrize(
+    ("lang", "question", "facts"),
+    [
+        ("pt", "Quanto custa o relógio automático?", ["420"]),
+        ("es", "¿El reloj es resistente al agua?", ["50"]),
+    ],
+)
+async def test_typed_question_gets_a_spoken_answer_in_its_language(
+    room, pipeline, lang, question, facts
+):
+    node, join = room
+    buyer = await join(f"buyer-{lang}", keep_audio=True)
+    sent = await buyer.type(question, lang)
+    answer = await _answer(buyer, sent)
+    assert answer["language"] == lang and all(f in answer["text"] for f in facts)
+    first = await _first_audible(buyer, sent)
+    end = await _until_quiet(buyer)
+    heard = _heard_numbers(pipeline, buyer.recording(first - 0.1, end), lang)
+    assert all(f in heard for f in facts), heard
+
+
+async def test_buyer_speech_over_the_agent_stops_it_and_is_answered(room, clips):
+    node, join = room
+    buyer = await join()
+    said = await buyer.say(clips(LONG_QUESTION))
+    long_answer = await _answer(buyer, said.start)
+    assert "10023" in long_answer["text"]
+    first = await _first_audible(buyer, said.end)
+    await asyncio.sleep(max(0.0, first + 1.2 - time.monotonic()))
+    assert buyer.audible_between(time.monotonic() - 0.3, time.monotonic())
+    barge = await buyer.say(clips("How much is the leather tote bag?"))
+    stopped = buyer.stopped_at(barge.start, silence_s=0.5)
+    assert stopped is not None
+    # threshold 150 ms of speech + the path both ways; asked for ~250 ms
+    assert stopped - barge.start < 0.3, f"stopped {1000 * (stopped - barge.start):.0f} ms in"
+    _, interruption = await buyer.wait_message(
+        "interruption", lambda p: p["kind"] == "barge_in", after=barge.start
+    )
+    assert interruption["voiced_ms"] >= 150 and interruption["stopped_frames"] <= 2
+    assert interruption["speaker"] == "buyer-1"
+    heard = interruption["heard_text"].rstrip(" …")
+    assert heard and long_answer["text"].startswith(heard.split(" …")[0])
+    assert 0 < interruption["heard_ms"] < interruption["total_ms"]
+    states = [p["state"] for p in buyer.messages_on("agent_state", after=barge.start)]
+    assert "interrupted" in states
+    answer = await _answer(buyer, barge.start)
+    assert "159" in answer["text"]
+
+
+async def test_a_click_and_a_knock_do_not_stop_the_agent(room, clips):
+    node, join = room
+    buyer = await join()
+    said = await buyer.say(clips(LONG_QUESTION))
+    await _answer(buyer, said.start)
+    first = await _first_audible(buyer, said.end)
+    rng = np.random.default_rng(3)
+    click = (rng.uniform(-1, 1, 240) * np.hanning(240) * 30000).astype(np.int16)  # 5 ms
+    n = WEBRTC_RATE * 60 // 1000
+    knock = (rng.normal(0, 0.35, n) * np.exp(-np.linspace(0, 5, n)) * 30000).astype(np.int16)
+    await asyncio.sleep(max(0.0, first + 0.5 - time.monotonic()))
+    noise = await buyer.say(click)
+    await asyncio.sleep(0.6)
+    await buyer.say(knock)
+    await asyncio.sleep(1.0)
+    # still talking well after both noises, and never interrupted
+    assert buyer.audible_between(time.monotonic() - 0.5, time.monotonic())
+    interruptions = buyer.messages_on("interruption", after=noise.start)
+    assert not [p for p in interruptions if p["kind"] == "barge_in"]
+    # the VAD did hear something: counted as an ignored (false) interruption
+    ignored = [p for p in interruptions if p["kind"] == "ignored_noise"]
+    assert ignored and all(p["voiced_ms"] < 150 for p in ignored)
+    states = [p["state"] for p in buyer.messages_on("agent_state", after=noise.start)]
+    assert "interrupted" not in states
+
+
+async def test_a_whip_publishers_question_is_heard_and_answered(room, clips):
+    node, join = room
+    watcher = await join("watcher")  # sees the data messages (WHIP has no signalling channel)
+    mic = AgentVoice()
+    peer = MediaPeer(LOOPBACK, label="test-whip-mic")
+    peer.pc.addTransceiver(mic, direction="sendonly")
+    try:
+        offer = await peer.offer()
+        token = node.token("kiosk", room=ROOM, publish=True)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{node.url}/whip/{ROOM}", data=offer, headers=headers) as r:
+                assert r.status == 201
+                await peer.accept_answer(await r.text())
+        await asyncio.wait_for(peer.connected.wait(), 10)
+        await asyncio.sleep(1.0)  # the agent sees the track and subscribes to it
+        t0 = time.monotonic()
+        generation = mic.begin()
+        for frame in frames_of(clips("How much is the leather tote bag?"), WEBRTC_RATE, 20):
+            await mic.put(frame, generation)
+        _, answer = await watcher.wait_message(
+            "transcript", lambda p: p["speaker"] == "agent", after=t0, timeout=15
+        )
+        assert "159" in answer["text"]
+        user = watcher.messages_on("transcript", after=t0)[0]
+        assert user["identity"] == "kiosk" and user["speaker"] == "user"
+    finally:
+        await peer.close()
+
+
+@pytest.mark.browser
+async def test_the_agent_page_in_chromium_hears_a_question_and_shows_the_answer(
+    pipeline, clips, tmp_path
+):
+    """What a new user does after `make run`: open the agent page, talk, see the answer."""
+    from ..browser import launch_chromium
+
+    question = clips("How much is the leather tote bag?")
+    wav = tmp_path / "question.wav"
+    silence = np.zeros(WEBRTC_RATE * 2, np.int16)
+    write_wav(wav, np.concatenate([silence, question, silence, silence, silence]), WEBRTC_RATE)
+    config = Config()
+    config.server.demo_tokens = True
+    config.agents.auto_rooms = [ROOM]
+    node = await start_node(config)
+    worker = AgentWorker(
+        node.url, config, pipeline.config, network=LOOPBACK, resources={"pipeline": pipeline}
+    )
+    running = asyncio.ensure_future(worker.run())
+    try:
+        await asyncio.wait_for(worker.registered.wait(), 30)
+        flag = f"--use-file-for-fake-audio-capture={wav}%noloop"
+        async with launch_chromium([flag]) as browser:
+            page = await browser.open(f"{node.url}/demo/agent.html")
+            await page.wait_for_function("demo.agentConnected === true", timeout=20000)
+            assert "Agent connected" in await page.inner_text("#agent-chip")
+            await page.click("#talk")
+            await page.wait_for_function(
+                "[...document.querySelectorAll('#transcript li.agent')]"
+                ".some(li => li.textContent.includes('159'))",
+                timeout=20000,
+            )
+            lines = await page.inner_text("#transcript")
+            assert "bag" in lines.lower()  # the buyer's own words, transcribed
+            assert not browser.page_errors, browser.problems()
+    finally:
+        worker.close()
+        await asyncio.wait_for(running, 15)
+        await node.runner.cleanup()
+
+
+def _start_worker(url: str, agent_toml: Path, name: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ}
+    env.pop("AGENT_TICKETS_DB", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "--config", str(agent_toml), "worker"]
+        + ["--url", url, "--name", name],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def test_killing_the_worker_moves_the_job_without_losing_or_doubling_tickets(
+    tmp_path, model_cache
+):
+    config = Config()
+    config.agents.auto_rooms = [ROOM]
+    node = await start_node(config)
+    db = tmp_path / "tickets.sqlite3"
+    agent_toml = tmp_path / "agent.toml"
+    agent_toml.write_text(f'[tickets]\ndb = "{db}"\n[stt]\ncache_dir = "{model_cache}"\n')
+    workers = {
+        name: _start_worker(node.url, agent_toml, name, tmp_path / f"{name}.log")
+        for name in ("w1", "w2")
+    }
+    dispatcher = node.app[AGENTS_KEY]
+    buyer = None
+    try:
+        deadline = time.monotonic() + 90
+        while len(dispatcher.workers) < 2:
+            assert time.monotonic() < deadline, "workers did not register"
+            assert all(p.poll() is None for p in workers.values()), "a worker died"
+            await asyncio.sleep(0.2)
+        buyer = await Buyer.connect(node.url, node.token("buyer-k", room=ROOM), LOOPBACK)
+        await buyer.wait_for_agent(timeout=20)
+        await buyer.wait_message("agent_state", lambda p: p["state"] == "listening")
+        request = "I want to return order 10024, the colour is wrong"
+        sent = await buyer.type(request, "en")
+        _, first_ticket = await buyer.wait_message("tool_result", after=sent, timeout=15)
+        assert first_ticket["name"] == "open_ticket" and first_ticket["result"]["created"]
+        (job,) = dispatcher.active_jobs(ROOM)
+        holder = dispatcher.workers[job.worker].name
+        killed_at = time.monotonic()
+        workers[holder].kill()  # SIGKILL: no goodbye
+        while not (job.moves and job.state == "running" and job.worker in dispatcher.workers):
+            assert time.monotonic() - killed_at < 5.0, f"job still {job.state}"
+            await asyncio.sleep(0.05)
+        assert dispatcher.workers[job.worker].name != holder and job.moves == 1
+        await buyer.wait_message("agent_state", lambda p: p["state"] == "listening", killed_at)
+        assert time.monotonic() - killed_at < 5.0
+        sent = await buyer.type(request, "en")
+        _, again = await buyer.wait_message("tool_result", after=sent, timeout=15)
+        assert again["result"]["ref"] == first_ticket["result"]["ref"]
+        assert again["result"]["created"] is False
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT COUNT(*) FROM tickets WHERE order_id = '10024' AND status = 'open'"
+            ).fetchone()
+        assert rows[0] == 1
+    finally:
+        if buyer is not None:
+            await buyer.close()
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in workers.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await node.runner.cleanup()
+
+
+async def test_worker_with_the_wrong_key_is_refused(tmp_path):
+    node = await start_node(Config())
+    try:
+        other = tmp_path / "other.toml"
+        other.write_text('[auth.api_keys]\nother = "another-secret-of-at-least-32-characters"\n')
+        async with aiohttp.ClientSession() as s, s.get(node.url + "/healthz") as r:
+            assert r.status == 200
+        worker = AgentWorker(
+            node.url, Config.load(other), AgentConfig(), network=LOOPBACK, resources={}
+        )
+        worker.kinds = []  # nothing to load
+        with pytest.raises(PermissionError, match="refused"):
+            await asyncio.wait_for(worker.run(), 10)
+    finally:
+        await node.runner.cleanup()
