@@ -30,7 +30,10 @@ $(SYSTEM_STAMP): | $(PY)
 	fi
 	touch $(SYSTEM_STAMP)
 
-run: setup
+# One SFU node with the demo shop and pages, plus an agent worker (agent and captions jobs).
+run: setup system-packages
+	@$(PY) -m agent worker --config configs/demo.toml --kinds agent,captions & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
 	$(PY) -m sfu serve --config configs/demo.toml
 
 test: setup system-packages

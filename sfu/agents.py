@@ -55,8 +55,12 @@ _KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def is_agent_participant(identity: str, metadata: dict | None = None) -> bool:
-    """Agents join as "agent-<job>" or say role "agent"; they do not keep a room alive."""
-    return identity.startswith("agent") or (metadata or {}).get("role") == "agent"
+    """Agents and captioners ("agent-…", "captioner-…", or that role in their metadata) are
+    machines: they do not keep a room alive."""
+    return identity.startswith(("agent", "captioner-")) or (metadata or {}).get("role") in (
+        "agent",
+        "captioner",
+    )
 
 
 @dataclass
