@@ -95,7 +95,7 @@ class Question:
 
 # Pairs: a host question whose answer is long, then the question that interrupts it. Voices and
 # rates are ones whose espeak-ng rendering Whisper base transcribes (robotic pt/es speech is
-# often heard as English or as other words; see benchmarks/RESULTS_agent.md).
+# often heard as English or as other words; see benchmarks/RESULTS.md).
 PAIRS: list[tuple[Question, Question]] = [
     (
         Question("en", "Where is my order one zero zero two three?", ["10023", "transit"], "host"),

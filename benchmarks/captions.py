@@ -61,7 +61,7 @@ CPU_FLAT_TOLERANCE = 0.25  # 20 viewers may cost at most this much more than 1
 WARM_UP = "Hello and welcome, everybody."
 GAP_S = 1.2  # silence between phrases (the captioner ends a phrase after 0.35 s)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# espeak-ng voices and speeds Whisper base understands best (measured; see RESULTS_captions.md)
+# espeak-ng voices and speeds Whisper base understands best (measured; see RESULTS.md)
 VOICES = {"en": ("en-us", 165), "pt": ("pt-br", 150)}
 
 # The script (what the hosts say) and reference translations (written by hand).

@@ -570,3 +570,39 @@ def test_unnegotiated_downtrack_sends_nothing():
     pub = Publisher(producer, ssrc=5, seq=1, ts=1, now=t0)
     pub.frame()
     assert wire.packets == []
+
+
+def test_a_failing_subscriber_does_not_cost_the_others_the_packet():
+    from sfu.media.forwarder import DownTrack, bind
+    from sfu.media.producer import CodecInfo, Producer, TrackInfo
+    from sfu.media.rtp import EXT_MID, RtpHeader, build_rtp
+
+    producer = Producer(
+        TrackInfo(id="TR_x", kind="audio", publisher="host"),
+        CodecInfo("audio/opus", 48000, 111),
+        send_keyframe_request=lambda ssrc: None,
+    )
+    received = []
+
+    def broken(packet: bytes) -> bool:
+        raise RuntimeError("SRTP replay")
+
+    tracks = []
+    for i, send in enumerate((broken, lambda p: received.append(p) or True)):
+        dt = DownTrack(kind="audio", mid=str(i), ssrc=1000 + i, send=send)
+        dt.configure(
+            mime_type="audio/opus",
+            payload_type=111,
+            clock_rate=48000,
+            rtx_payload_type=None,
+            extension_ids={EXT_MID: 1},
+        )
+        bind(producer, dt)
+        tracks.append(dt)
+    for seq in range(3):
+        data = build_rtp(
+            payload_type=111, sequence_number=seq, timestamp=960 * seq, ssrc=7, payload=b"x"
+        )
+        producer.on_rtp(data, RtpHeader.parse(data), 1.0 + seq * 0.02)
+    assert len(received) == 3
+    assert producer.forward_errors == 3

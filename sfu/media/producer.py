@@ -102,6 +102,7 @@ class Producer:
         self._last_pli_s = 0.0
         self.keyframe_requests = 0
         self.packets = 0
+        self.forward_errors = 0
         self.last_keyframe_s = 0.0
         # The packets of the last complete keyframe, from its first packet through its marker
         # bit, so a new subscriber starts at once instead of waiting for the publisher to
@@ -145,7 +146,20 @@ class Producer:
             elif self._keyframe_parts is not None:
                 self._collect_keyframe(data, h, now_s, False)
         for forwarder in self.forwarders:
-            forwarder.forward(data, h, keyframe, now_s)
+            try:
+                forwarder.forward(data, h, keyframe, now_s)
+            except Exception:  # one broken subscriber must not cost the others this packet
+                self._forward_failed(forwarder)
+
+    def _forward_failed(self, forwarder: Forwarder) -> None:
+        self.forward_errors += 1
+        if self.forward_errors <= 5 or self.forward_errors % 1000 == 0:
+            logger.exception(
+                "track %s: forwarding to %s failed (%d so far)",
+                self.id,
+                forwarder.downtrack.mid,
+                self.forward_errors,
+            )
 
     def _collect_keyframe(self, data: bytes, h: RtpHeader, now_s: float, first: bool) -> None:
         """Gather a keyframe's packets; only a complete, gap-free one replaces the cached one."""

@@ -20,7 +20,7 @@ from sfu.auth import Grants, mint_token
 
 from ..conftest import RunningNode, start_node
 
-# espeak-ng voices and speeds Whisper base understands best (see benchmarks/RESULTS_captions.md)
+# espeak-ng voices and speeds Whisper base understands best (see benchmarks/RESULTS.md)
 VOICES = {"en": ("en-us", 165), "pt": ("pt-br", 150)}
 
 

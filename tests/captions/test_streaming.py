@@ -57,7 +57,7 @@ def test_partials_then_one_final_per_phrase(caption_models, speech):
 
 def test_portuguese_host_with_declared_language(caption_models, speech):
     # Whisper base understands espeak-ng's Portuguese far worse than its English (see
-    # benchmarks/RESULTS_captions.md): a phrase it gets right, and a loose bound
+    # benchmarks/RESULTS.md): a phrase it gets right, and a loose bound
     script = "Temos uma bolsa de couro."
     audio = _recording(speech, [script], "pt", 16000)
     captions = transcribe_recording(audio, caption_models.stt, CaptionSettings(), language="pt")
