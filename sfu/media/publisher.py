@@ -13,7 +13,6 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import RtcSettings
@@ -291,10 +290,6 @@ class PublisherSession:
         self.peer.send_rtcp(packet)
 
     # -- lifetime --------------------------------------------------------------------------------
-
-    def on_producer_closed(self, callback: Callable[[Producer], None]) -> None:
-        for producer in self.producers.values():
-            producer.on_close(callback)
 
     async def close(self) -> None:
         if self.closed:

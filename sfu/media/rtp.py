@@ -192,8 +192,3 @@ def build_rtp(
     if padding_size:
         padding = bytes(padding_size - 1) + bytes([padding_size])
     return header + ext + payload + padding
-
-
-def abs_send_time_now(now_s: float) -> bytes:
-    """abs-send-time: 6.18 fixed-point seconds, 24 bits (wraps every 64 s)."""
-    return (int(now_s * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")

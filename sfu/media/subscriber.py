@@ -73,6 +73,7 @@ class SubscriberSession:
         self.subscriptions: dict[str, Producer] = {}  # track id -> producer (wanted)
         self._pending_offer_answer: asyncio.Future | None = None
         self._dirty = False
+        self._next_bindings: dict[int, str] = {}  # id(downtrack) -> track id, this round
         self._negotiation: asyncio.Task | None = None
         self._rtcp_task: asyncio.Task | None = None
         self._prime_task: asyncio.Task | None = None
@@ -203,7 +204,7 @@ class SubscriberSession:
     def _mid_map(self) -> dict[str, str]:
         """mid -> track id for every m-line that carries (or is about to carry) a track."""
         result = {}
-        pending = getattr(self, "_next_bindings", {})
+        pending = self._next_bindings
         for dt in self.downtracks:
             transceiver = self._transceivers[id(dt)]
             dt.mid = transceiver.mid or dt.mid
