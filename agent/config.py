@@ -96,6 +96,17 @@ class WorkerSettings:
 
 
 @dataclass
+class LlmSettings:
+    """An OpenAI-compatible chat endpoint replacing the grounded engine (agent/answer/llm.py)."""
+
+    url: str = ""  # e.g. http://127.0.0.1:8000/v1; empty: disabled, the grounded engine answers
+    model: str = ""  # sent as "model" when set
+    api_key: str = ""  # sent as a Bearer token when set; AGENT_LLM_API_KEY overrides
+    timeout_s: float = 20.0  # per request; on error or timeout the grounded engine answers
+    max_rounds: int = 4  # requests per turn (tool calls, then the final answer)
+
+
+@dataclass
 class AgentConfig:
     shop: ShopSettings = field(default_factory=ShopSettings)
     tickets: TicketSettings = field(default_factory=TicketSettings)
@@ -106,10 +117,15 @@ class AgentConfig:
     session: SessionSettings = field(default_factory=SessionSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     captions: CaptionSettings = field(default_factory=CaptionSettings)  # agent/captions
+    llm: LlmSettings = field(default_factory=LlmSettings)
 
     @property
     def tickets_db(self) -> str:
         return os.environ.get("AGENT_TICKETS_DB") or self.tickets.db
+
+    @property
+    def llm_api_key(self) -> str:
+        return os.environ.get("AGENT_LLM_API_KEY") or self.llm.api_key
 
     @property
     def cache_dir(self) -> Path:
