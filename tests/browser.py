@@ -7,8 +7,6 @@ tests are part of the issue's acceptance, so they must not silently skip.
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,37 +17,23 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from benchmarks.browser import CHROMIUM_FLAGS as BENCH_FLAGS
+from benchmarks.browser import LOOPBACK_FLAG, BrowserMissing, chromium_path
+
 from .conftest import free_port
 
-CHROMIUM = os.environ.get("SFU_TEST_CHROMIUM", "/usr/bin/chromium")
 PAGES = Path(__file__).parent / "pages"
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
 
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-    # The SFU gathers on 127.0.0.1 only: let Chromium use loopback too, with real addresses
-    # (not mDNS names) in its candidates, so all traffic stays on this machine.
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
+# The SFU gathers on 127.0.0.1 only: Chromium must use loopback too, so traffic stays here.
+CHROMIUM_FLAGS = [*BENCH_FLAGS, LOOPBACK_FLAG]
 
 
 def _require_chromium() -> str:
-    path = CHROMIUM if os.path.isabs(CHROMIUM) else shutil.which(CHROMIUM)
-    if not path or not os.access(path, os.X_OK):
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM!r}: install Debian's browser "
-            "(`apt-get install -y chromium`, done by `make test`) or set SFU_TEST_CHROMIUM",
-            pytrace=False,
-        )
-    return path
+    try:
+        return chromium_path()
+    except BrowserMissing as exc:
+        pytest.fail(f"{exc} (`make test` installs it; or set SFU_TEST_CHROMIUM)", pytrace=False)
 
 
 @dataclass
