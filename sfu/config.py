@@ -77,13 +77,19 @@ class RtcSettings:
     packet_cache_size: int = 1024
     # At most one keyframe request per publisher track in this interval.
     pli_throttle_ms: int = 300
-    # Bitrate advertised to publishers in REMB so their encoders keep a good rate.
-    max_publish_bitrate: int = 2_500_000
+    # Bitrate advertised to publishers in REMB so their encoders keep a good rate (all three
+    # simulcast layers of a 720p camera need about 3.5 Mbps).
+    max_publish_bitrate: int = 4_000_000
     # Interval of receiver reports/REMB towards publishers and sender reports to subscribers.
     rtcp_interval_s: float = 1.0
     # NACK: how long a gap is worth asking for, and how often to ask again.
     nack_max_age_ms: int = 1000
     nack_retry_ms: int = 100
+    # Bandwidth estimation toward subscribers (transport-cc, GCC-style) choosing each
+    # subscriber's simulcast layer. Off: every subscriber gets the top layer it asks for.
+    bwe: bool = True
+    # Estimate a new subscriber starts from, before any feedback (bps).
+    bwe_start_bitrate: int = 1_000_000
 
 
 @dataclass

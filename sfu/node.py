@@ -51,6 +51,7 @@ class SfuNode:
         return list(self.config.media.ice_servers)
 
     def stats(self) -> dict:
+        now = time.monotonic()
         rooms = []
         for room in self.rooms.rooms.values():
             participants = []
@@ -58,6 +59,7 @@ class SfuNode:
                 entry = p.info()
                 if p.subscriber is not None:
                     entry["downtracks"] = p.subscriber.stats()
+                    entry["bandwidth"] = p.subscriber.bandwidth.snapshot()
                     entry["subscriber_state"] = p.subscriber.peer.connection_state
                 if p.join_timeline is not None:
                     entry["join"] = p.join_timeline.to_json()
@@ -73,6 +75,8 @@ class SfuNode:
                             "keyframe_requests": prod.keyframe_requests,
                             "lost": prod.stats.packets_lost if prod.stats else 0,
                             "nacks_sent": prod.nack.nacks_sent if prod.nack else 0,
+                            "simulcast": prod.simulcast,
+                            "layers": prod.layers_json(now),
                         }
                         for prod in p.published()
                     ]

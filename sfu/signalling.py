@@ -79,6 +79,7 @@ class SignallingConnection:
             "subscribe": self._on_subscribe,
             "unsubscribe": self._on_unsubscribe,
             "answer": self._on_answer,
+            "quality": self._on_quality,
             "data": self._on_data,
             "ping": self._on_ping,
             "leave": self._on_leave,
@@ -269,6 +270,7 @@ class SignallingConnection:
                 send_offer=self._send_subscriber_offer,
             )
             subscriber.on_negotiation_failed = self._on_negotiation_failed
+            subscriber.on_layer_change = self._on_layer_change
         live = room.live_producers(exclude=participant)
         subscribe_now = subscriber is not None and participant.auto_subscribe
         inline = subscribe_now and bool(live) and timeline.flags["inline_offer"]
@@ -437,6 +439,31 @@ class SignallingConnection:
             raise SignallingError("bad_sdp", str(exc)) from exc
         if participant.join_timeline is not None:
             participant.join_timeline.mark("answer")
+
+    async def _on_quality(self, msg: dict) -> None:
+        """Per-track quality wish: `quality` (auto|low|medium|high) and/or max_width/height."""
+        participant = self._joined()
+        track_id = _require_str(msg, "track_id", max_len=64)
+        quality = msg.get("quality", "auto")
+        dims = []
+        for key in ("max_width", "max_height"):
+            value = msg.get(key, 0) or 0
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 16384:
+                raise SignallingError("bad_request", f"'{key}' must be an integer 0..16384")
+            dims.append(value)
+        if participant.subscriber is None:
+            raise SignallingError("forbidden", "token lacks the 'subscribe' grant")
+        try:
+            known = participant.subscriber.set_quality(track_id, quality, *dims)
+        except ValueError as exc:
+            raise SignallingError("bad_request", str(exc)) from exc
+        if not known:
+            raise SignallingError("not_found", f"not subscribed to a track {track_id!r}")
+        await self._reply({"type": "quality_set", "track_id": track_id, "quality": quality})
+
+    def _on_layer_change(self, track_id: str, layer: dict) -> None:
+        if self.participant is not None and self.state == State.JOINED:
+            self.participant.send_event({"type": "layer_changed", "track_id": track_id, **layer})
 
     async def _on_data(self, msg: dict) -> None:
         participant = self._joined()

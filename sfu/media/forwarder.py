@@ -21,15 +21,23 @@ from typing import TYPE_CHECKING
 
 from .rtcp import ReportBlock, Sdes, SenderReport, ntp_middle
 from .rtp import RTP_FIXED, RtpHeader
+from .vp8 import PictureIdMunger, Vp8Info, parse_vp8, rewrite_vp8
 
 if TYPE_CHECKING:
+    from .encoding import Encoding
     from .producer import Producer
+    from .twcc import TransportSequencer
 
 logger = logging.getLogger(__name__)
 
 NTP_FRACTION = 1 << 32
 RESTART_SEQ_JUMP = 3000
-PRIMED_NACK_WINDOW_S = 5.0  # how long NACKs for a cached keyframe sent to a new subscriber count
+NO_TEMPORAL_LIMIT = 15  # max_tid meaning "every temporal layer"
+RING_SIZE = 2048  # packets remembered per forwarder for NACKs and probes (power of two)
+RING_MASK = RING_SIZE - 1
+UNLIMITED_BPS = 1e12
+# Bitrates assumed for simulcast layers not yet measured (lowest first).
+NOMINAL_LAYER_BPS = (150_000, 500_000, 1_500_000)
 
 
 class DownTrack:
@@ -58,7 +66,11 @@ class DownTrack:
         self._ext_template = bytearray()
         self._abs_send_time_at = -1
         self._audio_level_at = -1
+        self._twcc_at = -1
+        # transport-wide sequence numbers, shared by every DownTrack of one connection
+        self.sequencer: TransportSequencer | None = None
         self.forwarder: Forwarder | None = None
+        self.munger: PictureIdMunger | None = None  # VP8 picture id continuity across sources
         # numbering state, continued across forwarders
         self.started = False
         self.last_seq = 0
@@ -70,6 +82,13 @@ class DownTrack:
         self.octets_sent = 0
         self.retransmitted = 0
         self.keyframes_from_cache = 0
+        self.layer_switches = 0
+        self.probe_packets = 0
+        self.bitrate_bps = 0  # what was sent lately (media + retransmissions)
+        self._rate_octets = 0
+        self._packets_at_report = 0
+        self._rate_last = 0
+        self._rate_at = 0.0
         self.first_packet_s: float | None = None  # when the first packet went out (join metrics)
         self.fraction_lost = 0
         self.packets_lost = 0
@@ -90,8 +109,14 @@ class DownTrack:
         clock_rate: int,
         rtx_payload_type: int | None,
         extension_ids: dict[str, int],
+        transport_cc_id: int = 0,
+        sequencer: TransportSequencer | None = None,
     ) -> None:
-        """Set what negotiation agreed for this m-line (payload types and extension ids)."""
+        """Set what negotiation agreed for this m-line (payload types and extension ids).
+
+        With `transport_cc_id` and a `sequencer`, every packet carries a transport-wide
+        sequence number, and the sequencer logs its size and send time for the estimator.
+        """
         from .rtp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID
 
         self.mime_type = mime_type
@@ -114,6 +139,12 @@ class DownTrack:
             body.append(level_id << 4)
             self._audio_level_at = 4 + len(body)
             body.append(127)
+        self._twcc_at = -1
+        self.sequencer = sequencer if transport_cc_id else None
+        if transport_cc_id and sequencer is not None:
+            body.append((transport_cc_id << 4) | 1)
+            self._twcc_at = 4 + len(body)
+            body += b"\x00\x00"
         while len(body) % 4:
             body.append(0)
         self._ext_template = (
@@ -122,9 +153,22 @@ class DownTrack:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send_media(self, data: bytes, h: RtpHeader, seq: int, ts: int, now_s: float) -> None:
-        """Write the subscriber's header in front of the untouched payload and send it."""
+    def send_media(
+        self,
+        data: bytes,
+        h: RtpHeader,
+        seq: int,
+        ts: int,
+        now_s: float,
+        payload: bytearray | None = None,
+    ) -> None:
+        """Write the subscriber's header in front of the payload and send it.
+
+        The payload is the publisher's, untouched, unless the forwarder passes a rewritten
+        copy (`payload`, VP8 picture ids continued across a layer switch).
+        """
         ext = self._ext_template
+        body = memoryview(data)[h.payload_offset :] if payload is None else payload
         b0 = 0x80
         if ext:
             b0 = 0x90
@@ -136,15 +180,17 @@ class DownTrack:
                 ext[i + 2] = v & 0xFF
             if self._audio_level_at >= 0:
                 ext[self._audio_level_at] = h.audio_level if h.audio_level >= 0 else 127
+            if self._twcc_at >= 0:
+                tseq = self.sequencer.next_seq(12 + len(ext) + len(body), now_s)
+                ext[self._twcc_at] = tseq >> 8
+                ext[self._twcc_at + 1] = tseq & 0xFF
         if h.padding_size:
             b0 |= 0x20
         b1 = self.payload_type | 0x80 if h.marker else self.payload_type
-        packet = b"".join(
-            (RTP_FIXED.pack(b0, b1, seq, ts, self.ssrc), ext, memoryview(data)[h.payload_offset :])
-        )
+        packet = b"".join((RTP_FIXED.pack(b0, b1, seq, ts, self.ssrc), ext, body))
         if self._send(packet):
             self.packets_sent += 1
-            self.octets_sent += len(data) - h.payload_offset
+            self.octets_sent += len(body)
         elif not self.packets_sent and self.forwarder is not None:
             # The transport is not up yet and the subscriber missed this packet (maybe the
             # keyframe): start again on the next keyframe rather than feed it interframes.
@@ -155,34 +201,64 @@ class DownTrack:
             self.last_send_s = now_s
             self.started = True
 
-    def send_retransmission(self, data: bytes, h: RtpHeader, seq: int, ts: int) -> None:
-        """Resend a cached packet: as RTX (RFC 4588) when negotiated, else with its own seq."""
+    def send_retransmission(
+        self,
+        data: bytes,
+        h: RtpHeader,
+        seq: int,
+        ts: int,
+        *,
+        payload: bytearray | None = None,
+        cluster: int = -1,
+    ) -> bool:
+        """Resend a packet: as RTX (RFC 4588) when negotiated, else with its own seq.
+
+        `cluster` >= 0 tags it as part of a bandwidth probe in the transport-wide log.
+        """
+        body = memoryview(data)[h.payload_offset :] if payload is None else memoryview(payload)
+        ext = self._ext_template
+        if ext and self._twcc_at >= 0:
+            tseq = self.sequencer.next_seq(12 + len(ext) + len(body) + 2, time.monotonic(), cluster)
+            ext[self._twcc_at] = tseq >> 8
+            ext[self._twcc_at + 1] = tseq & 0xFF
         if self.rtx_payload_type is None or self.rtx_ssrc is None:
             b1 = self.payload_type | 0x80 if h.marker else self.payload_type
-            b0 = (0x90 if self._ext_template else 0x80) | (0x20 if h.padding_size else 0)
-            packet = b"".join(
-                (
-                    RTP_FIXED.pack(b0, b1, seq, ts, self.ssrc),
-                    self._ext_template,
-                    memoryview(data)[h.payload_offset :],
-                )
-            )
+            b0 = (0x90 if ext else 0x80) | (0x20 if h.padding_size else 0)
+            packet = b"".join((RTP_FIXED.pack(b0, b1, seq, ts, self.ssrc), ext, body))
         else:
             self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
             b1 = self.rtx_payload_type | 0x80 if h.marker else self.rtx_payload_type
-            end = len(data) - h.padding_size
+            end = len(body) - h.padding_size
             packet = b"".join(
                 (
-                    RTP_FIXED.pack(
-                        0x90 if self._ext_template else 0x80, b1, self.rtx_seq, ts, self.rtx_ssrc
-                    ),
-                    self._ext_template,
+                    RTP_FIXED.pack(0x90 if ext else 0x80, b1, self.rtx_seq, ts, self.rtx_ssrc),
+                    ext,
                     seq.to_bytes(2, "big"),
-                    memoryview(data)[h.payload_offset : end],
+                    body[:end],
                 )
             )
         if self._send(packet):
-            self.retransmitted += 1
+            if cluster >= 0:
+                self.probe_packets += 1
+            else:
+                self.retransmitted += 1
+            self._rate_octets += len(packet)
+            return True
+        return False
+
+    def update_rate(self, now_s: float) -> int:
+        """Bitrate sent since the last call (media + retransmissions + probes), smoothed."""
+        octets = self.octets_sent + self._rate_octets
+        if self._rate_at:
+            span = now_s - self._rate_at
+            if span > 0.05:
+                rate = (octets - self._rate_last) * 8 / span
+                self.bitrate_bps = int(0.5 * self.bitrate_bps + 0.5 * rate)
+            else:
+                return self.bitrate_bps
+        self._rate_at = now_s
+        self._rate_last = octets
+        return self.bitrate_bps
 
     # -- RTCP ------------------------------------------------------------------------------
 
@@ -193,9 +269,9 @@ class DownTrack:
         and its RTP time is translated by the forwarder's timestamp offset.
         """
         fw = self.forwarder
-        if fw is None or not self.started or not fw.synced:
+        if fw is None or not self.started or not fw.synced or fw.current < 0:
             return None  # before the offsets are chosen, the RTP clock would be wrong
-        stats = fw.producer.stats
+        stats = fw.producer.layers[fw.current].stats
         if stats is None or not stats.last_sr_arrival:
             return None
         elapsed = now_s - stats.last_sr_arrival
@@ -207,7 +283,10 @@ class DownTrack:
         sr = SenderReport(self.ssrc, ntp, rtp_ts, self.packets_sent, self.octets_sent)
         return sr.serialize() + Sdes([(self.ssrc, self.cname)]).serialize()
 
-    def on_report_block(self, block: ReportBlock, now_s: float) -> None:
+    def on_report_block(self, block: ReportBlock, now_s: float) -> int:
+        """Loss and RTT from a receiver report; returns the packets sent since the last one."""
+        sent = self.packets_sent - self._packets_at_report
+        self._packets_at_report = self.packets_sent
         self.fraction_lost = block.fraction_lost
         self.packets_lost = block.packets_lost
         self.jitter = block.jitter
@@ -216,6 +295,7 @@ class DownTrack:
             rtt = now_s - sent_at - block.dlsr / 65536
             if rtt >= 0:
                 self.rtt_s = rtt if self.rtt_s is None else 0.8 * self.rtt_s + 0.2 * rtt
+        return sent
 
     def stats(self) -> dict:
         return {
@@ -231,15 +311,51 @@ class DownTrack:
             "packets_lost": self.packets_lost,
             "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
             "remb_bps": self.remb_bps,
+            "bitrate_bps": self.bitrate_bps,
+            "layer_switches": self.layer_switches,
+            "probe_packets": self.probe_packets,
+            **self._layer_stats(),
+        }
+
+    def _layer_stats(self) -> dict:
+        fw = self.forwarder
+        if self.kind != "video" or fw is None:
+            return {}
+        layer = fw.layer
+        selector = fw.selector
+        target = selector.target if selector is not None else None
+        return {
+            "spatial_layer": layer[0] if layer else None,
+            "temporal_layer": layer[1] if layer else None,
+            "target_spatial": target.spatial if target else (None if selector else 0),
+            "target_temporal": target.temporal if target else None,
+            "layers_available": len(fw.producer.layers),
+            "paused": fw.paused,
+            "dropped_temporal": fw.dropped_temporal,
         }
 
 
 class Forwarder:
-    """Producer -> DownTrack: rewrites numbering and answers the subscriber's NACKs."""
+    """Producer -> DownTrack: picks the layer, rewrites numbering, answers NACKs.
+
+    For a single-stream track the Forwarder maps sequence numbers and timestamps with two
+    offsets. For a simulcast track it forwards one spatial layer at a time (`current`), chosen
+    by a `LayerSelector` from the subscriber's bandwidth estimate and requested quality: a
+    switch happens on a keyframe of the target layer, the offsets are re-chosen so that the
+    subscriber sees one continuous stream, and VP8 picture ids/TL0PICIDX are rewritten to
+    continue too. Frames of temporal layers above the one allowed are dropped, closing the
+    sequence-number and picture-id gaps so the subscriber neither NACKs nor waits for them.
+    Every packet sent is remembered in a small ring (out seq -> layer, in seq, timestamp,
+    picture id) so NACKs and probes resend exactly the bytes that were sent.
+    """
 
     __slots__ = (
         "producer",
         "downtrack",
+        "selector",
+        "current",
+        "max_tid",
+        "pending_tid",
         "seq_offset",
         "ts_offset",
         "in_ssrc",
@@ -247,15 +363,31 @@ class Forwarder:
         "synced",
         "needs_keyframe",
         "closed",
+        "paused",
         "dropped_waiting_keyframe",
+        "dropped_temporal",
         "primed",
         "resume_ts",
-        "primed_numbering",
+        "munging",
+        "on_layer_change",
+        "_ring_out",
+        "_ring_in",
+        "_ring_layer",
+        "_ring_ts",
+        "_ring_pid",
+        "_ring_tl0",
     )
 
-    def __init__(self, producer: Producer, downtrack: DownTrack) -> None:
+    def __init__(self, producer: Producer, downtrack: DownTrack, selector=None) -> None:
         self.producer = producer
         self.downtrack = downtrack
+        self.selector = selector if producer.simulcast else None
+        if self.selector is not None:
+            self.selector.on_switch = self._on_switch
+        # spatial layer forwarded now (-1: none yet, simulcast waits for a keyframe)
+        self.current = -1 if self.selector is not None else 0
+        self.max_tid = NO_TEMPORAL_LIMIT
+        self.pending_tid = NO_TEMPORAL_LIMIT
         self.seq_offset = 0
         self.ts_offset = 0
         self.in_ssrc = -1
@@ -263,26 +395,49 @@ class Forwarder:
         self.synced = False
         self.needs_keyframe = producer.kind == "video"
         self.closed = False
+        self.paused = False  # video cut entirely (the link cannot carry even the lowest layer)
         self.dropped_waiting_keyframe = 0
+        self.dropped_temporal = 0
         self.primed = False  # the producer's cached keyframe was sent (once per forwarder)
         self.resume_ts = -1  # after the cached keyframe: live again from the frame after this
-        # (first out seq, packets, seq offset, ts offset, until) the cached keyframe went out
-        # with, so NACKs for it are answered after live packets were renumbered (for a while:
-        # sequence numbers wrap)
-        self.primed_numbering: tuple[int, int, int, int, float] | None = None
+        # VP8 picture ids are rewritten once the stream continues another source or frames
+        # were dropped; before that the payload goes out untouched.
+        self.munging = producer.simulcast and producer.is_vp8
+        self.on_layer_change: Callable[[Forwarder, str], None] | None = None
+        self._ring_out = [-1] * RING_SIZE
+        self._ring_in = [0] * RING_SIZE
+        self._ring_layer = [0] * RING_SIZE
+        self._ring_ts = [0] * RING_SIZE
+        self._ring_pid = [-1] * RING_SIZE
+        self._ring_tl0 = [-1] * RING_SIZE
 
-    def forward(self, data: bytes, h: RtpHeader, keyframe: bool, now_s: float) -> None:
+    # -- the hot path -----------------------------------------------------------------------
+
+    def forward(
+        self,
+        data: bytes,
+        h: RtpHeader,
+        keyframe: bool,
+        now_s: float,
+        enc: Encoding | None = None,
+        vp8: Vp8Info | None = None,
+    ) -> None:
         dt = self.downtrack
-        if not dt.negotiated:
+        if not dt.negotiated or self.paused:
             return
+        if enc is not None and enc.spatial != self.current:
+            if not keyframe or not self._switch_to(enc.spatial, now_s):
+                return
         seq_in = h.sequence_number
+        newer = False
         if self.synced and h.ssrc == self.in_ssrc:
             delta = (seq_in - self.in_highest_seq) & 0xFFFF
             if delta < 0x8000:
                 if delta > RESTART_SEQ_JUMP:
                     self.synced = False  # the publisher restarted its stream on this SSRC
-                else:
+                elif delta:
                     self.in_highest_seq = seq_in
+                    newer = True
             elif 0x10000 - delta > RESTART_SEQ_JUMP:
                 self.synced = False  # restarted with lower numbers: not a late packet
         else:
@@ -292,21 +447,99 @@ class Forwarder:
                 if self.resume_ts >= 0 and h.timestamp != self.resume_ts:
                     self.resume_ts = -1  # a new frame after the cached keyframe: go live
                 elif not self.primed and self.prime(now_s):
-                    self.forward(data, h, keyframe, now_s)
+                    self.forward(data, h, keyframe, now_s, enc, vp8)
                     return
                 else:
                     self.dropped_waiting_keyframe += 1
-                    self.producer.request_keyframe(now_s)
+                    self.producer.request_keyframe(now_s, max(self.current, 0))
                     return
             self.resume_ts = -1
-            self._rebase(h, now_s)
-        dt.send_media(
-            data,
-            h,
-            (seq_in + self.seq_offset) & 0xFFFF,
-            (h.timestamp + self.ts_offset) & 0xFFFFFFFF,
-            now_s,
+            self._rebase(h, now_s, vp8)
+            newer = True
+        if vp8 is not None and vp8.tid > 0:
+            if vp8.start_of_frame and self.pending_tid != self.max_tid:
+                # down at any frame; up only where the decoder can follow (TL0 or sync frame)
+                if self.pending_tid < self.max_tid or vp8.layer_sync or vp8.tid == 0:
+                    self.max_tid = self.pending_tid
+            if vp8.tid > self.max_tid:
+                if newer:
+                    self.seq_offset = (self.seq_offset - 1) & 0xFFFF
+                if dt.munger is not None and dt.munger.drop_frame(vp8.picture_id):
+                    self.munging = True
+                self.dropped_temporal += 1
+                return
+        out_seq = (seq_in + self.seq_offset) & 0xFFFF
+        out_ts = (h.timestamp + self.ts_offset) & 0xFFFFFFFF
+        self._send(
+            data, h, out_seq, out_ts, now_s, vp8, self.current if enc is None else enc.spatial
         )
+
+    def _send(
+        self,
+        data: bytes,
+        h: RtpHeader,
+        out_seq: int,
+        out_ts: int,
+        now_s: float,
+        vp8: Vp8Info | None,
+        spatial: int,
+    ) -> None:
+        dt = self.downtrack
+        payload = None
+        pid = tl0 = -1
+        if self.munging and vp8 is not None and dt.munger is not None:
+            pid, tl0 = dt.munger.map(vp8.picture_id, vp8.tl0picidx)
+            if pid != vp8.picture_id or tl0 != vp8.tl0picidx:
+                payload = bytearray(memoryview(data)[h.payload_offset :])
+                rewrite_vp8(payload, 0, vp8, pid, tl0)
+        i = out_seq & RING_MASK
+        self._ring_out[i] = out_seq
+        self._ring_in[i] = h.sequence_number
+        self._ring_layer[i] = spatial
+        self._ring_ts[i] = out_ts
+        self._ring_pid[i] = pid if payload is not None else -1
+        self._ring_tl0[i] = tl0 if payload is not None else -1
+        dt.send_media(data, h, out_seq, out_ts, now_s, payload)
+
+    # -- layers -------------------------------------------------------------------------------
+
+    def _switch_to(self, spatial: int, now_s: float) -> bool:
+        """A keyframe of another layer: move to it if the selector wants that layer now."""
+        selector = self.selector
+        if selector is None or not selector.on_keyframe(spatial, now_s):
+            return False
+        current = selector.current
+        if current is None or current.spatial != spatial:
+            return False
+        self.current = spatial
+        self.synced = False  # re-chosen offsets on this keyframe
+        return True
+
+    def _on_switch(self, old, new, reason: str) -> None:
+        """LayerSelector callback: apply the temporal part, tell whoever listens."""
+        layers = self.producer.layers
+        top = layers[new.spatial].temporal_layers - 1 if new.spatial < len(layers) else 0
+        tid = NO_TEMPORAL_LIMIT if new.temporal >= top else new.temporal
+        if old is None or old.spatial != new.spatial:
+            self.pending_tid = self.max_tid = tid  # a new layer starts filtered at once
+        else:
+            self.pending_tid = tid
+        self.downtrack.layer_switches += 1
+        if self.on_layer_change is not None:
+            try:
+                self.on_layer_change(self, reason)
+            except Exception:
+                logger.exception("layer change listener failed")
+
+    @property
+    def layer(self) -> tuple[int, int] | None:
+        """(spatial, temporal) forwarded now, None before the first keyframe."""
+        if self.selector is None:
+            return (0, self.max_tid if self.max_tid < NO_TEMPORAL_LIMIT else -1)
+        current = self.selector.current
+        return None if current is None else (current.spatial, current.temporal)
+
+    # -- start-up -----------------------------------------------------------------------------
 
     def prime(self, now_s: float) -> bool:
         """Start this subscriber on the producer's cached keyframe instead of waiting for one.
@@ -317,48 +550,67 @@ class Forwarder:
         frames are never announced, so nothing is NACKed) and timestamps advanced by the time
         elapsed. Those frames still refer to frames the subscriber never got, so a fresh
         keyframe is asked for; a browser shows the cached picture until it arrives.
+        For a simulcast track the keyframe is that of the layer the selector targets (or the
+        nearest lower one that has a cached keyframe).
         Returns False, having sent nothing, without a fresh cached keyframe or before the
         transport is up.
         """
         dt = self.downtrack
         if self.synced or self.primed or not dt.negotiated:
             return False
-        packets = self.producer.cached_keyframe(now_s)
+        spatial, packets = self._cached_keyframe(now_s)
         if not packets:
             return False
-        self._rebase(packets[0][1], now_s)
+        if self.selector is not None and self.current != spatial:
+            if not self._switch_to(spatial, now_s):
+                return False
+        vp8 = Vp8Info() if self.producer.is_vp8 else None
+        first = packets[0]
+        if vp8 is not None:
+            parse_vp8(memoryview(first[0])[first[1].payload_offset :], vp8)
+        self._rebase(first[1], now_s, vp8)
         sent_before = dt.packets_sent
         for data, h in packets:
-            dt.send_media(
+            if vp8 is not None and parse_vp8(memoryview(data)[h.payload_offset :], vp8) is None:
+                vp8_now = None
+            else:
+                vp8_now = vp8
+            self._send(
                 data,
                 h,
                 (h.sequence_number + self.seq_offset) & 0xFFFF,
                 (h.timestamp + self.ts_offset) & 0xFFFFFFFF,
                 now_s,
+                vp8_now,
+                spatial,
             )
             if dt.packets_sent == sent_before:  # not connected yet: try again later
                 self.synced = False
                 return False
         self.primed = True
         dt.keyframes_from_cache += 1
-        first_out = (packets[0][1].sequence_number + self.seq_offset) & 0xFFFF
-        self.primed_numbering = (
-            first_out,
-            len(packets),
-            self.seq_offset,
-            self.ts_offset,
-            now_s + PRIMED_NACK_WINDOW_S,
-        )
         last = packets[-1][1]
         self.in_highest_seq = last.sequence_number
-        newest = self.producer.newest_packet()
+        newest = self.producer.newest_packet(spatial)
         if newest is not None and newest.sequence_number != last.sequence_number:
             self.synced = False
             self.resume_ts = newest.timestamp
-            self.producer.want_keyframe(now_s)
+            self.producer.want_keyframe(now_s, spatial)
         return True
 
-    def _rebase(self, h: RtpHeader, now_s: float) -> None:
+    def _cached_keyframe(self, now_s: float):
+        producer = self.producer
+        if self.selector is None:
+            return 0, producer.cached_keyframe(now_s, 0)
+        target = self.selector.target
+        top = target.spatial if target is not None else len(producer.layers) - 1
+        for spatial in range(top, -1, -1):
+            packets = producer.cached_keyframe(now_s, spatial)
+            if packets:
+                return spatial, packets
+        return -1, ()
+
+    def _rebase(self, h: RtpHeader, now_s: float, vp8: Vp8Info | None = None) -> None:
         """Choose offsets so this packet follows the last one the subscriber saw."""
         dt = self.downtrack
         if not dt.packets_sent:
@@ -375,34 +627,63 @@ class Forwarder:
         self.in_ssrc = h.ssrc
         self.in_highest_seq = h.sequence_number
         self.synced = True
+        if vp8 is not None and vp8.picture_id >= 0:
+            if dt.munger is None:
+                dt.munger = PictureIdMunger(15 if vp8.picture_id_bits == 15 else 7)
+            elif dt.started:
+                self.munging = True  # a second source on this m-line: ids must continue
+            dt.munger.switch_source(vp8.picture_id, vp8.tl0picidx)
+
+    # -- feedback from the subscriber ---------------------------------------------------------
 
     def on_nack(self, out_seqs: list[int]) -> int:
-        """Resend what the subscriber lost from the producer's cache; returns how many."""
-        cache = self.producer.cache
-        if cache is None or not self.synced:
+        """Resend what the subscriber lost, exactly as it was sent; returns how many."""
+        if self.producer.kind != "video":
             return 0
-        sent = 0
-        primed = self.primed_numbering
-        if primed is not None and time.monotonic() > primed[4]:
-            primed = self.primed_numbering = None
-        for out_seq in out_seqs:
-            seq_offset, ts_offset = self.seq_offset, self.ts_offset
-            if primed is not None and (out_seq - primed[0]) & 0xFFFF < primed[1]:
-                seq_offset, ts_offset = primed[2], primed[3]  # a packet of the cached keyframe
-            entry = cache.get((out_seq - seq_offset) & 0xFFFF)
-            if entry is None:
-                continue
-            data, h = entry
-            if h.ssrc != self.in_ssrc:
-                continue
-            self.downtrack.send_retransmission(
-                data, h, out_seq, (h.timestamp + ts_offset) & 0xFFFFFFFF
-            )
-            sent += 1
-        return sent
+        return sum(1 for out_seq in out_seqs if self.resend(out_seq))
+
+    def resend(self, out_seq: int, cluster: int = -1) -> int:
+        """Resend one packet sent earlier (RTX when negotiated); returns the bytes sent.
+
+        `cluster` >= 0 marks it as part of a bandwidth probe.
+        """
+        i = out_seq & RING_MASK
+        if self._ring_out[i] != out_seq:
+            return 0
+        producer = self.producer
+        layer = self._ring_layer[i]
+        if not 0 <= layer < len(producer.layers):
+            return 0
+        encoding = producer.layers[layer]
+        entry = encoding.cache.get(self._ring_in[i]) if encoding.cache is not None else None
+        if entry is None:
+            return 0
+        data, h = entry
+        if h.ssrc != encoding.ssrc:
+            return 0
+        payload = None
+        pid = self._ring_pid[i]
+        tl0 = self._ring_tl0[i]
+        if pid >= 0 or tl0 >= 0:
+            vp8 = Vp8Info()
+            if parse_vp8(memoryview(data)[h.payload_offset :], vp8) is not None:
+                payload = bytearray(memoryview(data)[h.payload_offset :])
+                rewrite_vp8(payload, 0, vp8, pid, tl0)
+        sent = self.downtrack.send_retransmission(
+            data, h, out_seq, self._ring_ts[i], payload=payload, cluster=cluster
+        )
+        return len(data) - h.payload_offset if sent else 0
+
+    def recent_out_seqs(self, count: int) -> list[int]:
+        """The last `count` sequence numbers sent (for probes made of retransmissions)."""
+        dt = self.downtrack
+        if not dt.started:
+            return []
+        last = dt.last_seq
+        return [(last - k) & 0xFFFF for k in range(min(count, RING_SIZE) - 1, -1, -1)]
 
     def on_keyframe_request(self) -> None:
-        self.producer.request_keyframe()
+        self.producer.request_keyframe(None, self.current if self.current >= 0 else None)
 
     def close(self) -> None:
         if self.closed:
@@ -413,13 +694,42 @@ class Forwarder:
             self.downtrack.forwarder = None
 
 
-def bind(producer: Producer, downtrack: DownTrack) -> Forwarder:
-    """Start forwarding `producer` into `downtrack` (replacing whatever it carried)."""
+def bind(producer: Producer, downtrack: DownTrack, selector=None) -> Forwarder:
+    """Start forwarding `producer` into `downtrack` (replacing whatever it carried).
+
+    A simulcast track needs a LayerSelector (the subscriber session's, fed with its bandwidth
+    estimate); without one the forwarder makes its own that always aims for the top layer.
+    """
     if downtrack.forwarder is not None:
         downtrack.forwarder.close()
-    forwarder = Forwarder(producer, downtrack)
+    if producer.simulcast and selector is None:
+        selector = top_layer_selector(producer)
+    forwarder = Forwarder(producer, downtrack, selector)
     downtrack.forwarder = forwarder
     producer.attach(forwarder)
     if producer.kind == "video":
         producer.request_keyframe()
     return forwarder
+
+
+def top_layer_selector(producer: Producer):
+    """A selector that always wants the top layer (no bandwidth estimate: BWE off, WHEP...)."""
+    from .layers import LayerConfig, LayerSelector
+
+    selector = LayerSelector(LayerConfig(probe_required=False, up_hold_s=0.0))
+    feed_layer_bitrates(selector, producer, time.monotonic())
+    selector.update(UNLIMITED_BPS, time.monotonic())
+    return selector
+
+
+def feed_layer_bitrates(selector, producer: Producer, now_s: float) -> None:
+    """The producer's measured layer bitrates, with nominal values for layers just started
+    (not measured yet) and for every layer before any media arrived, so a subscriber bound
+    early still has a plan."""
+    measured = producer.layer_bitrates(now_s)
+    nothing_yet = not any(e.packets for e in producer.layers)
+    for encoding in producer.layers:
+        rates = measured.get(encoding.spatial)
+        if rates is None and (nothing_yet or now_s - encoding.last_packet_s < 1.0):
+            rates = [NOMINAL_LAYER_BPS[min(encoding.spatial, len(NOMINAL_LAYER_BPS) - 1)]]
+        selector.set_layer_bitrates(encoding.spatial, rates or [])

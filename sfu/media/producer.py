@@ -1,8 +1,11 @@
 """Producer: one track a participant publishes, and the fan-out of its packets.
 
 A Producer receives each decrypted packet of its track once, keeps what NACKs and new
-subscribers need (packet cache, keyframe flag, sender-report clock), and hands the packet to
-every Forwarder attached to it. It never decodes anything.
+subscribers need (per encoding: packet cache, keyframe, sender-report clock, bitrate), and
+hands the packet to every Forwarder attached to it. A simulcast video track has up to three
+encodings (spatial layers, lowest first); every other track has one. For VP8 the payload
+descriptor is read once here (temporal layer, picture id, keyframe) for all forwarders. It
+never decodes anything.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .codecs import keyframe_detector
-from .ingress import NackGenerator, PacketCache, ReceiveStats
+from .encoding import Encoding
+from .ingress import NackGenerator
 from .rtp import RtpHeader
+from .vp8 import Vp8Info, parse_vp8
 
 if TYPE_CHECKING:
     from .forwarder import Forwarder
@@ -74,7 +79,7 @@ def new_track_id() -> str:
 
 
 class Producer:
-    """A published track: media SSRC (and RTX SSRC), codec, cache, and attached forwarders."""
+    """A published track: its encodings (layers), codec, and attached forwarders."""
 
     def __init__(
         self,
@@ -85,37 +90,40 @@ class Producer:
         cache_size: int = 1024,
         pli_throttle_s: float = 0.3,
         nack: NackGenerator | None = None,
+        nack_factory: Callable[[], NackGenerator] | None = None,
         keyframe_cache_s: float = 0.0,
+        rids: list[str] | None = None,
     ) -> None:
         self.info = info
         self.codec = codec
         self.kind = codec.kind
-        self.ssrc: int | None = None
-        self.rtx_ssrc: int | None = None
+        if nack_factory is None and nack is not None:
+            single = nack
+
+            def nack_factory() -> NackGenerator:
+                return single
+
+        names: list[str | None] = list(rids) if rids else [None]
+        self.layers: list[Encoding] = [
+            Encoding(i, rid, self.kind, cache_size=cache_size, nack_factory=nack_factory)
+            for i, rid in enumerate(names)
+        ]
+        self.simulcast = len(self.layers) > 1
         self.forwarders: tuple[Forwarder, ...] = ()
-        self.stats: ReceiveStats | None = None
-        self.nack = nack if self.kind == "video" else None
-        self.cache = PacketCache(cache_size) if self.kind == "video" else None
         self.is_keyframe = keyframe_detector(codec.mime_type)
+        self.is_vp8 = codec.mime_type.lower() == "video/vp8"
+        self.vp8 = Vp8Info()  # the descriptor of the packet being fanned out (reused)
         self._send_keyframe_request = send_keyframe_request
         self._pli_throttle_s = pli_throttle_s
-        self._last_pli_s = 0.0
         self.keyframe_requests = 0
         self.packets = 0
         self.forward_errors = 0
-        self.last_keyframe_s = 0.0
-        # The packets of the last complete keyframe, from its first packet through its marker
-        # bit, so a new subscriber starts at once instead of waiting for the publisher to
-        # answer a PLI. 0 turns the cache off; an older keyframe is not used.
+        # A new subscriber starts on the last complete keyframe if it is at most this old
+        # (0 turns the cache off), instead of waiting for the publisher to answer a PLI.
         self.keyframe_cache_s = keyframe_cache_s if self.kind == "video" else 0.0
-        self.keyframe_packets: tuple[tuple[bytes, RtpHeader], ...] = ()
-        self.keyframe_at = 0.0
-        self._keyframe_parts: list[tuple[bytes, RtpHeader]] | None = None
-        self._keyframe_ts = 0
-        self._keyframe_next_seq = 0
-        self._keyframe_wanted_since = 0.0  # want_keyframe(): asking until one newer arrives
-        self._keyframe_asks_left = 0
         self._keyframe_timer: asyncio.TimerHandle | None = None
+        self._keyframe_wanted: dict[int, float] = {}  # spatial -> asking until newer than
+        self._keyframe_asks_left = 0
         self.closed = False
         self._close_callbacks: list[Callable[[Producer], None]] = []
 
@@ -123,33 +131,101 @@ class Producer:
     def id(self) -> str:
         return self.info.id
 
+    # -- single-stream view (the base layer), for stats, reports and single-layer tracks ------
+
+    @property
+    def base(self) -> Encoding:
+        return self.layers[0]
+
+    @property
+    def ssrc(self) -> int | None:
+        return self.layers[0].ssrc
+
+    @property
+    def rtx_ssrc(self) -> int | None:
+        return self.layers[0].rtx_ssrc
+
+    @rtx_ssrc.setter
+    def rtx_ssrc(self, value: int | None) -> None:
+        self.layers[0].rtx_ssrc = value
+
+    @property
+    def stats(self):
+        return self.layers[0].stats
+
+    @property
+    def cache(self):
+        return self.layers[0].cache
+
+    @property
+    def nack(self):
+        return self.layers[0].nack
+
+    @property
+    def last_keyframe_s(self) -> float:
+        return max(e.last_keyframe_s for e in self.layers)
+
+    @property
+    def keyframe_packets(self):
+        return self.layers[0].keyframe_packets
+
+    @property
+    def keyframe_at(self) -> float:
+        return self.layers[0].keyframe_at
+
+    def encoding_for_rid(self, rid: str) -> Encoding | None:
+        for encoding in self.layers:
+            if encoding.rid == rid:
+                return encoding
+        return None
+
     # -- the hot path ----------------------------------------------------------------------------
 
-    def on_rtp(self, data: bytes, h: RtpHeader, now_s: float) -> None:
+    def on_rtp(
+        self, data: bytes, h: RtpHeader, now_s: float, encoding: Encoding | None = None
+    ) -> None:
         """One packet of this track, already decrypted and parsed; fan it out."""
-        if self.ssrc != h.ssrc:
-            self._on_new_ssrc(h.ssrc)
+        enc = encoding if encoding is not None else self.layers[0]
+        if enc.ssrc != h.ssrc:
+            self._on_new_ssrc(enc, h.ssrc)
         self.packets += 1
-        stats = self.stats
-        stats.update(h.sequence_number, h.timestamp, now_s, len(data))
+        enc.stats.update(h.sequence_number, h.timestamp, now_s, len(data))
         keyframe = False
-        if self.cache is not None:
-            self.cache.put(h.sequence_number, data, h)
-            if self.nack is not None:
-                self.nack.on_packet(h.sequence_number, now_s)
-            detector = self.is_keyframe
-            if detector is not None and detector(memoryview(data)[h.payload_offset :]):
-                keyframe = True
-                self.last_keyframe_s = now_s
+        vp8 = None
+        tid = 0
+        if enc.cache is not None:
+            enc.cache.put(h.sequence_number, data, h)
+            if enc.nack is not None:
+                enc.nack.on_packet(h.sequence_number, now_s)
+            if self.is_vp8:
+                vp8 = parse_vp8(memoryview(data)[h.payload_offset :], self.vp8)
+                if vp8 is not None:
+                    keyframe = vp8.keyframe
+                    tid = vp8.tid
+            else:
+                detector = self.is_keyframe
+                keyframe = detector is not None and detector(memoryview(data)[h.payload_offset :])
+            if keyframe:
+                enc.last_keyframe_s = now_s
+                if vp8 is not None:
+                    self._read_dimensions(enc, data, h.payload_offset + vp8.header_size)
                 if self.keyframe_cache_s:
-                    self._collect_keyframe(data, h, now_s, True)
-            elif self._keyframe_parts is not None:
-                self._collect_keyframe(data, h, now_s, False)
+                    enc.collect_keyframe(data, h, now_s, True)
+            elif enc.collecting_keyframe:
+                enc.collect_keyframe(data, h, now_s, False)
+        enc.count(len(data) - h.payload_offset, tid, now_s)
         for forwarder in self.forwarders:
             try:
-                forwarder.forward(data, h, keyframe, now_s)
+                forwarder.forward(data, h, keyframe, now_s, enc, vp8)
             except Exception:  # one broken subscriber must not cost the others this packet
                 self._forward_failed(forwarder)
+
+    @staticmethod
+    def _read_dimensions(enc: Encoding, data: bytes, start: int) -> None:
+        """A VP8 keyframe header (RFC 6386 9.1): 3-byte tag, start code, 14-bit sizes."""
+        if len(data) >= start + 10 and data[start + 3 : start + 6] == b"\x9d\x01\x2a":
+            enc.width = (data[start + 6] | (data[start + 7] << 8)) & 0x3FFF
+            enc.height = (data[start + 8] | (data[start + 9] << 8)) & 0x3FFF
 
     def _forward_failed(self, forwarder: Forwarder) -> None:
         self.forward_errors += 1
@@ -161,98 +237,103 @@ class Producer:
                 self.forward_errors,
             )
 
-    def _collect_keyframe(self, data: bytes, h: RtpHeader, now_s: float, first: bool) -> None:
-        """Gather a keyframe's packets; only a complete, gap-free one replaces the cached one."""
-        parts = self._keyframe_parts
-        if first and (parts is None or h.timestamp != self._keyframe_ts):
-            parts = self._keyframe_parts = []  # (H.264 flags several packets of one keyframe)
-            self._keyframe_ts = h.timestamp
-        elif parts is None:
-            return
-        elif h.timestamp != self._keyframe_ts or h.sequence_number != self._keyframe_next_seq:
-            self._keyframe_parts = None  # lost or reordered: keep the last complete keyframe
-            return
-        parts.append((data, h))
-        self._keyframe_next_seq = (h.sequence_number + 1) & 0xFFFF
-        if h.marker:
-            self.keyframe_packets = tuple(parts)
-            self.keyframe_at = now_s
-            self._keyframe_parts = None
-
-    def cached_keyframe(self, now_s: float) -> tuple[tuple[bytes, RtpHeader], ...]:
-        """The last keyframe's packets if it is recent enough to show a new subscriber, else ()."""
-        packets = self.keyframe_packets
-        if (
-            not packets
-            or now_s - self.keyframe_at > self.keyframe_cache_s
-            or packets[0][1].ssrc != self.ssrc
-        ):
+    def cached_keyframe(
+        self, now_s: float, spatial: int = 0
+    ) -> tuple[tuple[bytes, RtpHeader], ...]:
+        """The last keyframe of a layer if it is recent enough to show a new subscriber, else ()."""
+        if not self.keyframe_cache_s or not 0 <= spatial < len(self.layers):
             return ()
-        return packets
+        return self.layers[spatial].cached_keyframe(now_s, self.keyframe_cache_s)
 
-    def newest_packet(self) -> RtpHeader | None:
-        """Header of the newest packet received (by sequence number), if still cached."""
-        if self.stats is None or self.cache is None:
-            return None
-        entry = self.cache.get(self.stats.max_seq)
-        return entry[1] if entry is not None else None
+    def newest_packet(self, spatial: int = 0) -> RtpHeader | None:
+        """Header of the newest packet received on a layer (by sequence number), if cached."""
+        return self.layers[spatial].newest_packet() if 0 <= spatial < len(self.layers) else None
 
-    def _on_new_ssrc(self, ssrc: int) -> None:
-        if self.ssrc is not None:
-            logger.info("track %s: publisher changed SSRC %d -> %d", self.id, self.ssrc, ssrc)
-        self.ssrc = ssrc
-        self.stats = ReceiveStats(ssrc, self.codec.clock_rate)
-        self.keyframe_packets, self._keyframe_parts = (), None
-        if self.nack is not None:
-            self.nack.missing.clear()
+    def layer_bitrates(self, now_s: float) -> dict[int, list[int]]:
+        """Active layers: spatial index -> cumulative bps per temporal layer."""
+        result = {}
+        for encoding in self.layers:
+            rates = encoding.bitrates(now_s)
+            if rates:
+                result[encoding.spatial] = rates
+        return result
+
+    def _on_new_ssrc(self, enc: Encoding, ssrc: int) -> None:
+        if enc.ssrc is not None:
+            logger.info(
+                "track %s layer %d: publisher changed SSRC %d -> %d",
+                self.id,
+                enc.spatial,
+                enc.ssrc,
+                ssrc,
+            )
+        enc.reset(ssrc, self.codec.clock_rate)
 
     # -- feedback towards the publisher ----------------------------------------------------------
 
-    def request_keyframe(self, now_s: float | None = None) -> bool:
-        """Ask the publisher for a keyframe, at most once per throttle interval."""
-        if self.kind != "video" or self.ssrc is None or self.closed:
+    def request_keyframe(self, now_s: float | None = None, spatial: int | None = None) -> bool:
+        """Ask the publisher for a keyframe of one layer (default: every layer that is sent),
+        at most once per throttle interval per layer."""
+        if self.kind != "video" or self.closed:
             return False
         now = time.monotonic() if now_s is None else now_s
-        if now - self._last_pli_s < self._pli_throttle_s:
-            return False
-        self._last_pli_s = now
-        self.keyframe_requests += 1
-        self._send_keyframe_request(self.ssrc)
-        return True
+        targets = self.layers if spatial is None else self.layers[spatial : spatial + 1]
+        asked = False
+        for enc in targets:
+            if enc.ssrc is None or now - enc.last_pli_s < self._pli_throttle_s:
+                continue
+            enc.last_pli_s = now
+            enc.keyframe_requests += 1
+            self.keyframe_requests += 1
+            self._send_keyframe_request(enc.ssrc)
+            asked = True
+        return asked
 
-    def want_keyframe(self, since_s: float) -> None:
-        """Keep asking (throttled) until a keyframe newer than `since_s` arrives.
+    def want_keyframe(self, since_s: float, spatial: int = 0) -> None:
+        """Keep asking (throttled) until a keyframe of `spatial` newer than `since_s` arrives.
 
         For a subscriber that will not ask again itself, e.g. one started on the cached
         keyframe: a single throttled request could be lost, or ignored by a publisher that
         answers at most one request per interval (Chrome: 300 ms).
         """
-        if self.kind != "video" or self.closed:
+        if self.kind != "video" or self.closed or not 0 <= spatial < len(self.layers):
             return
-        self._keyframe_wanted_since = max(self._keyframe_wanted_since, since_s)
+        self._keyframe_wanted[spatial] = max(self._keyframe_wanted.get(spatial, 0.0), since_s)
         self._keyframe_asks_left = KEYFRAME_ASKS
         if self._keyframe_timer is None:
             self._ask_for_wanted_keyframe()
 
     def _ask_for_wanted_keyframe(self) -> None:
         self._keyframe_timer = None
-        if self.closed or self.last_keyframe_s > self._keyframe_wanted_since:
-            return
-        if self._keyframe_asks_left <= 0:
+        wanted = self._keyframe_wanted
+        for spatial, since in list(wanted.items()):
+            if self.layers[spatial].last_keyframe_s > since:
+                del wanted[spatial]
+        if self.closed or not wanted or self._keyframe_asks_left <= 0:
+            wanted.clear()
             return
         now = time.monotonic()
-        if self.request_keyframe(now):
+        asked = False
+        for spatial in wanted:
+            asked = self.request_keyframe(now, spatial) or asked
+        if asked:
             self._keyframe_asks_left -= 1
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # (no event loop: unit tests drive the producer by hand)
             return
-        wait = self._last_pli_s + self._pli_throttle_s + KEYFRAME_ASK_MARGIN_S - now
+        last = max(self.layers[s].last_pli_s for s in wanted)
+        wait = last + self._pli_throttle_s + KEYFRAME_ASK_MARGIN_S - now
         self._keyframe_timer = loop.call_later(max(0.01, wait), self._ask_for_wanted_keyframe)
 
-    def on_sender_report(self, ntp: int, rtp_ts: int, now_s: float) -> None:
-        if self.stats is not None:
-            self.stats.on_sender_report(ntp, rtp_ts, now_s)
+    def on_sender_report(
+        self, ntp: int, rtp_ts: int, now_s: float, ssrc: int | None = None
+    ) -> None:
+        """The publisher's NTP/RTP clock pair for one encoding (default: the base layer)."""
+        for enc in self.layers:
+            if (ssrc is None or enc.ssrc == ssrc) and enc.stats is not None:
+                enc.stats.on_sender_report(ntp, rtp_ts, now_s)
+                return
 
     # -- subscribers -----------------------------------------------------------------------------
 
@@ -282,3 +363,6 @@ class Producer:
             except Exception:
                 logger.exception("track %s: close callback failed", self.id)
         self._close_callbacks.clear()
+
+    def layers_json(self, now_s: float) -> list[dict]:
+        return [encoding.to_json(now_s) for encoding in self.layers]

@@ -1,9 +1,12 @@
 """PublisherSession: the connection on which one participant sends its tracks to the SFU.
 
-The client offers, the SFU answers. Every sending m-line becomes a Producer. Incoming RTP is
-routed by SSRC (learned from the SDP, or from the MID extension of the first packet), RTX is
-unwrapped, and the session sends the publisher what a good receiver sends: receiver reports,
-REMB, NACKs for gaps and keyframe requests (PLI) on behalf of subscribers.
+The client offers, the SFU answers. Every sending m-line becomes a Producer; a simulcast
+m-line (rids with `a=simulcast`, or an `a=ssrc-group:SIM`) becomes one Producer with one
+Encoding per layer, and the answer is patched to accept it (aiortc ignores simulcast). Incoming
+RTP is routed by SSRC (learned from the SDP, or from the MID and RID extensions of the first
+packets: browsers send rids without SSRCs), RTX is unwrapped, and the session sends the
+publisher what a good receiver sends: receiver reports, REMB, NACKs for gaps and keyframe
+requests (PLI) on behalf of subscribers.
 """
 
 from __future__ import annotations
@@ -16,12 +19,22 @@ import time
 from dataclasses import dataclass
 
 from ..config import RtcSettings
+from .encoding import Encoding
 from .ingress import NackGenerator
 from .peer import MediaPeer, NetworkSettings
 from .producer import Producer, TrackInfo, new_track_id
 from .rtcp import Nack, Pli, ReceiverReport, Remb, SenderReport, parse_compound
 from .rtp import RTP_FIXED, ExtensionIds, RtpHeader
-from .sdp import SdpError, extension_ids, negotiated_codec, parse_offer
+from .sdp import (
+    SdpError,
+    SimulcastOffer,
+    extension_ids,
+    negotiated_codec,
+    parse_offer,
+    parse_simulcast,
+    patch_publisher_answer,
+    rid_order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +71,9 @@ class PublisherSession:
             network, on_rtp=self._on_rtp, on_rtcp=self._on_rtcp, label=label or f"pub:{identity}"
         )
         self.producers: dict[str, Producer] = {}  # by mid
-        self._by_ssrc: dict[int, tuple[Producer, bool]] = {}
+        # ssrc -> (track, encoding, is RTX)
+        self._by_ssrc: dict[int, tuple[Producer, Encoding, bool]] = {}
+        self._simulcast: dict[str, SimulcastOffer] = {}
         self._ext = ExtensionIds()
         self._offered_ssrcs: dict[str, list[int]] = {}
         self._offered_rtx: dict[int, int] = {}
@@ -89,12 +104,15 @@ class PublisherSession:
             for m in offered:
                 self._offered_ssrcs[m.mid] = m.ssrcs
                 self._offered_rtx.update(m.rtx_pairs)
+            simulcast = parse_simulcast(offer_sdp)
+            self._simulcast.update(simulcast)
             try:
                 answer = await self.peer.answer(offer_sdp)
             except SdpError:
                 raise
             except Exception as exc:
                 raise SdpError(f"cannot negotiate: {exc}") from exc
+            answer = patch_publisher_answer(answer, simulcast)
             added = self._create_producers(requests or [])
         if self._task is None:
             self._task = asyncio.ensure_future(self._rtcp_loop())
@@ -123,29 +141,51 @@ class PublisherSession:
                 name=request.name if request else "",
                 codec=codec.mime_type,
             )
+            sim = self._simulcast.get(mid)
+            rids: list[str | None] | None = None
+            if sim is not None and sim.simulcast and transceiver.kind == "video":
+                rids = list(rid_order(sim.rids)) if sim.rids else [None] * len(sim.sim_ssrcs)
             producer = Producer(
                 info,
                 codec,
                 send_keyframe_request=self._send_pli,
                 cache_size=self.rtc.packet_cache_size,
                 pli_throttle_s=self.rtc.pli_throttle_ms / 1000,
-                nack=NackGenerator(
-                    max_age_s=self.rtc.nack_max_age_ms / 1000,
-                    retry_s=self.rtc.nack_retry_ms / 1000,
-                ),
+                nack_factory=self._new_nack_generator,
                 keyframe_cache_s=KEYFRAME_CACHE_S,
+                rids=rids,
             )
             self.producers[mid] = producer
-            for ssrc in self._offered_ssrcs.get(mid, []):
-                media_ssrc = self._offered_rtx.get(ssrc)
-                if media_ssrc is not None:
-                    self._by_ssrc[ssrc] = (producer, True)
-                    producer.rtx_ssrc = ssrc
-                else:
-                    self._by_ssrc.setdefault(ssrc, (producer, False))
+            self._map_offered_ssrcs(producer, mid, sim)
             added.append(producer)
+        for sim in self._simulcast.values():
+            for uri, ext_id in sim.extmaps.items():
+                uri_ids.setdefault(uri, ext_id)
         self._ext = ExtensionIds.from_map(uri_ids)
         return added
+
+    def _new_nack_generator(self) -> NackGenerator:
+        return NackGenerator(
+            max_age_s=self.rtc.nack_max_age_ms / 1000, retry_s=self.rtc.nack_retry_ms / 1000
+        )
+
+    def _map_offered_ssrcs(self, producer: Producer, mid: str, sim: SimulcastOffer | None) -> None:
+        """SSRCs the SDP announces: SIM groups give one per layer, FID groups their RTX."""
+        layer_of: dict[int, Encoding] = {}
+        if sim is not None and sim.sim_ssrcs and producer.simulcast:
+            for i, ssrc in enumerate(sim.sim_ssrcs[: len(producer.layers)]):
+                layer_of[ssrc] = producer.layers[i]
+        elif not producer.simulcast:
+            for ssrc in self._offered_ssrcs.get(mid, []):
+                if ssrc not in self._offered_rtx:
+                    layer_of.setdefault(ssrc, producer.layers[0])
+        for ssrc, encoding in layer_of.items():
+            self._by_ssrc.setdefault(ssrc, (producer, encoding, False))
+        for rtx, media in self._offered_rtx.items():
+            encoding = layer_of.get(media)
+            if encoding is not None:
+                self._by_ssrc[rtx] = (producer, encoding, True)
+                encoding.rtx_ssrc = rtx
 
     def unpublish(self, track_id: str) -> Producer | None:
         for mid, producer in list(self.producers.items()):
@@ -165,22 +205,23 @@ class PublisherSession:
             entry = self._learn_ssrc(data)
             if entry is None:
                 return
-        producer, is_rtx = entry
+        producer, encoding, is_rtx = entry
         h = RtpHeader.parse(data, self._ext)
         if is_rtx:
-            unwrapped = self._unwrap_rtx(data, h, producer)
+            unwrapped = self._unwrap_rtx(data, h, producer, encoding)
             if unwrapped is None:
                 return
             data, h = unwrapped
-            cache = producer.cache
+            cache = encoding.cache
             if cache is not None and cache.get(h.sequence_number) is not None:
                 return  # a copy we already have (e.g. a browser's RTX bandwidth probe)
-        producer.on_rtp(data, h, time.monotonic())
-        if producer.nack is not None and producer.nack.missing:
+        producer.on_rtp(data, h, time.monotonic(), encoding)
+        if encoding.nack is not None and encoding.nack.missing:
             self._gap_seen.set()
 
-    def _learn_ssrc(self, data: bytes) -> tuple[Producer, bool] | None:
-        """An SSRC the SDP did not announce: find its track by MID, else by payload type."""
+    def _learn_ssrc(self, data: bytes) -> tuple[Producer, Encoding, bool] | None:
+        """An SSRC the SDP did not announce: find its track by MID (else by payload type) and
+        its layer by RID (RTX: repaired RID)."""
         if len(data) < 12:
             return None
         h = RtpHeader.parse(data, self._ext)
@@ -205,30 +246,40 @@ class PublisherSession:
         if producer.closed:
             return None
         is_rtx = h.payload_type == producer.codec.rtx_payload_type
+        encoding = producer.layers[0]
+        if producer.simulcast:
+            rid = h.repaired_rid if is_rtx else h.rid
+            if rid is None:
+                return None  # a layer we cannot place yet: its next packets carry the rid
+            found = producer.encoding_for_rid(rid.decode("ascii", "replace"))
+            if found is None:
+                self._ignored_ssrcs.add(h.ssrc)
+                return None
+            encoding = found
         if is_rtx:
-            producer.rtx_ssrc = h.ssrc
-        entry = (producer, is_rtx)
+            encoding.rtx_ssrc = h.ssrc
+        entry = (producer, encoding, is_rtx)
         self._by_ssrc[h.ssrc] = entry
         return entry
 
     @staticmethod
-    def _unwrap_rtx(data: bytes, h: RtpHeader, producer: Producer):
+    def _unwrap_rtx(data: bytes, h: RtpHeader, producer: Producer, encoding: Encoding):
         """RFC 4588: the original sequence number leads the payload; rebuild that packet."""
         start = h.payload_offset
-        if len(data) - h.padding_size - start < 2 or producer.ssrc is None:
+        if len(data) - h.padding_size - start < 2 or encoding.ssrc is None:
             return None  # padding-only probe
         osn = (data[start] << 8) | data[start + 1]
         b1 = (0x80 if h.marker else 0) | producer.codec.payload_type
         b0 = data[0] & ~0x20  # RTX padding is not the original's
         original = b"".join(
             (
-                RTP_FIXED.pack(b0, b1, osn, h.timestamp, producer.ssrc),
+                RTP_FIXED.pack(b0, b1, osn, h.timestamp, encoding.ssrc),
                 data[12:start],
                 data[start + 2 : len(data) - h.padding_size],
             )
         )
         oh = RtpHeader.parse(original)
-        oh.mid, oh.audio_level = h.mid, h.audio_level
+        oh.mid, oh.audio_level, oh.rid = h.mid, h.audio_level, h.repaired_rid
         return original, oh
 
     def _on_rtcp(self, data: bytes) -> None:
@@ -236,8 +287,10 @@ class PublisherSession:
         for packet in parse_compound(data):
             if isinstance(packet, SenderReport):
                 entry = self._by_ssrc.get(packet.ssrc)
-                if entry is not None and not entry[1]:
-                    entry[0].on_sender_report(packet.ntp_timestamp, packet.rtp_timestamp, now)
+                if entry is not None and not entry[2]:
+                    entry[0].on_sender_report(
+                        packet.ntp_timestamp, packet.rtp_timestamp, now, packet.ssrc
+                    )
 
     # -- feedback out ----------------------------------------------------------------------------
 
@@ -254,7 +307,11 @@ class PublisherSession:
         next_report = time.monotonic() + 0.2
         try:
             while not self.closed:
-                if any(p.nack is not None and p.nack.missing for p in self.producers.values()):
+                if any(
+                    e.nack is not None and e.nack.missing
+                    for p in self.producers.values()
+                    for e in p.layers
+                ):
                     await asyncio.sleep(NACK_TICK_S)
                 else:
                     self._gap_seen.clear()
@@ -264,12 +321,11 @@ class PublisherSession:
                         )
                 now = time.monotonic()
                 for producer in list(self.producers.values()):
-                    if producer.nack is not None and producer.ssrc is not None:
-                        lost = producer.nack.due(now)
-                        if lost:
-                            self.peer.send_rtcp(
-                                Nack(self._rtcp_ssrc, producer.ssrc, lost).serialize()
-                            )
+                    for e in producer.layers:
+                        if e.nack is not None and e.ssrc is not None and e.nack.missing:
+                            lost = e.nack.due(now)
+                            if lost:
+                                self.peer.send_rtcp(Nack(self._rtcp_ssrc, e.ssrc, lost).serialize())
                 if now >= next_report:
                     next_report = now + interval
                     self._send_reports(now)
@@ -279,12 +335,12 @@ class PublisherSession:
             logger.exception("%s: RTCP loop failed", self.peer.label)
 
     def _send_reports(self, now: float) -> None:
-        producers = [p for p in self.producers.values() if p.stats is not None]
-        if not producers:
+        streams = [e for p in self.producers.values() for e in p.layers if e.stats is not None]
+        if not streams:
             return
-        blocks = [p.stats.report_block(now) for p in producers]
+        blocks = [e.stats.report_block(now) for e in streams]
         packet = ReceiverReport(self._rtcp_ssrc, blocks[:31]).serialize()
-        video = [p.ssrc for p in producers if p.kind == "video"]
+        video = [e.ssrc for e in streams if e.kind == "video"]
         if video:
             packet += Remb(self._rtcp_ssrc, self.rtc.max_publish_bitrate, video).serialize()
         self.peer.send_rtcp(packet)

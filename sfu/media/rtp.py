@@ -65,6 +65,7 @@ class RtpHeader:
         "padding_size",
         "mid",
         "rid",
+        "repaired_rid",
         "audio_level",
     )
 
@@ -78,6 +79,7 @@ class RtpHeader:
         self.padding_size = 0
         self.mid: bytes | None = None
         self.rid: bytes | None = None
+        self.repaired_rid: bytes | None = None
         # (voice activity, level in -dBov) packed as in the extension byte; -1 = absent.
         self.audio_level = -1
 
@@ -154,6 +156,8 @@ def _read_extensions(
             h.mid = bytes(data[pos : pos + size])
         elif ext_id == ext.rid:
             h.rid = bytes(data[pos : pos + size])
+        elif ext_id == ext.repaired_rid:
+            h.repaired_rid = bytes(data[pos : pos + size])
         elif ext_id == ext.audio_level:
             h.audio_level = data[pos]
         pos += size

@@ -10,6 +10,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription
 
 from .producer import CodecInfo
+from .rtp import EXT_REPAIRED_RID, EXT_RID, EXT_TRANSPORT_CC
 
 
 class SdpError(ValueError):
@@ -94,3 +95,175 @@ def codec_preferences(kind: str, mime_type: str | None) -> list[RTCRtpCodecCapab
     if kind == "video":
         chosen += [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
     return chosen
+
+
+# -- simulcast and extensions aiortc does not negotiate ------------------------------------------
+#
+# aiortc drops `a=rid`, `a=simulcast` and the rid/repaired-rid/transport-cc extensions when it
+# parses an SDP and never writes them. The SFU reads them from the raw text and patches the
+# SDP it sends: the answer to a publisher (so the browser turns simulcast on) and the offer to
+# a subscriber (so the browser sends transport-cc feedback for our bandwidth estimate).
+
+
+@dataclass
+class SimulcastOffer:
+    """What one offered m-section says about simulcast and the extensions we patch in."""
+
+    mid: str
+    kind: str
+    rids: list[str] = field(default_factory=list)  # sending rids, in a=rid order
+    simulcast_value: str = ""  # the a=simulcast:send value, e.g. "q;h;f"
+    sim_ssrcs: list[int] = field(default_factory=list)  # a=ssrc-group:SIM, lowest first
+    extmaps: dict[str, int] = field(default_factory=dict)  # uri -> id for the ones we patch
+    payload_types: list[int] = field(default_factory=list)
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.rids) > 1 or len(self.sim_ssrcs) > 1
+
+
+PATCHED_EXTENSIONS = (EXT_RID, EXT_REPAIRED_RID, EXT_TRANSPORT_CC)
+
+
+def _sections(sdp: str) -> tuple[list[str], list[list[str]]]:
+    """Split an SDP into its session lines and its media sections (lines without CRLF)."""
+    session: list[str] = []
+    media: list[list[str]] = []
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if not line:
+            continue
+        if line.startswith("m="):
+            media.append([line])
+        elif media:
+            media[-1].append(line)
+        else:
+            session.append(line)
+    return session, media
+
+
+def _join(session: list[str], media: list[list[str]]) -> str:
+    return "\r\n".join(session + [line for m in media for line in m]) + "\r\n"
+
+
+def _mid_of(section: list[str]) -> str:
+    for line in section:
+        if line.startswith("a=mid:"):
+            return line[6:].strip()
+    return ""
+
+
+def parse_simulcast(sdp: str) -> dict[str, SimulcastOffer]:
+    """Per mid: rids, SIM groups and the ids of the extensions aiortc drops."""
+    _, media = _sections(sdp)
+    result: dict[str, SimulcastOffer] = {}
+    for section in media:
+        kind = section[0][2:].split(" ", 1)[0]
+        if kind not in ("audio", "video"):
+            continue
+        offer = SimulcastOffer(mid=_mid_of(section), kind=kind)
+        try:
+            offer.payload_types = [int(p) for p in section[0].split()[3:]]
+        except ValueError:
+            offer.payload_types = []
+        for line in section:
+            if line.startswith("a=rid:"):
+                parts = line[6:].split()
+                if len(parts) >= 2 and parts[1] == "send":
+                    offer.rids.append(parts[0])
+            elif line.startswith("a=simulcast:"):
+                value = line[12:].strip()
+                if value.startswith("send "):
+                    offer.simulcast_value = value[5:].strip()
+            elif line.startswith("a=ssrc-group:SIM "):
+                try:
+                    offer.sim_ssrcs = [int(s) for s in line[17:].split()]
+                except ValueError:
+                    raise SdpError("malformed a=ssrc-group:SIM line") from None
+            elif line.startswith("a=extmap:"):
+                head, _, rest = line[9:].partition(" ")
+                uri = rest.split()[0] if rest.split() else ""
+                if uri in PATCHED_EXTENSIONS:
+                    try:
+                        offer.extmaps[uri] = int(head.split("/")[0])
+                    except ValueError:
+                        raise SdpError("malformed a=extmap line") from None
+        if offer.rids and not offer.simulcast_value:
+            offer.rids = []  # rids without a=simulcast: not simulcast (RFC 8853)
+        result[offer.mid] = offer
+    return result
+
+
+def rid_order(rids: list[str]) -> list[str]:
+    """Rids from the lowest to the highest layer: q/h/f by name, otherwise as offered."""
+    names = {"q": 0, "h": 1, "f": 2}
+    if rids and all(r in names for r in rids):
+        return sorted(rids, key=names.__getitem__)
+    return list(rids)
+
+
+def patch_publisher_answer(answer: str, offers: dict[str, SimulcastOffer]) -> str:
+    """Accept the publisher's simulcast: rid/simulcast lines and the rid extensions.
+
+    Only sections that are answered (port not 0) and whose offer had simulcast are touched.
+    """
+    session, media = _sections(answer)
+    for section in media:
+        offer = offers.get(_mid_of(section))
+        if offer is None or not offer.rids or section[0].split()[1] == "0":
+            continue
+        present = {line.split()[1] for line in section if line.startswith("a=extmap:")}
+        extra = [
+            f"a=extmap:{offer.extmaps[uri]} {uri}"
+            for uri in (EXT_RID, EXT_REPAIRED_RID)
+            if uri in offer.extmaps and uri not in present
+        ]
+        extra += [f"a=rid:{rid} recv" for rid in offer.rids]
+        extra.append(f"a=simulcast:recv {offer.simulcast_value}")
+        section.extend(extra)
+    return _join(session, media)
+
+
+def add_transport_cc(offer: str, ext_id: int) -> str:
+    """Offer transport-wide-cc (extension and rtcp-fb) on every audio/video section we send."""
+    session, media = _sections(offer)
+    for section in media:
+        kind = section[0][2:].split(" ", 1)[0]
+        if kind not in ("audio", "video") or section[0].split()[1] == "0":
+            continue
+        if any(EXT_TRANSPORT_CC in line for line in section):
+            continue
+        pts = section[0].split()[3:]
+        extra = [f"a=extmap:{ext_id} {EXT_TRANSPORT_CC}"]
+        extra += [f"a=rtcp-fb:{pt} transport-cc" for pt in pts]
+        section.extend(extra)
+    return _join(session, media)
+
+
+def answered_extension(answer: str, uri: str) -> dict[str, int]:
+    """mid -> id of `uri` in a remote answer (sections that accepted it)."""
+    _, media = _sections(answer)
+    result: dict[str, int] = {}
+    for section in media:
+        for line in section:
+            if line.startswith("a=extmap:") and line.endswith(uri):
+                head = line[9:].split()[0]
+                try:
+                    result[_mid_of(section)] = int(head.split("/")[0])
+                except ValueError:
+                    pass
+    return result
+
+
+def free_extension_id(sdp: str) -> int:
+    """The lowest one-byte header extension id (1-14) no extmap line of the SDP uses."""
+    used = set()
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if line.startswith("a=extmap:"):
+            try:
+                used.add(int(line[9:].split()[0].split("/")[0]))
+            except ValueError:
+                pass
+    for ext_id in range(1, 15):
+        if ext_id not in used:
+            return ext_id
+    raise SdpError("no free header extension id")

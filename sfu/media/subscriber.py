@@ -22,15 +22,39 @@ from collections.abc import Awaitable, Callable
 from aiortc import MediaStreamTrack, RTCRtpTransceiver
 
 from ..config import RtcSettings
-from .forwarder import DownTrack, bind
+from .bandwidth import TICK_S, BandwidthController
+from .forwarder import DownTrack, Forwarder, bind
 from .peer import MediaPeer, NetworkSettings
 from .producer import Producer
-from .rtcp import Fir, Nack, Pli, ReceiverReport, Remb, SenderReport, parse_compound
-from .sdp import SdpError, codec_preferences, extension_ids, negotiated_codec, parse_offer
+from .rtcp import (
+    Fir,
+    Nack,
+    Pli,
+    ReceiverReport,
+    Remb,
+    SenderReport,
+    UnknownRtcp,
+    parse_compound,
+)
+from .rtp import EXT_TRANSPORT_CC
+from .sdp import (
+    SdpError,
+    add_transport_cc,
+    answered_extension,
+    codec_preferences,
+    extension_ids,
+    free_extension_id,
+    negotiated_codec,
+    parse_offer,
+    parse_simulcast,
+)
+from .twcc import FMT_TWCC, RTCP_RTPFB
 
 logger = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT_S = 15.0
+# Requested quality -> highest spatial layer (None: no limit, the estimate decides).
+QUALITY_LAYERS = {"auto": None, "high": 2, "medium": 1, "low": 0}
 
 SendOffer = Callable[[str, dict[str, str]], Awaitable[None]]
 
@@ -80,6 +104,14 @@ class SubscriberSession:
         self.negotiations = 0
         self.closed = False
         self.on_negotiation_failed: Callable[[str], None] | None = None
+        # (track id, layer info) when a simulcast track's forwarded layer changes
+        self.on_layer_change: Callable[[str, dict], None] | None = None
+        self.bandwidth = BandwidthController(
+            self.downtracks, enabled=rtc.bwe, start_bps=rtc.bwe_start_bitrate
+        )
+        self._transport_cc_ids: dict[str, int] = {}  # mid -> negotiated extension id
+        self._quality: dict[str, tuple[int | None, int, int]] = {}  # track id -> request
+        self._bwe_task: asyncio.Task | None = None
 
     # -- subscriptions (offerer role) ------------------------------------------------------------
 
@@ -111,16 +143,19 @@ class SubscriberSession:
                 self._dirty = False
                 bindings = self._plan_mlines()
                 offer = await self.peer.offer()
+                if self.rtc.bwe:
+                    offer = add_transport_cc(offer, free_extension_id(offer))
                 mapping = self._mid_map()
                 self._pending_offer_answer = asyncio.get_running_loop().create_future()
                 self.negotiations += 1
                 await self._send_offer(offer, mapping)
                 answer = await asyncio.wait_for(self._pending_offer_answer, ANSWER_TIMEOUT_S)
                 await self.peer.accept_answer(answer)
+                self._transport_cc_ids = answered_extension(answer, EXT_TRANSPORT_CC)
                 self._configure_downtracks()
                 for downtrack, producer in bindings:
                     if self.subscriptions.get(producer.id) is producer and not producer.closed:
-                        bind(producer, downtrack)
+                        self._bind(producer, downtrack)
                 self._prime_on_connect()
                 self._start_rtcp()
         except asyncio.CancelledError:
@@ -226,7 +261,91 @@ class SubscriberSession:
                 clock_rate=codec.clock_rate,
                 rtx_payload_type=codec.rtx_payload_type,
                 extension_ids=extension_ids(transceiver),
+                transport_cc_id=self._transport_cc_ids.get(dt.mid, 0),
+                sequencer=self.bandwidth.sequencer,
             )
+
+    # -- layers --------------------------------------------------------------------------------
+
+    def _bind(self, producer: Producer, downtrack: DownTrack) -> Forwarder:
+        selector = self.bandwidth.new_selector(producer) if producer.simulcast else None
+        forwarder = bind(producer, downtrack, selector)
+        if selector is not None:
+            request = self._quality.get(producer.id)
+            if request is not None:
+                self._apply_quality(forwarder, *request)
+            forwarder.on_layer_change = self._layer_changed
+            self._start_bwe()
+        return forwarder
+
+    def set_quality(
+        self, track_id: str, quality: str = "auto", max_width: int = 0, max_height: int = 0
+    ) -> bool:
+        """The subscriber's wish for a track: a named quality and/or maximum dimensions.
+
+        Raises ValueError for an unknown quality name. Returns False if the track is not
+        subscribed. The wish is kept and applies whenever the track is (re)bound.
+        """
+        if quality not in QUALITY_LAYERS:
+            raise ValueError(f"quality must be one of {', '.join(QUALITY_LAYERS)}")
+        if track_id not in self.subscriptions:
+            return False
+        request = (QUALITY_LAYERS[quality], max(0, int(max_width)), max(0, int(max_height)))
+        self._quality[track_id] = request
+        for dt in self.downtracks:
+            fw = dt.forwarder
+            if fw is not None and fw.producer.id == track_id and fw.selector is not None:
+                self._apply_quality(fw, *request)
+                self.bandwidth.tick(time.monotonic())
+        return True
+
+    @staticmethod
+    def _apply_quality(fw: Forwarder, max_spatial: int | None, width: int, height: int) -> None:
+        if width or height:
+            fitting = [
+                e.spatial
+                for e in fw.producer.layers
+                if e.width
+                and (not width or e.width <= width)
+                and (not height or e.height <= height)
+            ]
+            by_size = max(fitting) if fitting else 0
+            max_spatial = by_size if max_spatial is None else min(max_spatial, by_size)
+        fw.selector.set_requested(max_spatial)
+
+    def _layer_changed(self, fw: Forwarder, reason: str) -> None:
+        if self.on_layer_change is None:
+            return
+        layer = fw.layer
+        if layer is None:
+            return
+        encoding = fw.producer.layers[layer[0]]
+        self.on_layer_change(
+            fw.producer.id,
+            {
+                "spatial": layer[0],
+                "temporal": layer[1],
+                "rid": encoding.rid,
+                "width": encoding.width or None,
+                "height": encoding.height or None,
+                "reason": reason,
+            },
+        )
+
+    def _start_bwe(self) -> None:
+        if self._bwe_task is None and not self.closed:
+            self._bwe_task = asyncio.ensure_future(self._bwe_loop())
+
+    async def _bwe_loop(self) -> None:
+        """Measure, estimate and choose layers every TICK_S while simulcast tracks flow."""
+        try:
+            while not self.closed:
+                await asyncio.sleep(TICK_S)
+                self.bandwidth.tick(time.monotonic())
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("%s: bandwidth loop failed", self.peer.label)
 
     # -- answerer role (WHEP) --------------------------------------------------------------------
 
@@ -248,6 +367,14 @@ class SubscriberSession:
             answer = await self.peer.answer(offer_sdp)
         except Exception as exc:
             raise SdpError(f"cannot negotiate: {exc}") from exc
+        offered_twcc = {
+            o.extmaps[EXT_TRANSPORT_CC]
+            for o in parse_simulcast(offer_sdp).values()
+            if EXT_TRANSPORT_CC in o.extmaps
+        }
+        if self.rtc.bwe and len(offered_twcc) == 1:
+            answer = add_transport_cc(answer, offered_twcc.pop())
+            self._transport_cc_ids = answered_extension(answer, EXT_TRANSPORT_CC)
         self._configure_downtracks()
         self.downtracks = [dt for dt in self.downtracks if dt.negotiated]
         for p in producers:
@@ -268,7 +395,7 @@ class SubscriberSession:
                 continue
             downtrack = self._free_downtrack(producer, set())
             if downtrack is not None:
-                bind(producer, downtrack)
+                self._bind(producer, downtrack)
                 carried.add(producer.id)
 
     # -- first picture ------------------------------------------------------------------------
@@ -321,7 +448,10 @@ class SubscriberSession:
     def _on_rtcp(self, data: bytes) -> None:
         now = time.monotonic()
         for packet in parse_compound(data):
-            if isinstance(packet, Nack):
+            if isinstance(packet, UnknownRtcp):
+                if packet.packet_type == RTCP_RTPFB and packet.fmt == FMT_TWCC:
+                    self.bandwidth.on_transport_feedback(packet.data, now)
+            elif isinstance(packet, Nack):
                 dt = self._by_ssrc.get(packet.media_ssrc)
                 if dt is not None and dt.forwarder is not None:
                     dt.forwarder.on_nack(packet.lost)
@@ -338,12 +468,14 @@ class SubscriberSession:
                 for block in packet.reports:
                     dt = self._by_ssrc.get(block.ssrc)
                     if dt is not None:
-                        dt.on_report_block(block, now)
+                        packets = dt.on_report_block(block, now)
+                        self.bandwidth.on_report(block.fraction_lost / 256, packets, dt.rtt_s, now)
             elif isinstance(packet, Remb):
                 for ssrc in packet.ssrcs:
                     dt = self._by_ssrc.get(ssrc)
                     if dt is not None:
                         dt.remb_bps = packet.bitrate
+                self.bandwidth.on_remb(packet.bitrate, now)
 
     # -- lifetime --------------------------------------------------------------------------------
 
@@ -361,9 +493,10 @@ class SubscriberSession:
         if self.closed:
             return
         self.closed = True
-        for task in (self._negotiation, self._rtcp_task, self._prime_task):
+        for task in (self._negotiation, self._rtcp_task, self._prime_task, self._bwe_task):
             if task is not None:
                 task.cancel()
+        self.bandwidth.close()
         for dt in self.downtracks:
             if dt.forwarder is not None:
                 dt.forwarder.close()

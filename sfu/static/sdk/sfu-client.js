@@ -48,9 +48,8 @@ export const SIMULCAST_ENCODINGS = [
  * @property {boolean} [autoSubscribe=true] receive every track published in the room
  * @property {RTCIceServer[]} [iceServers] used in addition to the ones the SFU hands out
  * @property {number} [timeoutMs=10000] how long to wait for the WebSocket and the join reply
- * @property {boolean} [sendQualityMessages=false] send `quality` messages to the SFU for
- *   {@link Room#setQuality}. Off until the SFU supports simulcast layer selection: today it would
- *   answer them with an `unknown_type` error.
+ * @property {boolean} [sendQualityMessages=true] send `quality` messages to the SFU for
+ *   {@link Room#setQuality} (false: only record the preference, for SFUs without simulcast).
  * @property {MediaStream|PublishOptions} [publish] publish these tracks as part of the join: the
  *   offer is made while the WebSocket opens and sent with the join, so a caller who both talks
  *   and watches is connected after one round trip. connect() does not wait for the answer:
@@ -72,7 +71,7 @@ export const SIMULCAST_ENCODINGS = [
 /**
  * @typedef {Object} PublishOptions
  * @property {MediaStream} stream
- * @property {boolean} [simulcast=false]
+ * @property {boolean} [simulcast=false] three layers (rids q/h/f) for the video track
  * @property {string} [videoSource="camera"]
  * @property {string} [audioSource="microphone"]
  */
@@ -170,6 +169,18 @@ const CAPTIONS_TOPIC_PREFIX = "captions/";
  * @property {"auto"|"low"|"medium"|"high"} [quality="auto"]
  * @property {number} [maxWidth] largest useful width in pixels (the size it is shown at)
  * @property {number} [maxHeight]
+ */
+
+/**
+ * A simulcast layer switch for a track we receive (`qualityChanged` event).
+ * @typedef {Object} QualityChange
+ * @property {string} trackId
+ * @property {number} spatial 0 = lowest layer
+ * @property {number} temporal
+ * @property {string|null} rid
+ * @property {number|null} width from the layer's last keyframe
+ * @property {number|null} height
+ * @property {"start"|"up"|"down"} reason
  */
 
 /** An `error` message from the SFU, or a request that failed or timed out. */
@@ -316,13 +327,19 @@ class Emitter {
  * - `data` (DataMessage)
  * - `caption` (Caption): live captions in the language set with setCaptionLanguage()
  * - `error` (SfuError): errors the SFU sent on its own (not replies to a request)
- * - `qualityChanged` is reserved for simulcast layer switches (not emitted yet)
+ * - `qualityChanged` (QualityChange): the SFU switched the simulcast layer it sends us for a
+ *   track (bandwidth estimate or our setQuality() wish)
  */
 export class Room extends Emitter {
   /** @param {ConnectOptions} [options] */
   constructor(options = {}) {
     super();
-    this.options = { autoSubscribe: true, timeoutMs: REQUEST_TIMEOUT_MS, ...options };
+    this.options = {
+      autoSubscribe: true,
+      timeoutMs: REQUEST_TIMEOUT_MS,
+      sendQualityMessages: true,
+      ...options,
+    };
     /** @type {string} */
     this.name = "";
     /** @type {ParticipantInfo|null} */
@@ -565,6 +582,17 @@ export class Room extends Emitter {
       case "track_unpublished":
         this._onTrackUnpublished(msg.track_id);
         break;
+      case "layer_changed":
+        this._emit("qualityChanged", {
+          trackId: msg.track_id,
+          spatial: msg.spatial,
+          temporal: msg.temporal,
+          rid: msg.rid,
+          width: msg.width,
+          height: msg.height,
+          reason: msg.reason,
+        });
+        break;
       case "data":
         this._emit("data", { from: msg.from, topic: msg.topic || "", payload: msg.payload });
         if (isCaption(msg)) this._emit("caption", toCaption(msg));
@@ -724,10 +752,9 @@ export class Room extends Emitter {
   /**
    * Say which quality of a remote video track we want.
    *
-   * Today this only records the preference in {@link Room#qualityPreferences}: the SFU has no
-   * simulcast layer selection yet and would answer a `quality` message with an `unknown_type`
-   * error. Once it has, `{sendQualityMessages: true}` in {@link connect} (later the default)
-   * sends `{type: "quality", track_id, quality, max_width, max_height}`.
+   * Sends `{type: "quality", track_id, quality, max_width, max_height}`: the SFU never sends a
+   * layer above the wish, and below it follows this connection's bandwidth estimate ("auto":
+   * the estimate alone). The preference is also kept in {@link Room#qualityPreferences}.
    * @param {string} trackId
    * @param {QualityPreference} preference
    */
@@ -746,9 +773,8 @@ export class Room extends Emitter {
   /**
    * Publish the camera.
    * @param {Object} [options]
-   * @param {boolean} [options.simulcast=false] send three layers (rids q/h/f). Off by default
-   *   for now: until the SFU negotiates simulcast, its answer ignores the rids and the browser
-   *   would send only the first layer (a quarter-size picture). Turn on once the SFU supports it.
+   * @param {boolean} [options.simulcast=true] send three layers (rids q/h/f), so each viewer
+   *   gets the one its link carries
    * @param {MediaTrackConstraints} [options.video] getUserMedia constraints
    * @returns {Promise<LocalTrack>}
    */
@@ -758,7 +784,7 @@ export class Room extends Emitter {
     const track = media.getVideoTracks()[0];
     this._ownedTracks.add(track);
     const [published] = await this._publishTracks([
-      { track, stream: media, source: "camera", simulcast: !!options.simulcast },
+      { track, stream: media, source: "camera", simulcast: options.simulcast !== false },
     ]);
     return published;
   }

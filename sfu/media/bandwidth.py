@@ -1,0 +1,269 @@
+"""BandwidthController: one subscriber connection's estimate, and what it decides.
+
+It joins the pieces that each do one job:
+
+- `TransportSequencer` (twcc.py): every packet sent to the subscriber carries a transport-wide
+  sequence number; the subscriber's transport-cc feedback says when each arrived.
+- `BandwidthEstimator` (bwe.py): delay-gradient + loss GCC estimate from that feedback; REMB
+  and receiver-report loss for subscribers without transport-cc.
+- `LayerSelector` (layers.py), one per simulcast track: which layer fits the track's share of
+  the estimate, keyframe-gated, with hysteresis and probes before moving up.
+
+Every `TICK_S` the controller measures what each DownTrack sends, splits the estimate between
+the video tracks (audio first: its bitrate is taken off the top, so under congestion video
+layers drop before audio suffers), lets each selector decide, asks publishers for the
+keyframes a pending switch needs, and sends the probes selectors ask for: retransmissions
+(RTX) of recent packets, paced over `PROBE_DURATION_S` at the probe's target rate and tagged
+with a probe cluster, so the estimator can tell what the path carried at that rate.
+Media is not queued here: packets leave as the publisher's own pacer sent them, and what the
+link cannot carry is avoided by choosing a lower layer, never by a growing queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from .bwe import BandwidthEstimator, BweConfig, ProbeResult
+from .forwarder import UNLIMITED_BPS, DownTrack, Forwarder, feed_layer_bitrates
+from .layers import LayerConfig, LayerSelector
+from .producer import Producer
+from .twcc import TransportSequencer, TwccFeedback
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.1
+PROBE_DURATION_S = 0.15
+PROBE_STEP_S = 0.01
+
+
+class _Probe:
+    """A probe in flight: retransmissions of `seqs`, `bytes_per_step` every PROBE_STEP_S."""
+
+    __slots__ = ("cluster", "forwarder", "selector", "bytes_per_step", "steps_left", "seqs", "next")
+
+    def __init__(self, cluster: int, forwarder: Forwarder, selector: LayerSelector) -> None:
+        self.cluster = cluster
+        self.forwarder = forwarder
+        self.selector = selector
+        self.bytes_per_step = 0.0
+        self.steps_left = 0
+        self.seqs: list[int] = []
+        self.next = 0
+
+
+class BandwidthController:
+    """Estimate and layer decisions for one subscriber connection (see module docstring)."""
+
+    def __init__(
+        self,
+        downtracks: list[DownTrack],
+        *,
+        enabled: bool = True,
+        start_bps: int = 1_000_000,
+        layer_config: LayerConfig | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self._downtracks = downtracks  # the session's list (shared, grows as m-lines are added)
+        self.sequencer = TransportSequencer()
+        self.estimator = BandwidthEstimator(
+            BweConfig(start_bps=start_bps), on_probe_result=self._on_probe_result
+        )
+        self.layer_config = layer_config or LayerConfig()
+        self.source = "none"  # where the estimate comes from: transport-cc, remb or none
+        self._probes: dict[int, _Probe] = {}
+        self._next_cluster = 0
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self.probes_sent = 0
+        self.history: list[tuple[float, int]] = []  # (time, estimate) after each change
+        self.on_estimate: Callable[[int], None] | None = None
+
+    # -- selectors ---------------------------------------------------------------------------
+
+    def new_selector(self, producer: Producer) -> LayerSelector:
+        """A layer selector for a simulcast track this subscriber receives."""
+        if self.enabled:
+            selector = LayerSelector(self.layer_config)
+            now = time.monotonic()
+            feed_layer_bitrates(selector, producer, now)
+            selector.update(self._video_share(now), now)
+        else:
+            cfg = LayerConfig(probe_required=False, up_hold_s=0.0)
+            selector = LayerSelector(cfg)
+            now = time.monotonic()
+            feed_layer_bitrates(selector, producer, now)
+            selector.update(UNLIMITED_BPS, now)
+        return selector
+
+    @property
+    def estimate_bps(self) -> int | None:
+        return self.estimator.estimate_bps if self.enabled and self.source != "none" else None
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    def on_transport_feedback(self, data: bytes, now_s: float) -> None:
+        try:
+            feedback = TwccFeedback.parse(data)
+        except ValueError:
+            return
+        results = self.sequencer.on_feedback(feedback)
+        if results:
+            self.source = "transport-cc"
+            self.estimator.on_packet_results(results, now_s)
+            self._decide(now_s)
+
+    def on_remb(self, bitrate_bps: int, now_s: float) -> None:
+        if self.source != "transport-cc":
+            self.source = "remb"
+        self.estimator.on_remb(bitrate_bps, now_s)
+
+    def on_report(
+        self, fraction_lost: float, packets: int, rtt_s: float | None, now: float
+    ) -> None:
+        if rtt_s is not None:
+            self.estimator.on_rtt(rtt_s)
+        if self.source == "remb":
+            self.estimator.on_loss_report(fraction_lost, packets, now)
+
+    # -- the periodic decision ---------------------------------------------------------------
+
+    def tick(self, now_s: float) -> None:
+        for dt in self._downtracks:
+            dt.update_rate(now_s)
+        self._decide(now_s)
+        self._start_probes(now_s)
+
+    def _video_forwarders(self) -> list[Forwarder]:
+        return [
+            dt.forwarder
+            for dt in self._downtracks
+            if dt.kind == "video" and dt.forwarder is not None and not dt.forwarder.closed
+        ]
+
+    def _video_share(self, now_s: float) -> float:
+        if not self.enabled:
+            return UNLIMITED_BPS
+        estimate = float(self.estimator.estimate_bps)
+        audio = sum(dt.bitrate_bps for dt in self._downtracks if dt.kind == "audio")
+        video = self._video_forwarders()
+        fixed = sum(fw.downtrack.bitrate_bps for fw in video if fw.selector is None)
+        layered = max(1, sum(1 for fw in video if fw.selector is not None))
+        return max(0.0, estimate - audio - fixed) / layered
+
+    def _decide(self, now_s: float) -> None:
+        if self.history and self.history[-1][1] == self.estimator.estimate_bps:
+            pass
+        elif self.enabled:
+            self.history.append((now_s, self.estimator.estimate_bps))
+            if len(self.history) > 600:
+                del self.history[:100]
+        share = self._video_share(now_s)
+        for fw in self._video_forwarders():
+            selector = fw.selector
+            if selector is None:
+                continue
+            feed_layer_bitrates(selector, fw.producer, now_s)
+            selector.update(share, now_s)
+            spatial = selector.keyframe_request(now_s)
+            if spatial is not None:
+                fw.producer.request_keyframe(now_s, spatial)
+
+    # -- probes ------------------------------------------------------------------------------
+
+    def _start_probes(self, now_s: float) -> None:
+        for fw in self._video_forwarders():
+            selector = fw.selector
+            if selector is None:
+                continue
+            request = selector.take_probe_request(now_s)
+            if request is None:
+                continue
+            if not self.enabled or self.source != "transport-cc" or not fw.downtrack.started:
+                selector.on_probe_result(None, now_s)  # nothing can measure it
+                continue
+            self._start_probe(fw, selector, request.bitrate_bps, now_s)
+
+    def _start_probe(
+        self, fw: Forwarder, selector: LayerSelector, bitrate_bps: int, now_s: float
+    ) -> None:
+        cluster = self._next_cluster
+        self._next_cluster += 1
+        probe = _Probe(cluster, fw, selector)
+        steps = max(1, round(PROBE_DURATION_S / PROBE_STEP_S))
+        total_bytes = bitrate_bps * PROBE_DURATION_S / 8
+        dt = fw.downtrack
+        packet_bytes = dt.octets_sent / dt.packets_sent if dt.packets_sent else 1000
+        packets = max(self.estimator.config.probe_min_packets, int(total_bytes / packet_bytes))
+        probe.bytes_per_step = total_bytes / steps
+        probe.steps_left = steps
+        probe.seqs = fw.recent_out_seqs(min(packets, 256))
+        if not probe.seqs:
+            selector.on_probe_result(None, now_s)
+            return
+        self.estimator.start_probe(cluster, bitrate_bps, packets, now_s)
+        self._probes[cluster] = probe
+        self.probes_sent += 1
+        self._probe_step()
+
+    def _probe_step(self) -> None:
+        self._probe_timer = None
+        for cluster, probe in list(self._probes.items()):
+            if probe.steps_left <= 0:
+                continue
+            probe.steps_left -= 1
+            fw = probe.forwarder
+            if fw.closed:
+                probe.steps_left = 0
+                continue
+            budget = probe.bytes_per_step
+            seqs = probe.seqs
+            while budget > 0 and seqs:
+                seq = seqs[probe.next % len(seqs)]
+                probe.next += 1
+                sent = fw.resend(seq, cluster)
+                if not sent:
+                    seqs.remove(seq)  # no longer cached: probe with the others
+                    continue
+                budget -= sent
+        if any(p.steps_left > 0 for p in self._probes.values()):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._probe_timer = loop.call_later(PROBE_STEP_S, self._probe_step)
+
+    def _on_probe_result(self, result: ProbeResult) -> None:
+        probe = self._probes.pop(result.cluster, None)
+        if probe is None:
+            return
+        now = time.monotonic()
+        probe.selector.on_probe_result(result.bitrate_bps or None, now)
+        logger.debug(
+            "probe %d at %d bps: achieved %d (sent %d, received %d)",
+            result.cluster,
+            result.target_bps,
+            result.bitrate_bps,
+            result.packets_sent,
+            result.packets_received,
+        )
+
+    # -- stats / lifetime --------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        data = {
+            "enabled": self.enabled,
+            "source": self.source,
+            "estimate_bps": self.estimate_bps,
+            "probing": bool(self._probes),
+            "probes_sent": self.probes_sent,
+        }
+        if self.enabled and self.source != "none":
+            data.update({k: v for k, v in self.estimator.snapshot().items() if k != "estimate_bps"})
+        return data
+
+    def close(self) -> None:
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+        self._probes.clear()
