@@ -14,7 +14,7 @@ from aiohttp import web
 from .auth import AccessToken, AuthError, PermissionDenied
 from .media.publisher import PublisherSession
 from .media.sdp import SdpError
-from .media.subscriber import SubscriberSession
+from .media.subscriber import QUALITY_LAYERS, SubscriberSession
 from .node import SfuNode
 from .participant import Participant, ParticipantKind
 from .room import RoomFull, TooManyRooms
@@ -118,6 +118,7 @@ async def _start(request: web.Request, kind: ParticipantKind) -> web.Response:
                 label=f"whep:{identity}",
             )
             participant.subscriber = subscriber
+            subscriber.set_default_quality(*_quality_query(request))
             answer = await subscriber.answer(offer, room.live_producers())
             if not subscriber.downtracks:
                 raise SdpError("the offer receives no audio or video we can send")
@@ -191,3 +192,20 @@ def add_routes(app: web.Application) -> None:
         app.router.add_delete(f"/{kind}/{{room}}/{{resource}}", session_delete)
         app.router.add_patch(f"/{kind}/{{room}}/{{resource}}", session_patch)
         app.router.add_route("OPTIONS", f"/{kind}/{{room}}/{{resource}}", options)
+
+
+def _quality_query(request: web.Request) -> tuple[str, int, int]:
+    """A WHEP player's quality wish: `?quality=auto|low|medium|high&max_width=&max_height=`.
+
+    Raises SdpError (answered 400) for values we do not understand.
+    """
+    quality = request.query.get("quality", "auto")
+    if quality not in QUALITY_LAYERS:
+        raise SdpError(f"quality must be one of {', '.join(QUALITY_LAYERS)}")
+    dims = []
+    for key in ("max_width", "max_height"):
+        raw = request.query.get(key, "0")
+        if not raw.isdigit() or int(raw) > 16384:
+            raise SdpError(f"{key} must be an integer 0..16384")
+        dims.append(int(raw))
+    return quality, dims[0], dims[1]

@@ -111,6 +111,7 @@ class SubscriberSession:
         )
         self._transport_cc_ids: dict[str, int] = {}  # mid -> negotiated extension id
         self._quality: dict[str, tuple[int | None, int, int]] = {}  # track id -> request
+        self._default_quality: tuple[int | None, int, int] | None = None  # every other track
         self._bwe_task: asyncio.Task | None = None
 
     # -- subscriptions (offerer role) ------------------------------------------------------------
@@ -271,7 +272,7 @@ class SubscriberSession:
         selector = self.bandwidth.new_selector(producer) if producer.simulcast else None
         forwarder = bind(producer, downtrack, selector)
         if selector is not None:
-            request = self._quality.get(producer.id)
+            request = self._quality.get(producer.id, self._default_quality)
             if request is not None:
                 self._apply_quality(forwarder, *request)
             forwarder.on_layer_change = self._layer_changed
@@ -298,6 +299,21 @@ class SubscriberSession:
                 self._apply_quality(fw, *request)
                 self.bandwidth.tick(time.monotonic())
         return True
+
+    def set_default_quality(
+        self, quality: str = "auto", max_width: int = 0, max_height: int = 0
+    ) -> None:
+        """The wish for every track without its own (WHEP players: from the URL's query).
+
+        Raises ValueError for an unknown quality name.
+        """
+        if quality not in QUALITY_LAYERS:
+            raise ValueError(f"quality must be one of {', '.join(QUALITY_LAYERS)}")
+        self._default_quality = (
+            QUALITY_LAYERS[quality],
+            max(0, int(max_width)),
+            max(0, int(max_height)),
+        )
 
     @staticmethod
     def _apply_quality(fw: Forwarder, max_spatial: int | None, width: int, height: int) -> None:
