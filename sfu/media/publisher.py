@@ -35,10 +35,13 @@ from .sdp import (
     patch_publisher_answer,
     rid_order,
 )
+from .twcc import TwccRecorder
 
 logger = logging.getLogger(__name__)
 
 NACK_TICK_S = 0.02
+# Transport-cc feedback to publishers: how often (libwebrtc sends it every 50-250 ms).
+TWCC_FEEDBACK_S = 0.1
 # A new subscriber starts on the publisher's last keyframe if it is at most this old (older:
 # it waits for the keyframe its PLI asks for).
 KEYFRAME_CACHE_S = 3.0
@@ -83,6 +86,10 @@ class PublisherSession:
         self._task: asyncio.Task | None = None
         # set when a producer sees a gap: the RTCP loop ticks for NACKs only while gaps exist
         self._gap_seen = asyncio.Event()
+        # transport-cc toward the publisher: its browser then runs its own congestion control
+        # (and simulcast layer allocation) on the uplink from our arrival reports
+        self._twcc: TwccRecorder | None = None
+        self._twcc_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.closed = False
 
@@ -112,8 +119,11 @@ class PublisherSession:
                 raise
             except Exception as exc:
                 raise SdpError(f"cannot negotiate: {exc}") from exc
-            answer = patch_publisher_answer(answer, simulcast)
+            answer = patch_publisher_answer(answer, simulcast, transport_cc=True)
             added = self._create_producers(requests or [])
+            if self._ext.transport_cc and self._twcc is None:
+                self._twcc = TwccRecorder(sender_ssrc=self._rtcp_ssrc)
+                self._twcc_task = asyncio.ensure_future(self._twcc_loop())
         if self._task is None:
             self._task = asyncio.ensure_future(self._rtcp_loop())
         return answer, added
@@ -204,9 +214,13 @@ class PublisherSession:
         if entry is None:
             entry = self._learn_ssrc(data)
             if entry is None:
+                if self._twcc is not None and len(data) >= 12:
+                    self._record_arrival(RtpHeader.parse(data, self._ext))
                 return
         producer, encoding, is_rtx = entry
         h = RtpHeader.parse(data, self._ext)
+        if h.transport_seq >= 0 and self._twcc is not None:
+            self._twcc.on_packet(h.transport_seq, time.monotonic_ns() // 1000)
         if is_rtx:
             unwrapped = self._unwrap_rtx(data, h, producer, encoding)
             if unwrapped is None:
@@ -218,6 +232,11 @@ class PublisherSession:
         producer.on_rtp(data, h, time.monotonic(), encoding)
         if encoding.nack is not None and encoding.nack.missing:
             self._gap_seen.set()
+
+    def _record_arrival(self, h: RtpHeader) -> None:
+        """Packets we drop (probes, unknown streams) still count for the sender's estimate."""
+        if h.transport_seq >= 0 and self._twcc is not None:
+            self._twcc.on_packet(h.transport_seq, time.monotonic_ns() // 1000)
 
     def _learn_ssrc(self, data: bytes) -> tuple[Producer, Encoding, bool] | None:
         """An SSRC the SDP did not announce: find its track by MID (else by payload type) and
@@ -334,6 +353,24 @@ class PublisherSession:
         except Exception:
             logger.exception("%s: RTCP loop failed", self.peer.label)
 
+    async def _twcc_loop(self) -> None:
+        try:
+            while not self.closed:
+                await asyncio.sleep(TWCC_FEEDBACK_S)
+                recorder = self._twcc
+                if recorder is None:
+                    continue
+                if not recorder.media_ssrc:
+                    recorder.media_ssrc = next(
+                        (p.ssrc for p in self.producers.values() if p.ssrc is not None), 0
+                    )
+                for packet in recorder.build():
+                    self.peer.send_rtcp(packet)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            logger.exception("%s: transport-cc feedback failed", self.peer.label)
+
     def _send_reports(self, now: float) -> None:
         streams = [e for p in self.producers.values() for e in p.layers if e.stats is not None]
         if not streams:
@@ -351,8 +388,9 @@ class PublisherSession:
         if self.closed:
             return
         self.closed = True
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._twcc_task):
+            if task is not None:
+                task.cancel()
         for producer in list(self.producers.values()):
             producer.close()
         self.producers.clear()

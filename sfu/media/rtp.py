@@ -67,6 +67,7 @@ class RtpHeader:
         "rid",
         "repaired_rid",
         "audio_level",
+        "transport_seq",
     )
 
     def __init__(self) -> None:
@@ -82,6 +83,7 @@ class RtpHeader:
         self.repaired_rid: bytes | None = None
         # (voice activity, level in -dBov) packed as in the extension byte; -1 = absent.
         self.audio_level = -1
+        self.transport_seq = -1  # transport-wide sequence number; -1 = absent
 
     @classmethod
     def parse(cls, data: bytes, ext: ExtensionIds | None = None) -> RtpHeader:
@@ -160,6 +162,8 @@ def _read_extensions(
             h.repaired_rid = bytes(data[pos : pos + size])
         elif ext_id == ext.audio_level:
             h.audio_level = data[pos]
+        elif ext_id == ext.transport_cc and size == 2:
+            h.transport_seq = (data[pos] << 8) | data[pos + 1]
         pos += size
 
 

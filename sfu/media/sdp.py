@@ -201,17 +201,25 @@ def rid_order(rids: list[str]) -> list[str]:
     return list(rids)
 
 
-def patch_publisher_answer(answer: str, offers: dict[str, SimulcastOffer]) -> str:
-    """Accept the publisher's simulcast: rid/simulcast lines and the rid extensions.
+def patch_publisher_answer(
+    answer: str, offers: dict[str, SimulcastOffer], transport_cc: bool = False
+) -> str:
+    """Accept the publisher's simulcast: rid/simulcast lines and the rid extensions; with
+    `transport_cc`, also the transport-wide-cc extension and feedback the offer proposed.
 
-    Only sections that are answered (port not 0) and whose offer had simulcast are touched.
+    Only sections that are answered (port not 0) are touched.
     """
     session, media = _sections(answer)
     for section in media:
         offer = offers.get(_mid_of(section))
-        if offer is None or not offer.rids or section[0].split()[1] == "0":
+        if offer is None or section[0].split()[1] == "0":
             continue
         present = {line.split()[1] for line in section if line.startswith("a=extmap:")}
+        if transport_cc and EXT_TRANSPORT_CC in offer.extmaps and EXT_TRANSPORT_CC not in present:
+            section.append(f"a=extmap:{offer.extmaps[EXT_TRANSPORT_CC]} {EXT_TRANSPORT_CC}")
+            section.extend(f"a=rtcp-fb:{pt} transport-cc" for pt in section[0].split()[3:])
+        if not offer.rids:
+            continue
         extra = [
             f"a=extmap:{offer.extmaps[uri]} {uri}"
             for uri in (EXT_RID, EXT_REPAIRED_RID)
