@@ -102,7 +102,9 @@ async def test_chromium_simulcast_follows_requested_quality():
                 lambda s: bool(s) and s["framesDecoded"] > 20,
                 timeout=20,
             )
-            assert started and started["framesDecoded"] > 20, f"no video: {started}"
+            assert started and started["framesDecoded"] > 20, (
+                f"no video: {started}\nSFU: {_subscriber_entry(node, 'viewer')}"
+            )
 
             # low: the smallest layer's width
             await viewer.evaluate(f"window.room.setQuality('{track_id}', {{quality: 'low'}})")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .layers import split_temporal
 from .rtcp import ReportBlock, Sdes, SenderReport, ntp_middle
 from .rtp import RTP_FIXED, RtpHeader
 from .vp8 import PictureIdMunger, Vp8Info, parse_vp8, rewrite_vp8
@@ -36,6 +37,7 @@ NO_TEMPORAL_LIMIT = 15  # max_tid meaning "every temporal layer"
 RING_SIZE = 2048  # packets remembered per forwarder for NACKs and probes (power of two)
 RING_MASK = RING_SIZE - 1
 UNLIMITED_BPS = 1e12
+MAX_DROPPED_REMEMBERED = 64  # dropped packets a late packet's number is corrected for
 # Bitrates assumed for simulcast layers not yet measured (lowest first).
 NOMINAL_LAYER_BPS = (150_000, 500_000, 1_500_000)
 
@@ -370,6 +372,7 @@ class Forwarder:
         "resume_ts",
         "munging",
         "on_layer_change",
+        "_dropped_seqs",
         "_ring_out",
         "_ring_in",
         "_ring_layer",
@@ -404,6 +407,7 @@ class Forwarder:
         # were dropped; before that the payload goes out untouched.
         self.munging = producer.simulcast and producer.is_vp8
         self.on_layer_change: Callable[[Forwarder, str], None] | None = None
+        self._dropped_seqs: list[int] = []  # recent dropped input seqs (temporal filtering)
         self._ring_out = [-1] * RING_SIZE
         self._ring_in = [0] * RING_SIZE
         self._ring_layer = [0] * RING_SIZE
@@ -456,19 +460,29 @@ class Forwarder:
             self.resume_ts = -1
             self._rebase(h, now_s, vp8)
             newer = True
-        if vp8 is not None and vp8.tid > 0:
+        if vp8 is not None:
             if vp8.start_of_frame and self.pending_tid != self.max_tid:
                 # down at any frame; up only where the decoder can follow (TL0 or sync frame)
-                if self.pending_tid < self.max_tid or vp8.layer_sync or vp8.tid == 0:
+                if self.pending_tid < self.max_tid or vp8.layer_sync or vp8.tid <= 0:
                     self.max_tid = self.pending_tid
             if vp8.tid > self.max_tid:
                 if newer:
                     self.seq_offset = (self.seq_offset - 1) & 0xFFFF
+                    dropped = self._dropped_seqs
+                    dropped.append(seq_in)
+                    if len(dropped) > MAX_DROPPED_REMEMBERED:
+                        del dropped[0]
                 if dt.munger is not None and dt.munger.drop_frame(vp8.picture_id):
                     self.munging = True
                 self.dropped_temporal += 1
                 return
-        out_seq = (seq_in + self.seq_offset) & 0xFFFF
+        offset = self.seq_offset
+        if not newer and self._dropped_seqs:
+            # a late packet (e.g. a repaired loss): it keeps the number it would have had
+            for d in self._dropped_seqs:
+                if 0 < (d - seq_in) & 0xFFFF < 0x8000:
+                    offset += 1
+        out_seq = (seq_in + offset) & 0xFFFF
         out_ts = (h.timestamp + self.ts_offset) & 0xFFFFFFFF
         self._send(
             data, h, out_seq, out_ts, now_s, vp8, self.current if enc is None else enc.spatial
@@ -624,6 +638,7 @@ class Forwarder:
             next_ts = h.timestamp
         self.seq_offset = (next_seq - h.sequence_number) & 0xFFFF
         self.ts_offset = (next_ts - h.timestamp) & 0xFFFFFFFF
+        self._dropped_seqs.clear()
         self.in_ssrc = h.ssrc
         self.in_highest_seq = h.sequence_number
         self.synced = True
@@ -731,5 +746,6 @@ def feed_layer_bitrates(selector, producer: Producer, now_s: float) -> None:
     for encoding in producer.layers:
         rates = measured.get(encoding.spatial)
         if rates is None and (nothing_yet or now_s - encoding.last_packet_s < 1.0):
-            rates = [NOMINAL_LAYER_BPS[min(encoding.spatial, len(NOMINAL_LAYER_BPS) - 1)]]
+            nominal = NOMINAL_LAYER_BPS[min(encoding.spatial, len(NOMINAL_LAYER_BPS) - 1)]
+            rates = split_temporal(nominal, encoding.temporal_layers)
         selector.set_layer_bitrates(encoding.spatial, rates or [])

@@ -198,7 +198,11 @@ class LayerSelector:
             # start, a request change or a vanished layer: go straight to what fits (never
             # above the old target: moving up is for the hysteresis path below)
             old = self.target
-            below = [entry for entry in ladder if old is None or entry[0] <= old]
+            below = [
+                entry
+                for entry in ladder
+                if old is None or entry[0] <= old or entry[0].spatial == old.spatial
+            ]
             self.target = self._best_fit(below or ladder[:1], estimate_bps)
             if old is not None and self.target < old:
                 self._moved_down(now, forced=True)

@@ -184,9 +184,12 @@ def parse_simulcast(sdp: str) -> dict[str, SimulcastOffer]:
                 uri = rest.split()[0] if rest.split() else ""
                 if uri in PATCHED_EXTENSIONS:
                     try:
-                        offer.extmaps[uri] = int(head.split("/")[0])
+                        ext_id = int(head.split("/")[0])
                     except ValueError:
                         raise SdpError("malformed a=extmap line") from None
+                    if not 1 <= ext_id <= 255:
+                        raise SdpError(f"header extension id {ext_id} out of range")
+                    offer.extmaps[uri] = ext_id
         if offer.rids and not offer.simulcast_value:
             offer.rids = []  # rids without a=simulcast: not simulcast (RFC 8853)
         result[offer.mid] = offer
@@ -269,7 +272,7 @@ def free_extension_id(sdp: str) -> int:
         if line.startswith("a=extmap:"):
             try:
                 used.add(int(line[9:].split()[0].split("/")[0]))
-            except ValueError:
+            except (ValueError, IndexError):
                 pass
     for ext_id in range(1, 15):
         if ext_id not in used:

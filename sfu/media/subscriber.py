@@ -287,7 +287,7 @@ class SubscriberSession:
         Raises ValueError for an unknown quality name. Returns False if the track is not
         subscribed. The wish is kept and applies whenever the track is (re)bound.
         """
-        if quality not in QUALITY_LAYERS:
+        if not isinstance(quality, str) or quality not in QUALITY_LAYERS:
             raise ValueError(f"quality must be one of {', '.join(QUALITY_LAYERS)}")
         if track_id not in self.subscriptions:
             return False
@@ -307,7 +307,7 @@ class SubscriberSession:
 
         Raises ValueError for an unknown quality name.
         """
-        if quality not in QUALITY_LAYERS:
+        if not isinstance(quality, str) or quality not in QUALITY_LAYERS:
             raise ValueError(f"quality must be one of {', '.join(QUALITY_LAYERS)}")
         self._default_quality = (
             QUALITY_LAYERS[quality],
