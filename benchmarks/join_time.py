@@ -26,8 +26,10 @@ token), lined up with the page's clock (both are this machine's wall clock):
     websocket    connect() -> the `join` message reaches the SFU (TCP + WebSocket handshake)
     signalling   join received -> the subscriber's answer received (`joined` with the offer
                  inside, the browser's answer)
-    ice          answer -> ICE connected;   dtls: ICE -> DTLS connected
-    first_packet DTLS connected -> first video packet forwarded (the cached keyframe)
+    ice          answer -> ICE usable (the SFU uses the pair the browser's first check came on)
+    dtls         ICE -> the SFU has SRTP keys (it is the DTLS client and takes them once its
+                 last flight is out: false start; docs/protocol.md, "Fast join")
+    first_packet DTLS keys -> first video packet forwarded (the cached keyframe)
     first_frame  first video packet forwarded -> the page presents the first frame
 
 `--rtt-ms MS` puts the viewer behind the weak-link lab (benchmarks/netlab.py, needs root): the
@@ -97,6 +99,15 @@ async ({sdkUrl, url, token, options, timeoutMs}) => {
     for (const remote of room.remoteTracks.values()) attach(remote);
     room.on("trackSubscribed", attach);
   });
+  // after the measurement: how the subscriber connection was set up (DTLS role, version)
+  let transport = null;
+  try {
+    for (const s of (await room.subscriberPc.getStats()).values()) {
+      if (s.type === "transport") {
+        transport = { dtlsRole: s.dtlsRole, tlsVersion: s.tlsVersion, iceRole: s.iceRole };
+      }
+    }
+  } catch (err) {}
   return {
     epoch0: performance.timeOrigin + t0,
     frameEpoch: performance.timeOrigin + frameAt,
@@ -105,6 +116,7 @@ async ({sdkUrl, url, token, options, timeoutMs}) => {
     timings: room.timings,
     identity: room.localParticipant.identity,
     width: video.videoWidth,
+    transport,
   };
 }
 """
@@ -540,6 +552,7 @@ def breakdown(result: dict, join: dict | None, entry: dict | None) -> dict:
         "connect_resolved_ms": round(result["connectMs"], 1),
         "client_ms": rounded(result["timings"]),
         "video_width": result["width"],
+        "browser_transport": result.get("transport"),
         "clock_offset_ms": round(result.get("clockOffsetMs", 0.0), 1),
         "server_ms": {},
     }
@@ -607,6 +620,8 @@ def summarise(
     result["client_ms_p50"] = {
         step: pct([v["client_ms"].get(step) for v in viewers], 50) for step in client_steps
     }
+    roles = [(v.get("browser_transport") or {}).get("dtlsRole") for v in viewers]
+    result["browser_dtls_roles"] = {r: roles.count(r) for r in sorted(set(roles), key=str)}
     result["keyframe_from_cache_share"] = (
         round(sum(1 for v in viewers if v.get("keyframes_from_cache")) / len(viewers), 2)
         if viewers
@@ -649,14 +664,16 @@ def print_table(result: dict) -> None:
         ("  websocket + join message", "websocket_ms"),
         ("  signalling (join -> answer)", "signalling_ms"),
         ("    of which joined+offer built", "server_joined_ms"),
-        ("  ICE (answer -> connected)", "ice_ms"),
-        ("  DTLS", "dtls_ms"),
+        ("  ICE (answer -> usable)", "ice_ms"),
+        ("  DTLS (-> SFU has SRTP keys)", "dtls_ms"),
         ("  first packet (DTLS -> keyframe)", "first_packet_ms"),
         ("  first frame (packet -> shown)", "first_frame_ms"),
     ]
     for label, key in rows:
         p50, p95 = result.get(f"{key}_p50"), result.get(f"{key}_p95")
         print(f"  {label:34}{fmt(p50):>9}{fmt(p95):>9}")
+    roles = ", ".join(f"{role} {n}" for role, n in result.get("browser_dtls_roles", {}).items())
+    print(f"  browser's DTLS role: {roles or '-'}")
     if "consult" in result:
         c = result["consult"]
         print(f"1-to-1 page ({c['calls']} calls)")

@@ -45,6 +45,8 @@ def test_quick_join_benchmark_reports_its_figures(tmp_path):
     assert not missing, missing
     assert result["joins"] == 3 and len(result["per_join"]) == 3
     assert 0 < result["join_ms_p50"] <= result["join_ms_p95"] < 10000
+    # fast connect: the SFU offers setup:active, so the browser is the DTLS server
+    assert result["browser_dtls_roles"] == {"server": 3}, result["browser_dtls_roles"]
     for join in result["per_join"]:
         phases = join["phases"]
         assert all(phases[k] is not None for k in ("signalling_ms", "ice_ms", "dtls_ms")), join
