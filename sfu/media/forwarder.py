@@ -373,12 +373,8 @@ class Forwarder:
         "munging",
         "on_layer_change",
         "_dropped_seqs",
-        "_ring_out",
-        "_ring_in",
-        "_ring_layer",
-        "_ring_ts",
-        "_ring_pid",
-        "_ring_tl0",
+        "filtering",
+        "_ring",
     )
 
     def __init__(self, producer: Producer, downtrack: DownTrack, selector=None) -> None:
@@ -391,6 +387,7 @@ class Forwarder:
         self.current = -1 if self.selector is not None else 0
         self.max_tid = NO_TEMPORAL_LIMIT
         self.pending_tid = NO_TEMPORAL_LIMIT
+        self.filtering = False  # a temporal limit is (or is about to be) applied
         self.seq_offset = 0
         self.ts_offset = 0
         self.in_ssrc = -1
@@ -408,12 +405,9 @@ class Forwarder:
         self.munging = producer.simulcast and producer.is_vp8
         self.on_layer_change: Callable[[Forwarder, str], None] | None = None
         self._dropped_seqs: list[int] = []  # recent dropped input seqs (temporal filtering)
-        self._ring_out = [-1] * RING_SIZE
-        self._ring_in = [0] * RING_SIZE
-        self._ring_layer = [0] * RING_SIZE
-        self._ring_ts = [0] * RING_SIZE
-        self._ring_pid = [-1] * RING_SIZE
-        self._ring_tl0 = [-1] * RING_SIZE
+        # out seq & RING_MASK -> (out seq, in seq, spatial layer, out timestamp, out picture
+        # id, out TL0PICIDX; -1 when the payload went out untouched)
+        self._ring: list[tuple[int, int, int, int, int, int] | None] = [None] * RING_SIZE
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -460,11 +454,12 @@ class Forwarder:
             self.resume_ts = -1
             self._rebase(h, now_s, vp8)
             newer = True
-        if vp8 is not None:
+        if self.filtering and vp8 is not None:
             if vp8.start_of_frame and self.pending_tid != self.max_tid:
                 # down at any frame; up only where the decoder can follow (TL0 or sync frame)
                 if self.pending_tid < self.max_tid or vp8.layer_sync or vp8.tid <= 0:
                     self.max_tid = self.pending_tid
+                    self.filtering = self.max_tid != NO_TEMPORAL_LIMIT
             if vp8.tid > self.max_tid:
                 if newer:
                     self.seq_offset = (self.seq_offset - 1) & 0xFFFF
@@ -484,9 +479,25 @@ class Forwarder:
                     offset += 1
         out_seq = (seq_in + offset) & 0xFFFF
         out_ts = (h.timestamp + self.ts_offset) & 0xFFFFFFFF
-        self._send(
-            data, h, out_seq, out_ts, now_s, vp8, self.current if enc is None else enc.spatial
+        # (inlined _send: this is the per-packet, per-subscriber path)
+        payload = None
+        pid = tl0 = -1
+        if self.munging and vp8 is not None and dt.munger is not None:
+            pid, tl0 = dt.munger.map(vp8.picture_id, vp8.tl0picidx)
+            if pid != vp8.picture_id or tl0 != vp8.tl0picidx:
+                payload = bytearray(memoryview(data)[h.payload_offset :])
+                rewrite_vp8(payload, 0, vp8, pid, tl0)
+            else:
+                pid = tl0 = -1
+        self._ring[out_seq & RING_MASK] = (
+            out_seq,
+            seq_in,
+            self.current if enc is None else enc.spatial,
+            out_ts,
+            pid,
+            tl0,
         )
+        dt.send_media(data, h, out_seq, out_ts, now_s, payload)
 
     def _send(
         self,
@@ -506,13 +517,14 @@ class Forwarder:
             if pid != vp8.picture_id or tl0 != vp8.tl0picidx:
                 payload = bytearray(memoryview(data)[h.payload_offset :])
                 rewrite_vp8(payload, 0, vp8, pid, tl0)
-        i = out_seq & RING_MASK
-        self._ring_out[i] = out_seq
-        self._ring_in[i] = h.sequence_number
-        self._ring_layer[i] = spatial
-        self._ring_ts[i] = out_ts
-        self._ring_pid[i] = pid if payload is not None else -1
-        self._ring_tl0[i] = tl0 if payload is not None else -1
+        self._ring[out_seq & RING_MASK] = (
+            out_seq,
+            h.sequence_number,
+            spatial,
+            out_ts,
+            pid if payload is not None else -1,
+            tl0 if payload is not None else -1,
+        )
         dt.send_media(data, h, out_seq, out_ts, now_s, payload)
 
     # -- layers -------------------------------------------------------------------------------
@@ -538,6 +550,7 @@ class Forwarder:
             self.pending_tid = self.max_tid = tid  # a new layer starts filtered at once
         else:
             self.pending_tid = tid
+        self.filtering = tid != NO_TEMPORAL_LIMIT or self.max_tid != NO_TEMPORAL_LIMIT
         self.downtrack.layer_switches += 1
         if self.on_layer_change is not None:
             try:
@@ -662,30 +675,28 @@ class Forwarder:
 
         `cluster` >= 0 marks it as part of a bandwidth probe.
         """
-        i = out_seq & RING_MASK
-        if self._ring_out[i] != out_seq:
+        entry = self._ring[out_seq & RING_MASK]
+        if entry is None or entry[0] != out_seq:
             return 0
+        _, seq_in, layer, out_ts, pid, tl0 = entry
         producer = self.producer
-        layer = self._ring_layer[i]
         if not 0 <= layer < len(producer.layers):
             return 0
         encoding = producer.layers[layer]
-        entry = encoding.cache.get(self._ring_in[i]) if encoding.cache is not None else None
-        if entry is None:
+        cached = encoding.cache.get(seq_in) if encoding.cache is not None else None
+        if cached is None:
             return 0
-        data, h = entry
+        data, h = cached
         if h.ssrc != encoding.ssrc:
             return 0
         payload = None
-        pid = self._ring_pid[i]
-        tl0 = self._ring_tl0[i]
         if pid >= 0 or tl0 >= 0:
             vp8 = Vp8Info()
             if parse_vp8(memoryview(data)[h.payload_offset :], vp8) is not None:
                 payload = bytearray(memoryview(data)[h.payload_offset :])
                 rewrite_vp8(payload, 0, vp8, pid, tl0)
         sent = self.downtrack.send_retransmission(
-            data, h, out_seq, self._ring_ts[i], payload=payload, cluster=cluster
+            data, h, out_seq, out_ts, payload=payload, cluster=cluster
         )
         return len(data) - h.payload_offset if sent else 0
 
