@@ -525,6 +525,12 @@ class BandwidthEstimator:
         """Announce a probe cluster; tag its packets with `cluster` in the TransportSequencer."""
         self._probes[cluster] = _ProbeCluster(target_bps, packets, now)
 
+    def end_probe(self, cluster: int, packets: int) -> None:
+        """The probe is fully sent: `packets` went out (the count announced was a plan)."""
+        probe = self._probes.get(cluster)
+        if probe is not None:
+            probe.expected = max(1, packets)
+
     def on_packet_results(self, results: Iterable[PacketResult], now: float) -> int:
         """Feed one feedback packet's worth of results; returns the new estimate in bps."""
         received = []

@@ -17,7 +17,8 @@ Rules, chosen so that a viewer on a weak link gets the best layer it can carry w
   temporal layer (a keyframe-free rate cut).
 - Up with hysteresis: only to a layer whose bitrate x `up_ratio` (1.15) the estimate has stayed
   above for `up_hold_s`, and only after a probe at that rate succeeded (the estimate alone can
-  be optimistic). When the sender is application-limited the estimate cannot rise by itself, so
+  be optimistic); more temporal layers of the current spatial layer need no probe. When the
+  sender is application-limited the estimate cannot rise by itself, so
   the selector asks for exploratory probes every `explore_interval_s` (backing off on failure).
 - Keyframe-gated: a spatial switch completes only when a keyframe of the target spatial layer
   arrives (at start, any keyframe of a layer at or below the target starts the stream).
@@ -363,15 +364,23 @@ class LayerSelector:
                     candidate = (layer, b)
         if candidate is not None:
             layer, b = candidate
-            probed = (
-                now - self._probe_time <= cfg.probe_valid_s
-                and self._probe_time > self._last_down
-                and self._probe_bitrate >= b * cfg.up_ratio * cfg.probe_success_ratio
-            )
-            if probed or not cfg.probe_required:
+            if self._probed(b, now) or not cfg.probe_required:
                 self.target = layer
                 self._last_up = self._hold_decay_from = now
                 return
+            # Without a probe for the best candidate, still take what needs none: more
+            # temporal layers of the spatial layer we are on (no keyframe, undone at once),
+            # or a layer an earlier probe already covered.
+            assert sustained is not None
+            safe = [
+                (lay, rate)
+                for lay, rate in higher
+                if sustained >= cfg.up_ratio * rate
+                and (lay.spatial == self.target.spatial or self._probed(rate, now))
+            ]
+            if safe:
+                self.target = safe[-1][0]
+                self._last_up = self._hold_decay_from = now
             if (
                 self._probe_in_flight is None
                 and self._probe_request is None
@@ -395,6 +404,15 @@ class LayerSelector:
                 max(cfg.up_ratio * next_bps, cfg.probe_max_multiple * self.estimate_bps),
             )
             self._probe_request = ProbeRequest(int(rate), top_layer, True)
+
+    def _probed(self, bitrate: int, now: float) -> bool:
+        """A recent probe (since the last down move) carried this layer's bitrate x up_ratio."""
+        cfg = self.config
+        return (
+            now - self._probe_time <= cfg.probe_valid_s
+            and self._probe_time > self._last_down
+            and self._probe_bitrate >= bitrate * cfg.up_ratio * cfg.probe_success_ratio
+        )
 
     def _expire_probe(self, now: float) -> None:
         if (
