@@ -90,6 +90,10 @@ class RtcSettings:
     bwe: bool = True
     # Estimate a new subscriber starts from, before any feedback (bps).
     bwe_start_bitrate: int = 1_000_000
+    # On a lossy, far link ask the viewer's browser to hold video a little longer (playout-delay
+    # extension: about 1.5 RTT + 100 ms) so retransmissions arrive before the frame is due
+    # instead of freezing the picture. Costs that much latency on such links only.
+    adaptive_playout_delay: bool = True
 
 
 @dataclass

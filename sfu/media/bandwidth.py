@@ -40,6 +40,11 @@ PROBE_STEP_S = 0.01
 # Probes aim this much above the rate they must prove: timer slack on a busy event loop
 # stretches a probe, and a probe that merely reaches its target often measures just below it.
 PROBE_OVERSHOOT = 1.2
+# Adaptive playout delay: applied when receiver reports show loss on a link with at least
+# this RTT; removed after PLAYOUT_DELAY_HOLD_S without loss.
+PLAYOUT_DELAY_MIN_RTT_S = 0.1
+PLAYOUT_DELAY_MAX_S = 1.0
+PLAYOUT_DELAY_HOLD_S = 30.0
 
 
 class _Probe:
@@ -77,8 +82,10 @@ class BandwidthController:
         enabled: bool = True,
         start_bps: int = 1_000_000,
         layer_config: LayerConfig | None = None,
+        adaptive_playout_delay: bool = False,
     ) -> None:
         self.enabled = enabled
+        self.adaptive_playout_delay = adaptive_playout_delay
         self._downtracks = downtracks  # the session's list (shared, grows as m-lines are added)
         self.sequencer = TransportSequencer()
         self.estimator = BandwidthEstimator(
@@ -147,6 +154,26 @@ class BandwidthController:
             dt.update_rate(now_s)
         self._decide(now_s)
         self._start_probes(now_s)
+        if self.adaptive_playout_delay:
+            self._adapt_playout_delay()
+
+    def _adapt_playout_delay(self) -> None:
+        """Lossy and far: hold video ~1.5 RTT + 100 ms so a retransmission beats its frame.
+
+        "Lossy" = a receiver report showed >= ~1 % loss in the last PLAYOUT_DELAY_HOLD_S.
+        """
+        now = time.monotonic()
+        for dt in self._downtracks:
+            if dt.kind != "video" or dt.rtt_s is None:
+                continue
+            lossy = dt.loss_seen_at and now - dt.loss_seen_at < PLAYOUT_DELAY_HOLD_S
+            wanted = 0
+            if lossy and dt.rtt_s >= PLAYOUT_DELAY_MIN_RTT_S:
+                wanted = int(min(PLAYOUT_DELAY_MAX_S, 1.5 * dt.rtt_s + 0.1) * 1000)
+            current = dt.playout_delay[0] * 10 if dt.playout_delay else 0
+            # only on a real change: each new value makes the browser re-time its buffer
+            if (wanted == 0) != (current == 0) or abs(wanted - current) >= 50:
+                dt.set_playout_delay(wanted)
 
     def _video_forwarders(self) -> list[Forwarder]:
         return [

@@ -38,6 +38,7 @@ RING_SIZE = 2048  # packets remembered per forwarder for NACKs and probes (power
 RING_MASK = RING_SIZE - 1
 UNLIMITED_BPS = 1e12
 MAX_DROPPED_REMEMBERED = 64  # dropped packets a late packet's number is corrected for
+NOTABLE_LOSS = 3  # receiver-report fraction lost (of 256, about 1 %) that marks a lossy link
 # Bitrates assumed for simulcast layers not yet measured (lowest first).
 NOMINAL_LAYER_BPS = (150_000, 500_000, 1_500_000)
 
@@ -71,6 +72,11 @@ class DownTrack:
         self._twcc_at = -1
         # transport-wide sequence numbers, shared by every DownTrack of one connection
         self.sequencer: TransportSequencer | None = None
+        self._extension_ids: dict[str, int] = {}
+        self._transport_cc_id = 0
+        self._playout_delay_id = 0
+        self.playout_delay: tuple[int, int] | None = None  # (min, max) in 10 ms units
+        self.loss_seen_at = 0.0  # when a receiver report last showed loss
         self.forwarder: Forwarder | None = None
         self.munger: PictureIdMunger | None = None  # VP8 picture id continuity across sources
         # numbering state, continued across forwarders
@@ -113,40 +119,69 @@ class DownTrack:
         extension_ids: dict[str, int],
         transport_cc_id: int = 0,
         sequencer: TransportSequencer | None = None,
+        playout_delay_id: int = 0,
     ) -> None:
         """Set what negotiation agreed for this m-line (payload types and extension ids).
 
         With `transport_cc_id` and a `sequencer`, every packet carries a transport-wide
         sequence number, and the sequencer logs its size and send time for the estimator.
+        With `playout_delay_id`, `set_playout_delay()` can ask the subscriber's jitter buffer
+        to hold video longer (on lossy far links, so retransmissions arrive in time).
         """
-        from .rtp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID
-
         self.mime_type = mime_type
         self.payload_type = payload_type
         self.clock_rate = clock_rate
         self.rtx_payload_type = rtx_payload_type if self.rtx_ssrc else None
+        self._extension_ids = dict(extension_ids)
+        self.sequencer = sequencer if transport_cc_id else None
+        self._transport_cc_id = transport_cc_id if sequencer is not None else 0
+        self._playout_delay_id = playout_delay_id if self.kind == "video" else 0
+        self._build_extensions()
+
+    def set_playout_delay(self, min_ms: int, max_ms: int = 10_000) -> bool:
+        """Ask for at least `min_ms` of playout delay (0: take the extension off again).
+
+        Returns False when the subscriber did not negotiate the playout-delay extension.
+        """
+        if not self._playout_delay_id:
+            return False
+        delay = (min(max(min_ms, 0), 40950) // 10, min(max(max_ms, min_ms), 40950) // 10)
+        if min_ms <= 0:
+            delay = None
+        if delay != self.playout_delay:
+            self.playout_delay = delay
+            self._build_extensions()
+        return True
+
+    def _build_extensions(self) -> None:
+        """The one-byte extension block every packet carries, with slots written per packet."""
+        from .rtp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID
+
+        ids = self._extension_ids
         body = bytearray()
-        mid_id = extension_ids.get(EXT_MID, 0)
-        if mid_id:
+        mid_id = ids.get(EXT_MID, 0)
+        if mid_id and self.mid:
             mid = self.mid.encode()
             body += bytes([(mid_id << 4) | (len(mid) - 1)]) + mid
-        self._abs_send_time_at = self._audio_level_at = -1
-        abs_id = extension_ids.get(EXT_ABS_SEND_TIME, 0)
+        self._abs_send_time_at = self._audio_level_at = self._twcc_at = -1
+        abs_id = ids.get(EXT_ABS_SEND_TIME, 0)
         if abs_id and self.kind == "video":
             body.append((abs_id << 4) | 2)
             self._abs_send_time_at = 4 + len(body)
             body += b"\x00\x00\x00"
-        level_id = extension_ids.get(EXT_AUDIO_LEVEL, 0)
+        level_id = ids.get(EXT_AUDIO_LEVEL, 0)
         if level_id and self.kind == "audio":
             body.append(level_id << 4)
             self._audio_level_at = 4 + len(body)
             body.append(127)
-        self._twcc_at = -1
-        self.sequencer = sequencer if transport_cc_id else None
-        if transport_cc_id and sequencer is not None:
-            body.append((transport_cc_id << 4) | 1)
+        if self._transport_cc_id:
+            body.append((self._transport_cc_id << 4) | 1)
             self._twcc_at = 4 + len(body)
             body += b"\x00\x00"
+        if self._playout_delay_id and self.playout_delay is not None:
+            low, high = self.playout_delay
+            body.append((self._playout_delay_id << 4) | 2)
+            body += bytes([low >> 4, ((low & 0xF) << 4) | (high >> 8), high & 0xFF])
         while len(body) % 4:
             body.append(0)
         self._ext_template = (
@@ -290,6 +325,8 @@ class DownTrack:
         sent = self.packets_sent - self._packets_at_report
         self._packets_at_report = self.packets_sent
         self.fraction_lost = block.fraction_lost
+        if block.fraction_lost >= NOTABLE_LOSS:
+            self.loss_seen_at = now_s
         self.packets_lost = block.packets_lost
         self.jitter = block.jitter
         sent_at = self._sr_sent.get(block.lsr) if block.lsr else None
@@ -316,6 +353,7 @@ class DownTrack:
             "bitrate_bps": self.bitrate_bps,
             "layer_switches": self.layer_switches,
             "probe_packets": self.probe_packets,
+            "playout_delay_ms": self.playout_delay[0] * 10 if self.playout_delay else None,
             **self._layer_stats(),
         }
 

@@ -236,17 +236,29 @@ def patch_publisher_answer(
 
 def add_transport_cc(offer: str, ext_id: int) -> str:
     """Offer transport-wide-cc (extension and rtcp-fb) on every audio/video section we send."""
-    session, media = _sections(offer)
+    return add_extension(offer, EXT_TRANSPORT_CC, ext_id, feedback="transport-cc")
+
+
+def add_extension(
+    sdp: str,
+    uri: str,
+    ext_id: int,
+    *,
+    kinds: tuple[str, ...] = ("audio", "video"),
+    feedback: str | None = None,
+) -> str:
+    """Add a header extension (and optionally an rtcp-fb value for every payload type) to
+    each active section of the given kinds that does not have it yet."""
+    session, media = _sections(sdp)
     for section in media:
         kind = section[0][2:].split(" ", 1)[0]
-        if kind not in ("audio", "video") or section[0].split()[1] == "0":
+        if kind not in kinds or section[0].split()[1] == "0":
             continue
-        if any(EXT_TRANSPORT_CC in line for line in section):
+        if any(line.startswith("a=extmap:") and line.endswith(uri) for line in section):
             continue
-        pts = section[0].split()[3:]
-        extra = [f"a=extmap:{ext_id} {EXT_TRANSPORT_CC}"]
-        extra += [f"a=rtcp-fb:{pt} transport-cc" for pt in pts]
-        section.extend(extra)
+        section.append(f"a=extmap:{ext_id} {uri}")
+        if feedback:
+            section.extend(f"a=rtcp-fb:{pt} {feedback}" for pt in section[0].split()[3:])
     return _join(session, media)
 
 

@@ -36,9 +36,10 @@ from .rtcp import (
     UnknownRtcp,
     parse_compound,
 )
-from .rtp import EXT_TRANSPORT_CC
+from .rtp import EXT_PLAYOUT_DELAY, EXT_TRANSPORT_CC
 from .sdp import (
     SdpError,
+    add_extension,
     add_transport_cc,
     answered_extension,
     codec_preferences,
@@ -107,9 +108,13 @@ class SubscriberSession:
         # (track id, layer info) when a simulcast track's forwarded layer changes
         self.on_layer_change: Callable[[str, dict], None] | None = None
         self.bandwidth = BandwidthController(
-            self.downtracks, enabled=rtc.bwe, start_bps=rtc.bwe_start_bitrate
+            self.downtracks,
+            enabled=rtc.bwe,
+            start_bps=rtc.bwe_start_bitrate,
+            adaptive_playout_delay=rtc.adaptive_playout_delay,
         )
         self._transport_cc_ids: dict[str, int] = {}  # mid -> negotiated extension id
+        self._playout_delay_ids: dict[str, int] = {}
         self._quality: dict[str, tuple[int | None, int, int]] = {}  # track id -> request
         self._default_quality: tuple[int | None, int, int] | None = None  # every other track
         self._bwe_task: asyncio.Task | None = None
@@ -146,6 +151,10 @@ class SubscriberSession:
                 offer = await self.peer.offer()
                 if self.rtc.bwe:
                     offer = add_transport_cc(offer, free_extension_id(offer))
+                if self.rtc.adaptive_playout_delay:
+                    offer = add_extension(
+                        offer, EXT_PLAYOUT_DELAY, free_extension_id(offer), kinds=("video",)
+                    )
                 mapping = self._mid_map()
                 self._pending_offer_answer = asyncio.get_running_loop().create_future()
                 self.negotiations += 1
@@ -153,6 +162,7 @@ class SubscriberSession:
                 answer = await asyncio.wait_for(self._pending_offer_answer, ANSWER_TIMEOUT_S)
                 await self.peer.accept_answer(answer)
                 self._transport_cc_ids = answered_extension(answer, EXT_TRANSPORT_CC)
+                self._playout_delay_ids = answered_extension(answer, EXT_PLAYOUT_DELAY)
                 self._configure_downtracks()
                 for downtrack, producer in bindings:
                     if self.subscriptions.get(producer.id) is producer and not producer.closed:
@@ -263,6 +273,7 @@ class SubscriberSession:
                 rtx_payload_type=codec.rtx_payload_type,
                 extension_ids=extension_ids(transceiver),
                 transport_cc_id=self._transport_cc_ids.get(dt.mid, 0),
+                playout_delay_id=self._playout_delay_ids.get(dt.mid, 0),
                 sequencer=self.bandwidth.sequencer,
             )
 
