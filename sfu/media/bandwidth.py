@@ -42,6 +42,8 @@ PROBE_STEP_S = 0.01
 PROBE_OVERSHOOT = 1.2
 # Adaptive playout delay: applied when receiver reports show loss on a link with at least
 # this RTT; removed after PLAYOUT_DELAY_HOLD_S without loss.
+# Retransmissions may use at most this share of the estimate (the rest is for media).
+RTX_SHARE = 0.3
 PLAYOUT_DELAY_MIN_RTT_S = 0.1
 PLAYOUT_DELAY_MAX_S = 1.0
 PLAYOUT_DELAY_HOLD_S = 30.0
@@ -150,8 +152,15 @@ class BandwidthController:
     # -- the periodic decision ---------------------------------------------------------------
 
     def tick(self, now_s: float) -> None:
+        budget = (
+            RTX_SHARE * self.estimator.estimate_bps
+            if self.enabled and self.source == "transport-cc"
+            else None
+        )
         for dt in self._downtracks:
             dt.update_rate(now_s)
+            if dt.kind == "video":
+                dt.rtx_budget_bps = budget
         self._decide(now_s)
         self._start_probes(now_s)
         if self.adaptive_playout_delay:

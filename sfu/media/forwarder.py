@@ -39,6 +39,8 @@ RING_MASK = RING_SIZE - 1
 UNLIMITED_BPS = 1e12
 MAX_DROPPED_REMEMBERED = 64  # dropped packets a late packet's number is corrected for
 NOTABLE_LOSS = 3  # receiver-report fraction lost (of 256, about 1 %) that marks a lossy link
+RTX_BURST_S = 0.2  # retransmission budget: burst allowance, in seconds of the budget rate
+RTX_PACKET_BYTES = 1100  # budget charged per retransmission (a typical video packet)
 # Bitrates assumed for simulcast layers not yet measured (lowest first).
 NOMINAL_LAYER_BPS = (150_000, 500_000, 1_500_000)
 
@@ -77,6 +79,11 @@ class DownTrack:
         self._playout_delay_id = 0
         self.playout_delay: tuple[int, int] | None = None  # (min, max) in 10 ms units
         self.loss_seen_at = 0.0  # when a receiver report last showed loss
+        # retransmissions: at most this bitrate (None: unlimited), set from the estimate
+        self.rtx_budget_bps: float | None = None
+        self._rtx_tokens = 0.0
+        self._rtx_tokens_at = 0.0
+        self.retransmissions_skipped = 0
         self.forwarder: Forwarder | None = None
         self.munger: PictureIdMunger | None = None  # VP8 picture id continuity across sources
         # numbering state, continued across forwarders
@@ -283,6 +290,20 @@ class DownTrack:
             return True
         return False
 
+    def take_rtx_budget(self, now_s: float) -> bool:
+        """One retransmission allowed now? A token bucket refilled at `rtx_budget_bps`."""
+        rate = self.rtx_budget_bps
+        if rate is None:
+            return True
+        elapsed = now_s - self._rtx_tokens_at
+        self._rtx_tokens_at = now_s
+        burst = rate / 8 * RTX_BURST_S
+        self._rtx_tokens = min(burst, self._rtx_tokens + elapsed * rate / 8)
+        if self._rtx_tokens < RTX_PACKET_BYTES:
+            return False
+        self._rtx_tokens -= RTX_PACKET_BYTES
+        return True
+
     def update_rate(self, now_s: float) -> int:
         """Bitrate sent since the last call (media + retransmissions + probes), smoothed."""
         octets = self.octets_sent + self._rate_octets
@@ -345,6 +366,7 @@ class DownTrack:
             "packets_sent": self.packets_sent,
             "octets_sent": self.octets_sent,
             "retransmitted": self.retransmitted,
+            "retransmissions_skipped": self.retransmissions_skipped,
             "keyframes_from_cache": self.keyframes_from_cache,
             "fraction_lost": self.fraction_lost / 256,
             "packets_lost": self.packets_lost,
@@ -703,10 +725,27 @@ class Forwarder:
     # -- feedback from the subscriber ---------------------------------------------------------
 
     def on_nack(self, out_seqs: list[int]) -> int:
-        """Resend what the subscriber lost, exactly as it was sent; returns how many."""
+        """Resend what the subscriber lost, exactly as it was sent; returns how many.
+
+        Not packets of a layer we have since left (the subscriber restarts on the new layer's
+        keyframe), and not beyond the DownTrack's retransmission budget: on a congested link a
+        storm of retransmissions would only deepen the congestion that lost the packets.
+        """
         if self.producer.kind != "video":
             return 0
-        return sum(1 for out_seq in out_seqs if self.resend(out_seq))
+        dt = self.downtrack
+        sent = 0
+        now = time.monotonic()
+        for out_seq in out_seqs:
+            entry = self._ring[out_seq & RING_MASK]
+            if entry is None or entry[0] != out_seq or entry[2] != self.current:
+                continue
+            if not dt.take_rtx_budget(now):
+                dt.retransmissions_skipped += 1
+                continue
+            if self.resend(out_seq):
+                sent += 1
+        return sent
 
     def resend(self, out_seq: int, cluster: int = -1) -> int:
         """Resend one packet sent earlier (RTX when negotiated); returns the bytes sent.

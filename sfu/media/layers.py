@@ -358,10 +358,17 @@ class LayerSelector:
         higher = [(layer, b) for layer, b in ladder if layer > self.target]
         sustained = self._sustained(now)
         candidate: tuple[Layer, int] | None = None
-        if sustained is not None:
-            for layer, b in higher:
-                if sustained >= cfg.up_ratio * b:
-                    candidate = (layer, b)
+        for layer, b in higher:
+            held = sustained is not None and sustained >= cfg.up_ratio * b
+            # a successful probe is stronger evidence than the hold time: it measured the
+            # path at this layer's rate, so it does not have to wait for the hold window
+            proven = (
+                self.hold_s <= cfg.up_hold_s  # (not while flapping was seen lately)
+                and self._probed(b, now)
+                and self.estimate_bps >= cfg.up_ratio * b
+            )
+            if held or proven:
+                candidate = (layer, b)
         if candidate is not None:
             layer, b = candidate
             if self._probed(b, now) or not cfg.probe_required:
@@ -371,12 +378,12 @@ class LayerSelector:
             # Without a probe for the best candidate, still take what needs none: more
             # temporal layers of the spatial layer we are on (no keyframe, undone at once),
             # or a layer an earlier probe already covered.
-            assert sustained is not None
             safe = [
                 (lay, rate)
                 for lay, rate in higher
-                if sustained >= cfg.up_ratio * rate
-                and (lay.spatial == self.target.spatial or self._probed(rate, now))
+                if sustained is not None
+                and sustained >= cfg.up_ratio * rate
+                and lay.spatial == self.target.spatial
             ]
             if safe:
                 self.target = safe[-1][0]
