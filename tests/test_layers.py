@@ -163,7 +163,7 @@ def test_estimate_oscillation_does_not_flap() -> None:
         del cycle
     # without the flap guard this would be ~30 changes; with it the hold outgrows the 4 s peaks
     assert len(targets) - 1 <= 4
-    assert sel.hold_s > 4.0
+    assert sel.temporal_hold_s > 4.0  # (the oscillation is across f's temporal layers)
     assert sel.spatial_switches <= 4
 
 

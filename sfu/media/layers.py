@@ -106,12 +106,14 @@ class LayerSelector:
         self.estimate_bps = 0
         self.switches = 0
         self.spatial_switches = 0
-        self.hold_s = cfg.up_hold_s
+        self.hold_s = cfg.up_hold_s  # before a spatial move up (grows with spatial flapping)
+        self.temporal_hold_s = cfg.up_hold_s  # before a temporal move up (grows, capped at 2x)
         # sliding minimum of the estimate over the hold window: (time, estimate), increasing
         self._mins: deque[tuple[float, float]] = deque()
         self._history_start: float | None = None
         self._last_down = -1e9
         self._last_up = -1e9
+        self._last_spatial_up = -1e9
         self._hold_decay_from = -1e9
         self._last_keyframe_request = -1e9
         self._probe_request: ProbeRequest | None = None
@@ -214,20 +216,22 @@ class LayerSelector:
         if estimate_bps < cfg.down_ratio * target_bps:
             new = self._best_fit(ladder, estimate_bps)
             if new < self.target:
+                spatial_change = new.spatial != self.target.spatial
                 self.target = new
-                self._moved_down(now, forced=False)
+                self._moved_down(now, forced=False, spatial_change=spatial_change)
                 self._apply_temporal(now)
                 return
         # up with hysteresis
         if self.target != layers[-1]:
             self._consider_up(ladder, now)
         if (
-            self.hold_s > cfg.up_hold_s
+            (self.hold_s > cfg.up_hold_s or self.temporal_hold_s > cfg.up_hold_s)
             and self._last_up > self._last_down
             and now - self._hold_decay_from >= cfg.flap_window_s
         ):
             # an up move that held for a whole flap window earns back half the extra hold
             self.hold_s = max(cfg.up_hold_s, self.hold_s / 2)
+            self.temporal_hold_s = max(cfg.up_hold_s, self.temporal_hold_s / 2)
             self._hold_decay_from = now
         self._apply_temporal(now)
 
@@ -278,6 +282,7 @@ class LayerSelector:
             "switches": self.switches,
             "spatial_switches": self.spatial_switches,
             "hold_s": self.hold_s,
+            "temporal_hold_s": self.temporal_hold_s,
             "probe_in_flight": self._probe_in_flight is not None,
         }
 
@@ -315,27 +320,43 @@ class LayerSelector:
         while mins and mins[-1][1] >= estimate:
             mins.pop()
         mins.append((now, estimate))
-        horizon = now - self.hold_s
+        horizon = now - max(self.hold_s, self.temporal_hold_s)
         while len(mins) > 1 and mins[0][0] < horizon:
             mins.popleft()
 
-    def _sustained(self, now: float) -> float | None:
-        """The lowest estimate over the last hold window, if the history covers it."""
-        if self._history_start is None or now - self._history_start < self.hold_s:
+    def _sustained(self, now: float, hold: float) -> float | None:
+        """The lowest estimate over the last `hold` seconds, if the history covers them.
+
+        (`_mins` is a monotonic queue: the first entry inside the window is its minimum.)
+        """
+        if self._history_start is None or now - self._history_start < hold:
             return None
-        return self._mins[0][1] if self._mins else None
+        start = now - hold
+        for t, value in self._mins:
+            if t >= start:
+                return value
+        return self._mins[-1][1] if self._mins else None
 
     def _reset_history(self, now: float) -> None:
         self._mins.clear()
         self._mins.append((now, float(self.estimate_bps)))
         self._history_start = now
 
-    def _moved_down(self, now: float, forced: bool) -> None:
-        """After a down move; `forced` when the request or the layers changed, not the link."""
+    def _moved_down(self, now: float, forced: bool, spatial_change: bool = True) -> None:
+        """After a down move; `forced` when the request or the layers changed, not the link.
+
+        Spatial flapping (a keyframe and a visible jump each time) grows the hold before
+        spatial moves up, up to `flap_hold_max_s`; temporal flapping (cheap, undone on the next
+        frame) grows only the hold before temporal moves up, at most to twice `up_hold_s`, so
+        a viewer whose frame rate wavered on a low layer still climbs as soon as the link can
+        carry the next layer.
+        """
         cfg = self.config
         if not forced:
-            if now - self._last_up < cfg.flap_window_s:
+            if spatial_change and now - self._last_spatial_up < cfg.flap_window_s:
                 self.hold_s = min(self.hold_s * 2, cfg.flap_hold_max_s)
+            elif not spatial_change and now - self._last_up < cfg.flap_window_s:
+                self.temporal_hold_s = min(self.temporal_hold_s * 2, 2 * cfg.up_hold_s)
             self._last_down = now
             self._probe_time = -1e9  # earlier probes no longer vouch for anything
             self._probe_request = None
@@ -354,46 +375,46 @@ class LayerSelector:
 
     def _consider_up(self, ladder: list[tuple[Layer, int]], now: float) -> None:
         cfg = self.config
-        assert self.target is not None
-        higher = [(layer, b) for layer, b in ladder if layer > self.target]
-        sustained = self._sustained(now)
-        candidate: tuple[Layer, int] | None = None
+        target = self.target
+        assert target is not None
+        higher = [(layer, b) for layer, b in ladder if layer > target]
+        best: Layer | None = None  # the highest layer we may move to now
+        unprobed: tuple[Layer, int] | None = None  # the highest held layer lacking a probe
         for layer, b in higher:
-            held = sustained is not None and sustained >= cfg.up_ratio * b
-            # a successful probe is stronger evidence than the hold time: it measured the
-            # path at this layer's rate, so it does not have to wait for the hold window
-            proven = (
-                self.hold_s <= cfg.up_hold_s  # (not while flapping was seen lately)
-                and self._probed(b, now)
+            if layer.spatial == target.spatial:
+                # more temporal layers: no keyframe, no probe, undone on the next frame
+                held = self._held(layer, b, now, self.temporal_hold_s)
+                if held:
+                    best = layer
+                continue
+            held = self._held(layer, b, now, self.hold_s)
+            probed = self._probed(b, now)
+            if held and (probed or not cfg.probe_required):
+                best = layer
+            elif (
+                probed
+                and self.hold_s <= cfg.up_hold_s  # no spatial flapping seen lately
+                and now - self._last_down >= cfg.flap_window_s
                 and self.estimate_bps >= cfg.up_ratio * b
-            )
-            if held or proven:
-                candidate = (layer, b)
-        if candidate is not None:
-            layer, b = candidate
-            if self._probed(b, now) or not cfg.probe_required:
-                self.target = layer
-                self._last_up = self._hold_decay_from = now
-                return
-            # Without a probe for the best candidate, still take what needs none: more
-            # temporal layers of the spatial layer we are on (no keyframe, undone at once),
-            # or a layer an earlier probe already covered.
-            safe = [
-                (lay, rate)
-                for lay, rate in higher
-                if sustained is not None
-                and sustained >= cfg.up_ratio * rate
-                and lay.spatial == self.target.spatial
-            ]
-            if safe:
-                self.target = safe[-1][0]
-                self._last_up = self._hold_decay_from = now
+            ):
+                # a successful probe measured the path at this layer's rate: stronger
+                # evidence than the hold time, so it does not wait for the hold window
+                best = layer
+            elif held:
+                unprobed = (layer, b)
+        if best is not None:
+            self._moved_up(best, now)
+        if unprobed is not None and (best is None or unprobed[0] > best):
             if (
                 self._probe_in_flight is None
                 and self._probe_request is None
                 and now >= self._probe_not_before
             ):
-                self._probe_request = ProbeRequest(int(cfg.up_ratio * b), layer, False)
+                self._probe_request = ProbeRequest(
+                    int(cfg.up_ratio * unprobed[1]), unprobed[0], False
+                )
+            return
+        if best is not None or not higher or self.target == higher[-1][0]:
             return
         # the estimate does not reach the next layer by itself: explore with a probe
         if self._explore_next is None:
@@ -411,6 +432,18 @@ class LayerSelector:
                 max(cfg.up_ratio * next_bps, cfg.probe_max_multiple * self.estimate_bps),
             )
             self._probe_request = ProbeRequest(int(rate), top_layer, True)
+
+    def _held(self, layer: Layer, bitrate: int, now: float, hold: float) -> bool:
+        """The estimate stayed above this layer's bitrate x up_ratio for `hold` seconds."""
+        sustained = self._sustained(now, hold)
+        return sustained is not None and sustained >= self.config.up_ratio * bitrate
+
+    def _moved_up(self, layer: Layer, now: float) -> None:
+        assert self.target is not None
+        if layer.spatial != self.target.spatial:
+            self._last_spatial_up = now
+        self.target = layer
+        self._last_up = self._hold_decay_from = now
 
     def _probed(self, bitrate: int, now: float) -> bool:
         """A recent probe (since the last down move) carried this layer's bitrate x up_ratio."""
