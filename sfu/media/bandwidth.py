@@ -35,8 +35,10 @@ from .twcc import TransportSequencer, TwccFeedback
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.1
-PROBE_DURATION_S = 0.15
-PROBE_STEP_S = 0.01
+# A probe is short (like libwebrtc's clusters): long enough to measure, short enough not to
+# overflow the queue of a link that turns out not to carry it.
+PROBE_DURATION_S = 0.05
+PROBE_STEP_S = 0.005
 # Probes aim this much above the rate they must prove: timer slack on a busy event loop
 # stretches a probe, and a probe that merely reaches its target often measures just below it.
 PROBE_OVERSHOOT = 1.2
@@ -173,12 +175,15 @@ class BandwidthController:
         """
         now = time.monotonic()
         for dt in self._downtracks:
-            if dt.kind != "video" or dt.rtt_s is None:
+            base_rtt = dt.base_rtt_s
+            if dt.kind != "video" or base_rtt is None:
                 continue
             lossy = dt.loss_seen_at and now - dt.loss_seen_at < PLAYOUT_DELAY_HOLD_S
             wanted = 0
-            if lossy and dt.rtt_s >= PLAYOUT_DELAY_MIN_RTT_S:
-                wanted = int(min(PLAYOUT_DELAY_MAX_S, 1.5 * dt.rtt_s + 0.1) * 1000)
+            # (the base RTT, not the current one: a queue building up under congestion is
+            # for the layer choice to fix, not a reason to delay the picture)
+            if lossy and base_rtt >= PLAYOUT_DELAY_MIN_RTT_S:
+                wanted = int(min(PLAYOUT_DELAY_MAX_S, 1.5 * base_rtt + 0.1) * 1000)
             current = dt.playout_delay[0] * 10 if dt.playout_delay else 0
             # only on a real change: each new value makes the browser re-time its buffer
             if (wanted == 0) != (current == 0) or abs(wanted - current) >= 50:

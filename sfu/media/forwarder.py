@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,7 @@ RING_MASK = RING_SIZE - 1
 UNLIMITED_BPS = 1e12
 MAX_DROPPED_REMEMBERED = 64  # dropped packets a late packet's number is corrected for
 NOTABLE_LOSS = 3  # receiver-report fraction lost (of 256, about 1 %) that marks a lossy link
+BASE_RTT_WINDOW_S = 30.0
 RTX_BURST_S = 0.2  # retransmission budget: burst allowance, in seconds of the budget rate
 RTX_PACKET_BYTES = 1100  # budget charged per retransmission (a typical video packet)
 # Bitrates assumed for simulcast layers not yet measured (lowest first).
@@ -79,6 +81,7 @@ class DownTrack:
         self._playout_delay_id = 0
         self.playout_delay: tuple[int, int] | None = None  # (min, max) in 10 ms units
         self.loss_seen_at = 0.0  # when a receiver report last showed loss
+        self._rtt_samples: deque[tuple[float, float]] = deque()  # (time, rtt) for base_rtt_s
         # retransmissions: at most this bitrate (None: unlimited), set from the estimate
         self.rtx_budget_bps: float | None = None
         self._rtx_tokens = 0.0
@@ -290,6 +293,11 @@ class DownTrack:
             return True
         return False
 
+    @property
+    def base_rtt_s(self) -> float | None:
+        """The lowest RTT of the last BASE_RTT_WINDOW_S: the path without queueing."""
+        return min(r for _, r in self._rtt_samples) if self._rtt_samples else None
+
     def take_rtx_budget(self, now_s: float) -> bool:
         """One retransmission allowed now? A token bucket refilled at `rtx_budget_bps`."""
         rate = self.rtx_budget_bps
@@ -355,6 +363,10 @@ class DownTrack:
             rtt = now_s - sent_at - block.dlsr / 65536
             if rtt >= 0:
                 self.rtt_s = rtt if self.rtt_s is None else 0.8 * self.rtt_s + 0.2 * rtt
+                samples = self._rtt_samples
+                samples.append((now_s, rtt))
+                while samples and samples[0][0] < now_s - BASE_RTT_WINDOW_S:
+                    samples.popleft()
         return sent
 
     def stats(self) -> dict:

@@ -75,6 +75,7 @@ class LayerConfig:
     keyframe_interval_s: float = 0.5
     flap_window_s: float = 10.0
     flap_hold_max_s: float = 30.0
+    severe_drop_ratio: float = 0.5  # an estimate below this x the layer: a link change
     fast_temporal_drop: bool = True
     # Above the lowest spatial layer, skip temporal layers below this one (no 7.5 fps HD).
     spatial_min_temporal: int = 1
@@ -217,8 +218,11 @@ class LayerSelector:
             new = self._best_fit(ladder, estimate_bps)
             if new < self.target:
                 spatial_change = new.spatial != self.target.spatial
+                # a fall far below the layer is the link changing, not the estimate hovering
+                # around a threshold: it does not count as flapping
+                severe = estimate_bps < cfg.severe_drop_ratio * target_bps
                 self.target = new
-                self._moved_down(now, forced=False, spatial_change=spatial_change)
+                self._moved_down(now, forced=False, spatial_change=spatial_change, flap=not severe)
                 self._apply_temporal(now)
                 return
         # up with hysteresis
@@ -342,7 +346,9 @@ class LayerSelector:
         self._mins.append((now, float(self.estimate_bps)))
         self._history_start = now
 
-    def _moved_down(self, now: float, forced: bool, spatial_change: bool = True) -> None:
+    def _moved_down(
+        self, now: float, forced: bool, spatial_change: bool = True, flap: bool = True
+    ) -> None:
         """After a down move; `forced` when the request or the layers changed, not the link.
 
         Spatial flapping (a keyframe and a visible jump each time) grows the hold before
@@ -353,7 +359,9 @@ class LayerSelector:
         """
         cfg = self.config
         if not forced:
-            if spatial_change and now - self._last_spatial_up < cfg.flap_window_s:
+            if not flap:
+                pass
+            elif spatial_change and now - self._last_spatial_up < cfg.flap_window_s:
                 self.hold_s = min(self.hold_s * 2, cfg.flap_hold_max_s)
             elif not spatial_change and now - self._last_up < cfg.flap_window_s:
                 self.temporal_hold_s = min(self.temporal_hold_s * 2, 2 * cfg.up_hold_s)
