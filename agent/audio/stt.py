@@ -9,6 +9,10 @@ or synthetic speech often confuses pt and es), the likeliest candidates are all 
 transcript Whisper is most confident of wins. The encoder runs once per utterance (cached) and
 only over the audio actually spoken plus a margin, not Whisper's fixed 30 s window: on 2 CPU cores
 that takes a 3 s question from ~1 s to ~0.2 s with the same accuracy on our test clips.
+
+Per call, a caller may also give Whisper a prompt (the shop's vocabulary: product and brand names,
+one text per language, so a detected language gets its own) and a beam size other than the
+model's default (the captioner decodes its finals with a wider beam than its partials).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,15 +144,33 @@ class WhisperStt:
         self._lock = threading.Lock()
 
     def transcribe(
-        self, audio: np.ndarray, language: str | None = None, prior: str | None = None
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        prior: str | None = None,
+        *,
+        prompt: str | Mapping[str, str] | None = None,
+        beam_size: int | None = None,
     ) -> Transcript:
-        """`audio`: mono 16 kHz (int16 or float32). `language` forces one; `prior` breaks ties."""
+        """`audio`: mono 16 kHz (int16 or float32). `language` forces one; `prior` breaks ties.
+
+        `prompt`: text Whisper reads as if it had been said just before (its initial prompt),
+        one for every language or a mapping language -> text (a language missing from it gets
+        none). `beam_size`: this call's beam (default: the model's `beam_size`).
+        """
         if audio.dtype == np.int16:
             audio = audio.astype(np.float32) / 32768.0
         with self._lock:
-            return self._transcribe(audio, language, prior)
+            return self._transcribe(audio, language, prior, prompt, beam_size or self.beam_size)
 
-    def _transcribe(self, audio: np.ndarray, language: str | None, prior: str | None) -> Transcript:
+    def _transcribe(
+        self,
+        audio: np.ndarray,
+        language: str | None,
+        prior: str | None,
+        prompt: str | Mapping[str, str] | None = None,
+        beam_size: int = 1,
+    ) -> Transcript:
         timings: dict[str, float] = {}
         seconds = len(audio) / self.sample_rate
         if self.trim_window:
@@ -168,7 +191,8 @@ class WhisperStt:
         t1 = time.perf_counter()
         max_tokens = int(12 * seconds) + 16
         for lang in candidates:
-            results[lang] = self._decode(audio, lang, max_tokens)
+            text_prompt = prompt.get(lang) if isinstance(prompt, Mapping) else prompt
+            results[lang] = self._decode(audio, lang, max_tokens, text_prompt or None, beam_size)
         timings["decode"] = (time.perf_counter() - t1) * 1e3
         best = max(candidates, key=lambda lang: results[lang][1])
         text, logprob = results[best]
@@ -192,11 +216,19 @@ class WhisperStt:
             return [ranked[0]], top
         return ranked, top
 
-    def _decode(self, audio: np.ndarray, language: str, max_tokens: int) -> tuple[str, float]:
+    def _decode(
+        self,
+        audio: np.ndarray,
+        language: str,
+        max_tokens: int,
+        prompt: str | None = None,
+        beam_size: int | None = None,
+    ) -> tuple[str, float]:
         segments, _ = self.model.transcribe(
             audio,
             language=language,
-            beam_size=self.beam_size,
+            beam_size=beam_size or self.beam_size,
+            initial_prompt=prompt,
             without_timestamps=True,
             condition_on_previous_text=False,
             max_new_tokens=max_tokens,

@@ -8,6 +8,7 @@ Rules (also in docs/captions.md):
   any SDK client can set it), or whose identity is in `captions.host_identities` (for WHIP
   encoders, which cannot set metadata). The host's language comes from its metadata
   (`"language": "pt"`), else `captions.source_language`, else Whisper detects it per phrase.
+  Whisper gets the shop's vocabulary in the phrase's language as its prompt (vocabulary.py).
 * **Viewers' languages.** A viewer asks with a data message to the captioner, topic
   `captions/subscribe`, payload `{"lang": "pt"}` (`{"lang": null}` stops). The browser SDK's
   `room.setCaptionLanguage()` sends it to every participant whose metadata has role
@@ -82,8 +83,10 @@ class Captioner:
         stt_executor: Executor,
         translate_executor: Executor,
         archive: ArchivePoster | None = None,
+        prompts: dict[str, str] | None = None,
     ) -> None:
         self.client = client
+        self.prompts = dict(prompts or {})  # Whisper's prompt per language (vocabulary.py)
         self.stt = stt
         self.translator = translator
         self.settings = settings
@@ -171,7 +174,7 @@ class Captioner:
             await self._deliver(track_id, speaker, caption)
 
         transcriber = TrackTranscriber(
-            self.stt, self.settings, self.stt_executor, deliver, language, speaker
+            self.stt, self.settings, self.stt_executor, deliver, language, speaker, self.prompts
         )
         self.transcribers[track_id] = transcriber
         self.stats.tracks += 1

@@ -32,6 +32,17 @@ class CaptionSettings:
     # Hosts: participants whose metadata has role "host", plus these identities (WHIP encoders
     # cannot set metadata).
     host_identities: list[str] = field(default_factory=list)
+    # Whisper's beam for finals, and for the decode taken early in a pause (which usually becomes
+    # the final); partials keep [stt] beam_size (1: greedy, cheap). Measured on espeak-ng speech
+    # sentences that are not the benchmark's script, the beam alone: WER pt 0.65 -> 0.54,
+    # en 0.26 -> 0.21 (benchmarks/RESULTS.md).
+    final_beam_size: int = 5
+    # Whisper's prompt: the shop's vocabulary, per language, so product and brand names come
+    # out spelt as the shop spells them. From the shop catalogue ([shop] dir: the shop's name,
+    # product names and colours) when `vocabulary_from_shop`, plus `vocabulary`: more terms per
+    # language code, e.g. {pt = ["Maré Studio", "pix"], en = ["Maré Studio"]}; "*" = every language.
+    vocabulary_from_shop: bool = True
+    vocabulary: dict[str, list[str]] = field(default_factory=dict)
     # Finals Whisper itself doubts (average log-probability below this) are noise: dropped.
     min_logprob: float = -1.2
     # No audio for this long while a phrase is open ends it (host muted or packets stopped).

@@ -32,10 +32,11 @@ from typing import Any
 
 from ..audio.stt import WhisperStt, resolve_model_dir
 from ..config import AgentConfig
-from ..translate import make_translator
+from ..translate import translator_from_settings
 from .archive_client import ArchivePoster
 from .captioner import Captioner
 from .config import CaptionSettings, caption_settings
+from .vocabulary import build_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def load_models(config: AgentConfig | None = None) -> CaptionModels:
         t.model_dir,
         t.source,
         t.target,
+        tuple(sorted(t.models.items())),
     )
     with _models_lock:
         if key not in _models:
@@ -78,7 +80,7 @@ def load_models(config: AgentConfig | None = None) -> CaptionModels:
                 languages=tuple(s.languages),
                 language_confidence=s.language_confidence,
             )
-            translator = make_translator(t.backend, t.model_dir, t.source, t.target)
+            translator = translator_from_settings(t)
             _warm_up(stt, translator)
             _models[key] = CaptionModels(stt, translator)
         return _models[key]
@@ -88,7 +90,9 @@ def _warm_up(stt: WhisperStt, translator: Any) -> None:
     """The first call of each model is slow (allocations, lazy loading): pay it before the show."""
     import numpy as np
 
-    stt.transcribe(np.zeros(16000, np.int16), language=stt.languages[0] if stt.languages else None)
+    language = stt.languages[0] if stt.languages else None
+    stt.transcribe(np.zeros(16000, np.int16), language=language)
+    stt.transcribe(np.zeros(16000, np.int16), language=language, beam_size=5)  # finals' beam
     for source, target in (("en", "pt"), ("pt", "en")):
         if translator.supports(source, target):
             translator.translate("Hello.", source, target)
@@ -146,6 +150,7 @@ async def run_captions_job(
             url, client.room, archive_token or token, session or new_session_id(), time.time()
         )
         archive.start()
+    prompts = build_prompts(settings, agent_config.shop.dir, getattr(models.stt, "languages", ()))
     stt_executor = ThreadPoolExecutor(1, thread_name_prefix="captions-stt")
     translate_executor = ThreadPoolExecutor(1, thread_name_prefix="captions-translate")
     captioner = Captioner(
@@ -156,6 +161,7 @@ async def run_captions_job(
         stt_executor=stt_executor,
         translate_executor=translate_executor,
         archive=archive,
+        prompts=prompts,
     )
     captioner.start()
     logger.info("captions: %s joined %s", client.identity, client.room)

@@ -8,7 +8,9 @@ Three layers, so each can be tested alone:
   finished phrase" when `end_of_phrase_silence_ms` of silence ends it.
 * `PhraseDecoder` (blocking, runs in a worker thread): Whisper over a request's audio; keeps the
   language of the phrase (detected once, on its first partial) and of the session (the prior for
-  the next phrase), and drops finals Whisper itself doubts (noise, clicks).
+  the next phrase), and drops finals Whisper itself doubts (noise, clicks). Partials are decoded
+  greedily (cheap); finals, and the decode taken early in a pause that usually becomes the
+  final, with `final_beam_size`. Every decode gets the shop's vocabulary as Whisper's prompt.
 * `TrackTranscriber` (asyncio): reads an aiortc audio track, resamples 48 kHz -> 16 kHz, feeds
   the tracker, runs decodes off the event loop one at a time (a partial that would queue behind
   another decode is skipped, a final never is), and hands the captions, in order, to a callback.
@@ -175,17 +177,29 @@ class PhraseTracker:
 class PhraseDecoder:
     """Whisper over decode requests, with the phrase's and the session's language."""
 
-    def __init__(self, stt, languages: tuple[str, ...] = (), fixed_language: str = "") -> None:
+    def __init__(
+        self,
+        stt,
+        languages: tuple[str, ...] = (),
+        fixed_language: str = "",
+        *,
+        prompts: dict[str, str] | None = None,
+        final_beam_size: int = 0,
+    ) -> None:
         self.stt = stt
         self.languages = tuple(languages) or tuple(getattr(stt, "languages", ()))
         self.fixed_language = fixed_language
+        self.prompts = dict(prompts or {})  # language -> Whisper prompt (the shop's vocabulary)
+        # finals' beam (0: the model's own, as partials)
+        self.partial_beam = int(getattr(stt, "beam_size", 1) or 1)
+        self.final_beam = max(final_beam_size or self.partial_beam, self.partial_beam)
         self.session_language: str | None = None
         self._phrase_seq = -1
         self._phrase_language: str | None = None
         self._phrase_language_ms = 0.0
         self._revision = 0  # partials decoded in the current phrase
-        # the phrase's latest partial: its request, text, language and log-probability
-        self._last: tuple[DecodeRequest, str, str, float] | None = None
+        # the phrase's latest partial: its request, text, language, log-probability and beam
+        self._last: tuple[DecodeRequest, str, str, float, int] | None = None
 
     def decode(self, request: DecodeRequest, min_logprob: float = -1.2) -> Caption | None:
         t0 = time.perf_counter()
@@ -204,7 +218,15 @@ class PhraseDecoder:
             # does it, so the final, which the viewers wait for, rarely pays for detection)
             if request.final or audio_ms >= SURE_LANGUAGE_MS:
                 language = None
-        transcript = self.stt.transcribe(request.audio, language=language, prior=self._prior())
+        # the speculative partial is decoded as a final would be: it usually becomes the final
+        beam = self.final_beam if request.final or request.speculative else self.partial_beam
+        transcript = self.stt.transcribe(
+            request.audio,
+            language=language,
+            prior=self._prior(),
+            prompt=self.prompts or None,
+            beam_size=beam,
+        )
         if language is None:
             self._phrase_language = transcript.language
             self._phrase_language_ms = audio_ms
@@ -212,7 +234,7 @@ class PhraseDecoder:
         revision = self._revision
         if not request.final:
             self._revision += 1
-            self._last = (request, text, transcript.language, transcript.avg_logprob)
+            self._last = (request, text, transcript.language, transcript.avg_logprob, beam)
         else:
             if not _WORDS.search(text) or transcript.avg_logprob < min_logprob:
                 logger.debug("captions: dropped %r (logprob %.2f)", text, transcript.avg_logprob)
@@ -241,17 +263,19 @@ class PhraseDecoder:
         return self._phrase_language or self.session_language
 
     def _covered(self, final: DecodeRequest) -> bool:
-        """The latest partial heard all of the phrase's speech, in a language we are sure of."""
+        """The latest partial heard all of the phrase's speech, in a language we are sure of,
+        and was decoded as a final is (its beam)."""
         last = self._last
         return (
             last is not None
             and last[0].end_ms >= final.end_ms  # decoded after the last voiced frame
+            and last[4] >= self.final_beam
             and (bool(self.fixed_language) or self._phrase_language_ms >= SURE_LANGUAGE_MS)
         )
 
     def _reuse(self, request: DecodeRequest, min_logprob: float, t0: float) -> Caption | None:
         assert self._last is not None
-        _, text, language, logprob = self._last
+        _, text, language, logprob, _ = self._last
         if not _WORDS.search(text) or logprob < min_logprob:
             return None
         self.session_language = language
@@ -274,14 +298,24 @@ class PhraseDecoder:
 
 
 def transcribe_recording(
-    samples: np.ndarray, stt, settings: CaptionSettings, language: str = ""
+    samples: np.ndarray,
+    stt,
+    settings: CaptionSettings,
+    language: str = "",
+    prompts: dict[str, str] | None = None,
 ) -> list[Caption]:
     """Offline, deterministic run over a 16 kHz recording: every partial and final, in order.
 
     Every scheduled partial is decoded (no skipping): what a fast enough machine would show.
+    `prompts`: Whisper's prompt per language (vocabulary.build_prompts).
     """
     tracker = PhraseTracker(settings)
-    decoder = PhraseDecoder(stt, fixed_language=language)
+    decoder = PhraseDecoder(
+        stt,
+        fixed_language=language,
+        prompts=prompts,
+        final_beam_size=settings.final_beam_size,
+    )
     captions: list[Caption] = []
     requests: list[DecodeRequest] = []
     t = 0.0
@@ -318,12 +352,18 @@ class TrackTranscriber:
         on_caption: Callable[[Caption], Awaitable[None]],
         language: str = "",
         speaker: str = "",
+        prompts: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.speaker = speaker
         self._stopping = False
         self.tracker = PhraseTracker(settings)
-        self.decoder = PhraseDecoder(stt, fixed_language=language)
+        self.decoder = PhraseDecoder(
+            stt,
+            fixed_language=language,
+            prompts=prompts,
+            final_beam_size=settings.final_beam_size,
+        )
         self.executor = executor
         self.on_caption = on_caption
         self.stats = TranscriberStats()

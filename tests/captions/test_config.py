@@ -25,3 +25,20 @@ def test_captions_table_in_the_agent_config(tmp_path):
     path.write_text("[captions]\nno_such_setting = 1\n")
     with pytest.raises(ValueError):
         load_config(path)
+
+
+def test_decoding_and_vocabulary_settings(tmp_path):
+    from agent.captions.vocabulary import build_prompts
+
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        "[captions]\nfinal_beam_size = 3\nvocabulary_from_shop = false\n"
+        'vocabulary = { pt = ["pix", "boleto"], "*" = ["Maré Studio"] }\n'
+    )
+    settings = caption_settings(load_config(path))
+    assert settings.final_beam_size == 3
+    assert build_prompts(settings, languages=["en"]) == {
+        "en": "Maré Studio",
+        "pt": "pix, boleto, Maré Studio",
+    }
+    assert CaptionSettings().final_beam_size == 5 and CaptionSettings().vocabulary_from_shop

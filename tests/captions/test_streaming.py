@@ -17,6 +17,7 @@ from agent.audio.frames import resample
 from agent.captions.config import CaptionSettings
 from agent.captions.metrics import wer
 from agent.captions.transcriber import Caption, TrackTranscriber, transcribe_recording
+from agent.captions.vocabulary import build_prompts
 
 from .conftest import silence
 
@@ -55,16 +56,32 @@ def test_partials_then_one_final_per_phrase(caption_models, speech):
     assert finals[0].end_ms < finals[1].start_ms
 
 
-def test_portuguese_host_with_declared_language(caption_models, speech):
+def test_portuguese_host_with_declared_language(caption_models, speech, monkeypatch):
     # Whisper base understands espeak-ng's Portuguese far worse than its English (see
     # benchmarks/RESULTS.md): a phrase it gets right, and a loose bound
     script = "Temos uma bolsa de couro."
+    stt = caption_models.stt
+    prompts = build_prompts(CaptionSettings(), languages=stt.languages)
+    calls: list[dict] = []
+    decode = stt.model.transcribe
+
+    def spy(audio, **options):
+        calls.append(options)
+        return decode(audio, **options)
+
+    monkeypatch.setattr(stt.model, "transcribe", spy)
     audio = _recording(speech, [script], "pt", 16000)
-    captions = transcribe_recording(audio, caption_models.stt, CaptionSettings(), language="pt")
+    captions = transcribe_recording(audio, stt, CaptionSettings(), language="pt", prompts=prompts)
     finals = [c for c in captions if c.final]
     assert len(finals) == 1 and finals[0].language == "pt", captions
     assert wer([script], [finals[0].text]) <= 0.4, finals[0].text
     assert "bolsa" in finals[0].text.lower()
+    # what reached faster-whisper: the declared language (never detected), the shop's
+    # Portuguese vocabulary, greedy partials and the finals' beam for the final
+    assert calls and all(c["language"] == "pt" for c in calls)
+    assert all(c["initial_prompt"] == prompts["pt"] for c in calls)
+    beams = [c["beam_size"] for c in calls]
+    assert beams[-1] == CaptionSettings().final_beam_size == 5 and 1 in beams, beams
 
 
 class _FastTrack(MediaStreamTrack):
