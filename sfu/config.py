@@ -90,6 +90,11 @@ class RtcSettings:
     bwe: bool = True
     # Estimate a new subscriber starts from, before any feedback (bps).
     bwe_start_bitrate: int = 1_000_000
+    # Send transport-cc feedback to publishers so their browser's own congestion control
+    # (delay-based) drives its simulcast layers. Off: REMB at max_publish_bitrate plus the
+    # browser's loss-based control. Our arrival times are taken in Python, so on a busy node
+    # they jitter and a browser may then pause its top layer needlessly: off by default.
+    publisher_transport_cc: bool = False
     # On a lossy, far link ask the viewer's browser to hold video a little longer (playout-delay
     # extension: about 1.5 RTT + 100 ms) so retransmissions arrive before the frame is due
     # instead of freezing the picture. Costs that much latency on such links only.

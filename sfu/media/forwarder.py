@@ -102,8 +102,11 @@ class DownTrack:
         self.keyframes_from_cache = 0
         self.layer_switches = 0
         self.probe_packets = 0
-        self.bitrate_bps = 0  # what was sent lately (media + retransmissions)
-        self._rate_octets = 0
+        # payload bitrate sent lately: media + retransmissions + probes (what loads the link),
+        # smoothed over a few BandwidthController ticks; octets_sent counts media alone
+        self.bitrate_bps = 0
+        self.retransmitted_octets = 0  # payload bytes, like octets_sent
+        self.probe_octets = 0
         self._packets_at_report = 0
         self._rate_last = 0
         self._rate_at = 0.0
@@ -287,9 +290,10 @@ class DownTrack:
         if self._send(packet):
             if cluster >= 0:
                 self.probe_packets += 1
+                self.probe_octets += len(body)
             else:
                 self.retransmitted += 1
-            self._rate_octets += len(packet)
+                self.retransmitted_octets += len(body)
             return True
         return False
 
@@ -314,7 +318,7 @@ class DownTrack:
 
     def update_rate(self, now_s: float) -> int:
         """Bitrate sent since the last call (media + retransmissions + probes), smoothed."""
-        octets = self.octets_sent + self._rate_octets
+        octets = self.octets_sent + self.retransmitted_octets + self.probe_octets
         if self._rate_at:
             span = now_s - self._rate_at
             if span > 0.05:
@@ -386,7 +390,9 @@ class DownTrack:
             "remb_bps": self.remb_bps,
             "bitrate_bps": self.bitrate_bps,
             "layer_switches": self.layer_switches,
+            "retransmitted_octets": self.retransmitted_octets,
             "probe_packets": self.probe_packets,
+            "probe_octets": self.probe_octets,
             "playout_delay_ms": self.playout_delay[0] * 10 if self.playout_delay else None,
             **self._layer_stats(),
         }

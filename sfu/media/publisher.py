@@ -119,7 +119,9 @@ class PublisherSession:
                 raise
             except Exception as exc:
                 raise SdpError(f"cannot negotiate: {exc}") from exc
-            answer = patch_publisher_answer(answer, simulcast, transport_cc=True)
+            answer = patch_publisher_answer(
+                answer, simulcast, transport_cc=self.rtc.publisher_transport_cc
+            )
             added = self._create_producers(requests or [])
             if self._ext.transport_cc and self._twcc is None:
                 self._twcc = TwccRecorder(sender_ssrc=self._rtcp_ssrc)
