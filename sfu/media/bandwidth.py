@@ -154,8 +154,9 @@ class BandwidthController:
     # -- the periodic decision ---------------------------------------------------------------
 
     def tick(self, now_s: float) -> None:
+        videos = sum(1 for dt in self._downtracks if dt.kind == "video") or 1
         budget = (
-            RTX_SHARE * self.estimator.estimate_bps
+            RTX_SHARE * self.estimator.estimate_bps / videos  # (the share is per connection)
             if self.enabled and self.source == "transport-cc"
             else None
         )

@@ -309,7 +309,7 @@ class DownTrack:
             return True
         elapsed = now_s - self._rtx_tokens_at
         self._rtx_tokens_at = now_s
-        burst = rate / 8 * RTX_BURST_S
+        burst = max(rate / 8 * RTX_BURST_S, RTX_PACKET_BYTES)
         self._rtx_tokens = min(burst, self._rtx_tokens + elapsed * rate / 8)
         if self._rtx_tokens < RTX_PACKET_BYTES:
             return False

@@ -123,7 +123,7 @@ class PublisherSession:
                 answer, simulcast, transport_cc=self.rtc.publisher_transport_cc
             )
             added = self._create_producers(requests or [])
-            if self._ext.transport_cc and self._twcc is None:
+            if self.rtc.publisher_transport_cc and self._ext.transport_cc and self._twcc is None:
                 self._twcc = TwccRecorder(sender_ssrc=self._rtcp_ssrc)
                 self._twcc_task = asyncio.ensure_future(self._twcc_loop())
         if self._task is None:
