@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/join_time.py --joins 20 --json build/join.json
     .venv/bin/python benchmarks/join_time.py --joins 20 --rtt-ms 250 --json build/join-250.json
     .venv/bin/python benchmarks/join_time.py --quick --json build/join-quick.json
+    .venv/bin/python benchmarks/join_time.py --joins 20 --join-path ws --json build/join-ws.json
 
 What runs:
 
@@ -11,10 +12,15 @@ What runs:
 * a publisher (a `RoomClient` in this process) live in room `bench`: synthetic 640x360 VP8
   at 30 fps, encoded by aiortc (so it answers keyframe requests like a browser would) and an
   Opus tone;
-* headless Chromium (Debian's, through Playwright). For each join a fresh page loads the SDK
-  from the node, calls `connect(url, token)` and waits for the first frame of the host's video
-  in a <video> element (requestVideoFrameCallback). One warm-up join is run first and reported
-  on its own (`first_join_ms`): it includes starting the browser's WebRTC machinery.
+* headless Chromium (Debian's, through Playwright). For each join a fresh page is loaded from
+  the node (its index page) and loads the SDK from the node, as the demo pages and a shop page
+  importing `/sdk/sfu-client.js` from the node do, then calls `connect(url, token)` and waits
+  for the first frame of the host's video in a <video> element (requestVideoFrameCallback).
+  So the browser holds an idle HTTP keep-alive connection to the node when connect() starts,
+  which the SDK's HTTP join (`--join-path http`, the SDK's default) uses; `--join-path ws`
+  makes the SDK join over the WebSocket instead (`httpJoin: false`). One warm-up join is run
+  first and reported on its own (`first_join_ms`): it includes starting the browser's WebRTC
+  machinery.
 * the 1-to-1 page (`/demo/consult.html`), both sides in Chromium with the fake camera: the
   assistant joins and publishes, then the buyer joins (camera and microphone published inside
   `join`). Reported: the buyer's connect() -> first frame of the assistant, and on the
@@ -23,7 +29,8 @@ What runs:
 The phase breakdown of each viewer join comes from the SFU's join metrics (`/api/stats`, admin
 token), lined up with the page's clock (both are this machine's wall clock):
 
-    websocket    connect() -> the `join` message reaches the SFU (TCP + WebSocket handshake)
+    websocket    connect() -> the join reaches the SFU (`--join-path ws`: TCP + the WebSocket
+                 upgrade carrying it; `http`: the POST on the page's keep-alive connection)
     signalling   join received -> the subscriber's answer received (`joined` with the offer
                  inside, the browser's answer)
     ice          answer -> ICE usable (the SFU uses the pair the browser's first check came on)
@@ -86,6 +93,7 @@ async ({sdkUrl, url, token, options, timeoutMs}) => {
   const room = await connect(url, token, { name: "bench viewer", ...options });
   window.__room = room;
   const joinedAt = performance.now();
+  const joinPath = room.joinPath || "websocket"; // (older SDKs: always the WebSocket)
   const frameAt = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("no video frame in time")), timeoutMs);
     const attach = (remote) => {
@@ -113,11 +121,34 @@ async ({sdkUrl, url, token, options, timeoutMs}) => {
     frameEpoch: performance.timeOrigin + frameAt,
     joinMs: frameAt - t0,
     connectMs: joinedAt - t0,
+    joinPath,
     timings: room.timings,
     identity: room.localParticipant.identity,
     width: video.videoWidth,
     transport,
   };
+}
+"""
+
+
+# On the assistant's page, before the buyer joins: when its first frame of the buyer shows (wall
+# clock), to compare with the buyer's connect() (same browser, same clock).
+WATCH_BUYER_JS = """
+() => {
+  window.__buyerFrameEpoch = null;
+  demo.room.on("trackSubscribed", (remote) => {
+    if (remote.kind !== "video" || window.__buyerVideo) return;
+    const video = document.createElement("video");
+    window.__buyerVideo = video;
+    video.muted = true;
+    video.autoplay = true;
+    video.style.width = "4px";
+    video.srcObject = remote.stream;
+    document.body.appendChild(video);
+    video.requestVideoFrameCallback(() => {
+      window.__buyerFrameEpoch = performance.timeOrigin + performance.now();
+    });
+  });
 }
 """
 
@@ -375,8 +406,16 @@ class Bench:
 
     def sdk_options(self) -> dict:
         if self.args.legacy_join:  # how the SDK joined before the fast join
-            return {"urlJoin": False, "inlineOffer": False, "waitForIceGathering": True}
-        return {"inlineOffer": not self.args.separate_offer}
+            return {
+                "httpJoin": False,
+                "urlJoin": False,
+                "inlineOffer": False,
+                "waitForIceGathering": True,
+            }
+        return {
+            "inlineOffer": not self.args.separate_offer,
+            "httpJoin": self.args.join_path == "http",
+        }
 
     async def viewer_join(self, context, index: int) -> dict:
         from sfu.auth import Grants, mint_token
@@ -387,7 +426,9 @@ class Bench:
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         try:
-            await page.goto(f"{self.sfu.url}/healthz")
+            # A page from the node (the demo index, as a viewer opens a demo page): the browser
+            # then holds a keep-alive connection to the node, as real viewer pages do.
+            await page.goto(f"{self.sfu.url}/")
             offset_ms = await clock_offset_ms(page)
             result = await page.evaluate(
                 VIEWER_JS,
@@ -413,16 +454,26 @@ class Bench:
 
     # one 1-to-1 call --------------------------------------------------------------------------
 
+    async def _pin_join_path(self, page) -> None:
+        """The demo page calls connect() with the SDK's defaults: for `--join-path ws` its
+        HTTP join is refused inside the browser (no request leaves it), so the SDK falls back
+        to the WebSocket join at once, as it does where the HTTP join is not possible."""
+        if self.args.join_path == "ws" or self.args.legacy_join:
+            await page.route("**/rtc/join", lambda route: route.abort())
+
     async def consult_call(self, context, index: int) -> dict:
         room = f"bench-consult-{index}-{os.getpid()}"
         base = f"{self.sfu.url}/demo/consult.html?room={room}"
         assistant = await context.new_page()
         buyer = None
         try:
+            await self._pin_join_path(assistant)
             await assistant.goto(f"{base}&role=assistant")
             await assistant.click("#as-assistant")
             await wait_page(assistant, "demo.room && demo.room.localTracks.size >= 2")
+            await assistant.evaluate(WATCH_BUYER_JS)
             buyer = await context.new_page()
+            await self._pin_join_path(buyer)
             await buyer.goto(base)
             await buyer.click("#as-buyer")
             for page in (buyer, assistant):
@@ -431,10 +482,16 @@ class Bench:
             for name, page in (("buyer", buyer), ("assistant", assistant)):
                 info[name] = await page.evaluate(
                     "({joinMs: demo.joinMs, kind: demo.joinKind, timings: demo.room.timings,"
-                    " identity: demo.room.localParticipant.identity, errors: demo.errors})"
+                    " identity: demo.room.localParticipant.identity, errors: demo.errors,"
+                    " joinPath: demo.room.joinPath || 'websocket'})"
                 )
                 if info[name]["errors"]:
                     raise RuntimeError(f"{name} page: {info[name]['errors']}")
+            await assistant.wait_for_function(
+                "window.__buyerFrameEpoch !== null", timeout=JOIN_TIMEOUT_S * 1000
+            )
+            buyer_connect = await buyer.evaluate("performance.timeOrigin + demo.room._t0")
+            buyer_frame = await assistant.evaluate("window.__buyerFrameEpoch")
             join, _ = await self.server_join(info["buyer"]["identity"])
             for page in (buyer, assistant):
                 await page.evaluate("demo.room && demo.room.disconnect()")
@@ -447,8 +504,10 @@ class Bench:
             "buyer_join_ms": round(info["buyer"]["joinMs"], 1),
             "buyer_join_kind": info["buyer"]["kind"],
             "assistant_remote_live_ms": round(info["assistant"]["joinMs"], 1),
+            "assistant_sees_buyer_ms": round(buyer_frame - buyer_connect, 1),
             "assistant_kind": info["assistant"]["kind"],
             "buyer_timings": rounded(info["buyer"]["timings"]),
+            "join_paths": {name: info[name]["joinPath"] for name in info},
             "buyer_server_ms": (join or {}).get("ms", {}),
         }
 
@@ -550,6 +609,7 @@ def breakdown(result: dict, join: dict | None, entry: dict | None) -> dict:
         "identity": result["identity"],
         "join_ms": round(result["joinMs"], 1),
         "connect_resolved_ms": round(result["connectMs"], 1),
+        "join_path": result.get("joinPath"),
         "client_ms": rounded(result["timings"]),
         "video_width": result["width"],
         "browser_transport": result.get("transport"),
@@ -595,6 +655,7 @@ def summarise(
         "link": f"netlab RTT {args.rtt_ms:g} ms" if args.rtt_ms else "loopback",
         "rtt_ms": args.rtt_ms or 0,
         "sdk_options": Bench(args, Path(".")).sdk_options(),
+        "join_path": args.join_path,
         "sfu_root": args.sfu_root or str(ROOT),
         "joins": len(joins),
         "join_ms_p50": pct(joins, 50),
@@ -620,6 +681,8 @@ def summarise(
     result["client_ms_p50"] = {
         step: pct([v["client_ms"].get(step) for v in viewers], 50) for step in client_steps
     }
+    paths = [v.get("join_path") for v in viewers]
+    result["join_paths"] = {p: paths.count(p) for p in sorted(set(paths), key=str)}
     roles = [(v.get("browser_transport") or {}).get("dtlsRole") for v in viewers]
     result["browser_dtls_roles"] = {r: roles.count(r) for r in sorted(set(roles), key=str)}
     result["keyframe_from_cache_share"] = (
@@ -630,12 +693,18 @@ def summarise(
     if calls:
         buyer = [c["buyer_join_ms"] for c in calls]
         assistant = [c["assistant_remote_live_ms"] for c in calls]
+        sees = [c["assistant_sees_buyer_ms"] for c in calls]
+        both = [max(c["buyer_join_ms"], c["assistant_sees_buyer_ms"]) for c in calls]
         result["consult"] = {
             "calls": len(calls),
             "join_ms_p50": pct(buyer, 50),
             "join_ms_p95": pct(buyer, 95),
             "remote_live_ms_p50": pct(assistant, 50),
             "remote_live_ms_p95": pct(assistant, 95),
+            "assistant_sees_buyer_ms_p50": pct(sees, 50),
+            "assistant_sees_buyer_ms_p95": pct(sees, 95),
+            "both_see_each_other_ms_p50": pct(both, 50),
+            "both_see_each_other_ms_p95": pct(both, 95),
             "per_call": calls,
         }
     targets = TARGETS_RTT if args.rtt_ms else TARGETS_LOOPBACK
@@ -657,11 +726,15 @@ def summarise(
 
 
 def print_table(result: dict) -> None:
-    print(f"join time ({result['link']}, {result['joins']} joins, fresh page each)")
+    paths = ", ".join(f"{p} {n}" for p, n in result.get("join_paths", {}).items())
+    print(
+        f"join time ({result['link']}, {result['joins']} joins, fresh page each; "
+        f"join path asked {result['join_path']}, used: {paths})"
+    )
     print(f"  {'':34}{'p50':>9}{'p95':>9}")
     rows = [
         ("connect() -> first frame", "join_ms"),
-        ("  websocket + join message", "websocket_ms"),
+        ("  the join request reaches the SFU", "websocket_ms"),
         ("  signalling (join -> answer)", "signalling_ms"),
         ("    of which joined+offer built", "server_joined_ms"),
         ("  ICE (answer -> usable)", "ice_ms"),
@@ -685,6 +758,11 @@ def print_table(result: dict) -> None:
             f"  {'assistant: buyer live -> frame':34}{fmt(c['remote_live_ms_p50']):>9}"
             f"{fmt(c['remote_live_ms_p95']):>9}"
         )
+        for label, key in (
+            ("assistant: buyer's connect() -> frame", "assistant_sees_buyer_ms"),
+            ("both see each other", "both_see_each_other_ms"),
+        ):
+            print(f"  {label:34}{fmt(c[key + '_p50']):>9}{fmt(c[key + '_p95']):>9}")
     targets = ", ".join(f"{k} <= {v:g}" for k, v in result["targets"].items())
     verdict = "met" if result["meets_targets"] else "NOT met"
     print(f"targets ({targets}): {verdict}; first (warm-up) join {fmt(result['first_join_ms'])} ms")
@@ -709,6 +787,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--separate-offer",
         action="store_true",
         help="the SDK asks for the first offer as its own message instead of inside `joined`",
+    )
+    parser.add_argument(
+        "--join-path",
+        choices=("http", "ws"),
+        default="http",
+        help="http: the SDK's HTTP join on the page's keep-alive connection (its default); "
+        "ws: the join in the WebSocket upgrade (httpJoin: false)",
     )
     parser.add_argument(
         "--legacy-join",

@@ -12,7 +12,7 @@ from .auth import AuthError, PermissionDenied
 from .config import Config
 from .demo import add_demo_routes
 from .node import SfuNode
-from .signalling import NODE_KEY, websocket_handler
+from .signalling import NODE_KEY, add_http_join_routes, websocket_handler
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app[NODE_KEY] = node
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/rtc", websocket_handler)
+    add_http_join_routes(app)  # POST /rtc/join (the fast join), /rtc/answer, /rtc/leave
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/stats", node_stats)
     whip.add_routes(app)

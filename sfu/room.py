@@ -42,7 +42,7 @@ class Room:
             old.send_event(
                 {"type": "error", "code": "replaced", "message": "same identity joined again"}
             )
-            await self.remove(old)
+            await self.remove(old, replacing=True)
         if len(self.participants) >= self.limits.max_participants_per_room:
             raise RoomFull(f"room {self.name!r} is full")
         self.participants[participant.identity] = participant
@@ -52,7 +52,10 @@ class Room:
         logger.info("%s joined %s (%s)", participant.identity, self.name, participant.kind.value)
         self.registry.notify("joined", self, participant)
 
-    async def remove(self, participant: Participant) -> None:
+    async def remove(self, participant: Participant, replacing: bool = False) -> None:
+        """Leave. `replacing`: the same identity is joining again, so the room stays even if
+        this was its only participant (otherwise the newcomer would land in a room the
+        registry had already dropped, unseen by later joiners)."""
         if self.participants.get(participant.identity) is not participant:
             await participant.close()
             return
@@ -60,7 +63,7 @@ class Room:
         await participant.close()  # unpublishes its producers (see publish())
         self.broadcast({"type": "participant_left", "identity": participant.identity})
         logger.info("%s left %s", participant.identity, self.name)
-        if not self.participants:
+        if not self.participants and not replacing:
             self.registry.discard(self)
         self.registry.notify("left", self, participant)
 

@@ -4,6 +4,11 @@ One SignallingConnection per socket, an explicit state machine:
 CONNECTED --join--> JOINED --leave/close--> CLOSED. Every request may carry a `request_id`,
 echoed in the reply or error. Bad input gets an `error` message, never a dropped socket
 (except a bad token, which closes it with code 4401).
+
+The join can also be made over plain HTTP (`POST /rtc/join`, see docs/protocol.md, "Fast join"):
+the reply is `joined` plus a session id, and the WebSocket `/rtc?session=ID` then attaches to
+that participant. Until it does, events are queued for it and the subscriber's answer may come
+by `POST /rtc/answer`; a session no socket attaches to within ATTACH_TIMEOUT_S is removed.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import enum
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 30.0
 INLINE_OFFER_TIMEOUT_S = 5.0
+ATTACH_TIMEOUT_S = 10.0  # an HTTP join's WebSocket must attach within this
 
 
 class State(enum.Enum):
@@ -63,7 +70,11 @@ def _str_list(msg: dict, key: str) -> list[str]:
 
 
 class SignallingConnection:
-    def __init__(self, node: SfuNode, ws: web.WebSocketResponse, query_token: str | None) -> None:
+    """One signalling client. `ws` is None for an HTTP join until its WebSocket attaches."""
+
+    def __init__(
+        self, node: SfuNode, ws: web.WebSocketResponse | None, query_token: str | None
+    ) -> None:
         self.node = node
         self.ws = ws
         self.query_token = query_token
@@ -72,6 +83,8 @@ class SignallingConnection:
         self.room: Room | None = None
         self._writer: asyncio.Task | None = None
         self._inline_offer: asyncio.Future | None = None  # the first offer, for `joined`
+        self.joined_reply: dict | None = None  # an HTTP join's `joined` (the HTTP response)
+        self.on_leave: Callable[[], None] | None = None  # (the HTTP session's bookkeeping)
         self._handlers: dict[str, Callable[[dict], Awaitable[None]]] = {
             "join": self._on_join,
             "publish": self._on_publish,
@@ -88,8 +101,14 @@ class SignallingConnection:
     # -- socket loop ---------------------------------------------------------------------------
 
     async def run(self, url_join: dict | None = None) -> None:
-        """Serve the socket; `url_join`: a join the upgrade request asked for, done first."""
+        """Serve the socket; `url_join`: a join the upgrade request asked for, done first.
+
+        A connection that joined over HTTP and has just attached its socket is JOINED already.
+        """
+        assert self.ws is not None
         join_deadline = asyncio.get_running_loop().call_later(JOIN_TIMEOUT_S, self._join_timeout)
+        if self.state == State.JOINED:
+            join_deadline.cancel()
         try:
             if url_join is not None:
                 await self._dispatch(json.dumps(url_join))
@@ -111,7 +130,7 @@ class SignallingConnection:
             await self._leave()
 
     def _join_timeout(self) -> None:
-        if self.state == State.CONNECTED:
+        if self.state == State.CONNECTED and self.ws is not None:
             asyncio.ensure_future(self.ws.close(code=4408, message=b"join timeout"))
 
     async def _dispatch(self, text: str) -> None:
@@ -142,7 +161,7 @@ class SignallingConnection:
         """Before join, write directly; after, through the participant's ordered event queue."""
         if self.participant is not None and self.state == State.JOINED:
             self.participant.send_event(message)
-        elif not self.ws.closed:
+        elif self.ws is not None and not self.ws.closed:
             await self.ws.send_json(message)
 
     async def _send_error(self, code: str, message: str, request_id: Any = None) -> None:
@@ -171,14 +190,16 @@ class SignallingConnection:
 
     # -- handlers ------------------------------------------------------------------------------
 
-    async def _on_join(self, msg: dict) -> None:
-        received = time.monotonic()
+    async def _on_join(self, msg: dict, received: float | None = None) -> None:
+        received = time.monotonic() if received is None else received
         if self.state != State.CONNECTED:
             raise SignallingError("already_joined", "this connection has already joined")
         token = msg.get("token") or self.query_token
         try:
             access = self.node.authenticate(token if isinstance(token, str) else None)
         except AuthError as exc:
+            if self.ws is None:  # an HTTP join: 401
+                raise SignallingError("unauthorized", str(exc)) from exc
             await self._send_error("unauthorized", str(exc), msg.get("request_id"))
             await self.ws.close(code=4401, message=b"unauthorized")
             self.state = State.CLOSED
@@ -246,7 +267,8 @@ class SignallingConnection:
         participant.on_dropped = self._on_dropped
         self.participant, self.room = participant, room
         self.state = State.JOINED
-        self._writer = asyncio.ensure_future(self._write_events(participant))
+        if self.ws is not None:  # (an HTTP join's writer starts when its socket attaches)
+            self._writer = asyncio.ensure_future(self._write_events(participant))
         try:
             await self._answer_join(access, participant, room, timeline, publish)
         finally:
@@ -312,7 +334,13 @@ class SignallingConnection:
                 reply["offer"] = offer
         if getattr(self, "_request_id", None) is not None:
             reply["request_id"] = self._request_id
-        participant.release_events(reply)
+        if self.ws is None:
+            # An HTTP join: the reply is the HTTP response; what others caused meanwhile stays
+            # queued for the WebSocket that attaches.
+            self.joined_reply = reply
+            participant.release_events()
+        else:
+            participant.release_events(reply)
         timeline.mark("joined")
         if "offer" in reply:
             timeline.mark("offer")
@@ -355,7 +383,8 @@ class SignallingConnection:
             asyncio.get_running_loop().call_later(0.2, self._close_socket)
 
     def _close_socket(self) -> None:
-        asyncio.ensure_future(self.ws.close(code=4000, message=b"dropped"))
+        if self.ws is not None:
+            asyncio.ensure_future(self.ws.close(code=4000, message=b"dropped"))
 
     async def _on_publish(self, msg: dict) -> None:
         participant = self._joined()
@@ -491,7 +520,8 @@ class SignallingConnection:
     async def _on_leave(self, msg: dict) -> None:
         await self._reply({"type": "left"})
         await self._leave()
-        await self.ws.close()
+        if self.ws is not None:
+            await self.ws.close()
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -502,16 +532,60 @@ class SignallingConnection:
     async def _leave(self) -> None:
         participant, room = self.participant, self.room
         self.state = State.CLOSED
+        if self.on_leave is not None:
+            self.on_leave()
         if participant is not None and room is not None:
             self.participant = None
             # Let the writer flush what is queued (e.g. the 'left' reply), then stop it.
             if self._writer is not None and participant.events is not None:
                 for _ in range(50):
-                    if participant.events.empty() or self.ws.closed:
+                    if participant.events.empty() or self.ws is None or self.ws.closed:
                         break
                     await asyncio.sleep(0.01)
                 self._writer.cancel()
             await room.remove(participant)
+
+    # -- HTTP join: the socket attaches later ------------------------------------------------------
+
+    async def join_over_http(self, msg: dict, received: float) -> dict:
+        """Join without a socket; returns `joined`. Raises SignallingError (nothing joined)."""
+        self._request_id = None
+        try:
+            await self._on_join(msg, received)
+            if self.state != State.JOINED or self.joined_reply is None:
+                raise SignallingError("internal", "the join did not complete")
+        except BaseException:
+            if self.participant is not None:  # failed after joining: leave again
+                await self._leave()
+            raise
+        return self.joined_reply
+
+    @property
+    def ended(self) -> bool:
+        participant = self.participant
+        return self.state == State.CLOSED or participant is None or participant.closed
+
+    def queued_errors(self) -> list[dict]:
+        """The `error` events still queued (why a detached participant ended, e.g. replaced)."""
+        participant = self.participant
+        if participant is None or participant.events is None:
+            return []
+        events = []
+        while not participant.events.empty():
+            events.append(participant.events.get_nowait())
+        return [e for e in events if e.get("type") == "error"]
+
+    async def attach(self, ws: web.WebSocketResponse) -> None:
+        """The HTTP-joined participant's WebSocket: `attached`, then every queued event."""
+        participant = self.participant
+        assert participant is not None and self.ws is None
+        self.ws = ws
+        if participant.join_timeline is not None:
+            participant.join_timeline.mark("attached")
+        await ws.send_json(
+            {"type": "attached", "participant": participant.sid, "request_id": "attach"}
+        )
+        self._writer = asyncio.ensure_future(self._write_events(participant))
 
 
 def _track_requests(value: Any) -> list[TrackRequest]:
@@ -545,11 +619,44 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     node.websockets.add(ws)
     try:
-        connection = SignallingConnection(node, ws, request.query.get("access_token"))
-        await connection.run(url_join(request.query))
+        session_id = request.query.get("session")
+        if session_id is not None:
+            await _attach(request.app[HTTP_JOINS_KEY], ws, session_id)
+        else:
+            connection = SignallingConnection(node, ws, request.query.get("access_token"))
+            await connection.run(url_join(request.query))
     finally:
         node.websockets.discard(ws)
     return ws
+
+
+async def _attach(joins: HttpJoins, ws: web.WebSocketResponse, session_id: str) -> None:
+    """`/rtc?session=ID`: the socket of an HTTP join. Refused (an `error` with request id
+    "attach", then close) for an unknown, expired or ended session, or a second socket."""
+    session = joins.get(session_id)
+    if session is None or session.connection.ended:
+        errors = session.connection.queued_errors() if session is not None else []
+        for event in errors:  # why it ended (replaced, dropped), if it was queued
+            await ws.send_json(event)
+        await ws.send_json(_attach_error("not_found", NO_SESSION))
+        await ws.close(code=4404, message=b"no such session")
+        return
+    if session.attached:
+        await ws.send_json(_attach_error("already_attached", "a WebSocket is attached already"))
+        await ws.close(code=4409, message=b"already attached")
+        return
+    joins.attached(session)
+    connection = session.connection
+    try:
+        await connection.attach(ws)
+    except BaseException:  # (the socket went away at once: leave, as when it closes later)
+        await connection._leave()
+        raise
+    await connection.run()
+
+
+def _attach_error(code: str, message: str) -> dict:
+    return {"type": "error", "code": code, "message": message, "request_id": "attach"}
 
 
 def url_join(query) -> dict | None:
@@ -578,4 +685,199 @@ def url_join(query) -> dict | None:
     return message
 
 
+# -- HTTP join ---------------------------------------------------------------------------------
+
+NO_SESSION = "no such session (unknown, expired or ended)"
+
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+CORS_PREFLIGHT = {
+    **CORS_HEADERS,
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+HTTP_STATUS = {
+    "bad_request": 400,
+    "bad_sdp": 400,
+    "negotiation_failed": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "already_attached": 409,
+    "room_full": 503,
+    "node_full": 503,
+}
+
+
+class HttpSession:
+    """An HTTP join: its connection (socketless until attached) and the attach deadline."""
+
+    def __init__(self, session_id: str, connection: SignallingConnection) -> None:
+        self.id = session_id
+        self.connection = connection
+        self.attached = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class HttpJoins:
+    """The sessions of HTTP joins on one node, by session id (a 192-bit random secret).
+
+    A session lives until its participant leaves. A WebSocket may attach to it once, within
+    ATTACH_TIMEOUT_S of the join; otherwise the participant is removed.
+    """
+
+    def __init__(self, attach_timeout_s: float = ATTACH_TIMEOUT_S) -> None:
+        self.attach_timeout_s = attach_timeout_s
+        self.sessions: dict[str, HttpSession] = {}
+
+    def open(self, connection: SignallingConnection) -> HttpSession:
+        session = HttpSession(secrets.token_urlsafe(24), connection)
+        session.timer = asyncio.get_running_loop().call_later(
+            self.attach_timeout_s, self._expire, session
+        )
+        self.sessions[session.id] = session
+        connection.on_leave = lambda: self.discard(session)
+        return session
+
+    def get(self, session_id: Any) -> HttpSession | None:
+        return self.sessions.get(session_id) if isinstance(session_id, str) else None
+
+    def attached(self, session: HttpSession) -> None:
+        session.attached = True
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+
+    def discard(self, session: HttpSession) -> None:
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+
+    def _expire(self, session: HttpSession) -> None:
+        session.timer = None
+        if session.attached:
+            return
+        self.discard(session)
+        participant = session.connection.participant
+        if participant is not None and not participant.closed:
+            participant.drop(f"no WebSocket attached within {self.attach_timeout_s:g} s")
+
+    async def close(self, app: web.Application | None = None) -> None:
+        """(app shutdown) Stop the timers; the rooms close their participants."""
+        for session in list(self.sessions.values()):
+            self.discard(session)
+
+
+def _http_error(exc: SignallingError) -> web.Response:
+    body = {"type": "error", "code": exc.code, "message": exc.message}
+    status = HTTP_STATUS.get(exc.code, 500)
+    headers = dict(CORS_HEADERS)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def _json_body(request: web.Request) -> dict:
+    """The request's JSON object, whatever its Content-Type (text/plain avoids a preflight)."""
+    try:
+        body = json.loads(await request.text())
+    except (ValueError, RecursionError) as exc:
+        raise SignallingError("bad_request", "the body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise SignallingError("bad_request", "the body must be a JSON object")
+    return body
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def http_join_handler(request: web.Request) -> web.Response:
+    """`POST /rtc/join`: join without a WebSocket; the reply is `joined` plus `session`.
+
+    Body (JSON, any Content-Type): `token` (or `Authorization: Bearer`), and as in `join`:
+    `room`, `name`, `metadata`, `auto_subscribe`, `inline_offer` (default true here),
+    `publish`. The WebSocket `/rtc?session=ID` then attaches for events and renegotiation.
+    """
+    received = time.monotonic()
+    node: SfuNode = request.app[NODE_KEY]
+    joins = request.app[HTTP_JOINS_KEY]
+    try:
+        body = await _json_body(request)
+    except SignallingError as exc:
+        return _http_error(exc)
+    msg: dict[str, Any] = {"type": "join"}
+    for key in ("token", "room", "name", "metadata", "publish"):
+        if key in body:
+            msg[key] = body[key]
+    msg["auto_subscribe"] = body.get("auto_subscribe", True) is not False
+    msg["inline_offer"] = body.get("inline_offer", True) is not False
+    connection = SignallingConnection(node, None, _bearer(request))
+    session = joins.open(connection)
+    try:
+        reply = await connection.join_over_http(msg, received)
+    except SignallingError as exc:
+        joins.discard(session)
+        return _http_error(exc)
+    except Exception:
+        joins.discard(session)
+        logger.exception("signalling: HTTP join failed")
+        return _http_error(SignallingError("internal", "internal server error"))
+    if connection.participant is not None and connection.participant.join_timeline is not None:
+        connection.participant.join_timeline.flags["http_join"] = True
+    reply = {**reply, "session": session.id, "attach_within_s": joins.attach_timeout_s}
+    return web.json_response(reply, headers=CORS_HEADERS)
+
+
+async def http_answer_handler(request: web.Request) -> web.Response:
+    """`POST /rtc/answer` `{session, sdp}`: the subscriber's answer, before its socket is open."""
+    joins = request.app[HTTP_JOINS_KEY]
+    try:
+        body = await _json_body(request)
+        session = joins.get(body.get("session"))
+        if session is None or session.connection.ended:
+            raise SignallingError("not_found", NO_SESSION)
+        await session.connection._on_answer(body)
+    except SignallingError as exc:
+        return _http_error(exc)
+    return web.Response(status=204, headers=CORS_HEADERS)
+
+
+async def http_leave_handler(request: web.Request) -> web.Response:
+    """`POST /rtc/leave` `{session}`: leave, with or without an attached socket."""
+    joins = request.app[HTTP_JOINS_KEY]
+    try:
+        body = await _json_body(request)
+        session = joins.get(body.get("session"))
+        if session is None:
+            raise SignallingError("not_found", NO_SESSION)
+    except SignallingError as exc:
+        return _http_error(exc)
+    joins.discard(session)
+    connection = session.connection
+    await connection._leave()
+    if connection.ws is not None and not connection.ws.closed:
+        await connection.ws.close()
+    return web.Response(status=204, headers=CORS_HEADERS)
+
+
+async def http_preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS_PREFLIGHT)
+
+
+def add_http_join_routes(app: web.Application) -> None:
+    """`POST /rtc/join`, `/rtc/answer`, `/rtc/leave` (and their CORS preflights)."""
+    app[HTTP_JOINS_KEY] = joins = HttpJoins()
+    app.router.add_post("/rtc/join", http_join_handler)
+    app.router.add_post("/rtc/answer", http_answer_handler)
+    app.router.add_post("/rtc/leave", http_leave_handler)
+    for path in ("/rtc/join", "/rtc/answer", "/rtc/leave"):
+        app.router.add_route("OPTIONS", path, http_preflight)
+    app.on_shutdown.append(joins.close)
+
+
 NODE_KEY: web.AppKey[SfuNode] = web.AppKey("sfu_node", SfuNode)
+HTTP_JOINS_KEY: web.AppKey[HttpJoins] = web.AppKey("sfu_http_joins", HttpJoins)

@@ -493,3 +493,19 @@ async def test_vanished_publisher_is_unpublished_for_everyone_without_leaks(sfu_
     finally:
         await watcher.close()
         await viewer.leave()
+
+
+async def test_rejoining_alone_keeps_the_room_that_later_joiners_enter(sfu_node):
+    """The same identity joining again while it is the room's only participant replaces the
+    old connection; the room must stay registered, or later joiners get a fresh room and the
+    two never see each other."""
+    first = await RoomClient.connect(sfu_node.url, sfu_node.token("alice"), network=LOOPBACK)
+    second = await RoomClient.connect(sfu_node.url, sfu_node.token("alice"), network=LOOPBACK)
+    bob = await RoomClient.connect(sfu_node.url, sfu_node.token("bob"), network=LOOPBACK)
+    try:
+        room = sfu_node.node.rooms.rooms["shop"]
+        assert set(room.participants) == {"alice", "bob"}
+        assert "alice" in bob.participants
+    finally:
+        for client in (bob, second, first):
+            await client.close()

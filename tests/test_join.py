@@ -384,6 +384,9 @@ async ({url, token, options}) => {
     for (const remote of room.remoteTracks.values()) attach(remote);
     room.on("trackSubscribed", attach);
   });
+  for (let i = 0; i < 200 && room.joinPath === "http" && !room.timings.attached; i++) {
+    await new Promise((r) => setTimeout(r, 10)); // (the HTTP join: until the socket attached)
+  }
   const timings = room.timings;
   await room.disconnect();
   return { frameMs, timings, width: video.videoWidth };
@@ -403,9 +406,18 @@ async def test_browser_sdk_joins_fast_and_the_old_way(sfu_node):
             page = await browser.open(f"{sfu_node.url}/healthz")
             results = {}
             for label, options in (
-                ("fast", {}),
+                ("fast", {}),  # the HTTP join, then the WebSocket attaches
+                ("ws", {"httpJoin": False}),  # the join in the WebSocket's upgrade request
                 # a `join` message, the offer as its own message, ICE gathering awaited
-                ("old", {"urlJoin": False, "inlineOffer": False, "waitForIceGathering": True}),
+                (
+                    "old",
+                    {
+                        "httpJoin": False,
+                        "urlJoin": False,
+                        "inlineOffer": False,
+                        "waitForIceGathering": True,
+                    },
+                ),
             ):
                 token = sfu_node.token(f"viewer-{label}", publish=False, subscribe=True)
                 results[label] = await page.evaluate(
@@ -415,16 +427,23 @@ async def test_browser_sdk_joins_fast_and_the_old_way(sfu_node):
         for label, result in results.items():
             assert result["width"] == 320, (label, result)
             steps = result["timings"]
-            assert steps["wsOpen"] <= steps["offer"] <= steps["answerSent"], (label, steps)
+            assert steps["joined"] <= steps["offer"] <= steps["answerSent"], (label, steps)
+            if label != "fast":  # (the HTTP join's socket opens after `joined`)
+                assert steps["wsOpen"] <= steps["offer"], (label, steps)
             assert steps["answerSent"] < result["frameMs"], (label, steps)
             assert "subscriberConnected" in steps, (label, steps)
-        fast = results["fast"]["timings"]
-        assert fast["offer"] - fast["joined"] < 5  # the offer came inside `joined`
+        for label in ("fast", "ws"):
+            steps = results[label]["timings"]
+            assert steps["offer"] - steps["joined"] < 5  # the offer came inside `joined`
+        assert "attached" in results["fast"]["timings"]
         stats = await get_stats(sfu_node)
         recent = {j["identity"]: j for j in stats["joins"]["recent"]}
         assert recent["viewer-fast"]["inline_offer"] is True
+        assert recent["viewer-fast"]["http_join"] is True
+        assert recent["viewer-ws"]["inline_offer"] is True
+        assert "http_join" not in recent["viewer-ws"]
         assert recent["viewer-old"]["inline_offer"] is False
-        for identity in ("viewer-fast", "viewer-old"):
+        for identity in ("viewer-fast", "viewer-ws", "viewer-old"):
             assert "first_video_packet" in recent[identity]["ms"]
     finally:
         await pub.leave()

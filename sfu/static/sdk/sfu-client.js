@@ -17,10 +17,16 @@
 // names the SFU cannot resolve anyway): the SFU learns the browser's address from its
 // connectivity checks (peer-reflexive candidates), which is how it reaches browsers behind NAT.
 //
-// Joining costs no round trip of its own: the join rides in the WebSocket upgrade request and
-// `joined`, with the SFU's offer for every track already live inside, follows the handshake.
-// While the socket opens the SDK creates the subscriber connection and (with
-// `connect(..., {publish: stream})`) the publish offer, sent as soon as the socket is open.
+// Joining costs no round trip of its own. By default the join is an HTTP request
+// (`POST /rtc/join`) on the keep-alive connection the page already has to the node (it just
+// loaded the page or this module from it): no TCP handshake, and its reply, `joined` with the
+// SFU's offer for every track already live inside, comes back one round trip after connect().
+// The answer goes back the same way (`POST /rtc/answer`) while the WebSocket opens and attaches
+// to the joined participant (`/rtc?session=...`) for events and everything else. Where that is
+// not possible (an older node, a proxy that only passes the WebSocket, `httpJoin: false`), the
+// join rides in the WebSocket upgrade request instead and `joined` follows the handshake.
+// Meanwhile the SDK creates the subscriber connection and (with `connect(..., {publish:
+// stream})`) the publish offer, which goes with the join.
 
 /** How long a request may wait for its reply. */
 const REQUEST_TIMEOUT_MS = 10000;
@@ -58,7 +64,13 @@ export const SIMULCAST_ENCODINGS = [
  *   TURN servers in `iceServers` if publishers need them.
  * @property {boolean} [inlineOffer=true] ask the SFU to put its first offer inside `joined`
  *   (otherwise it follows as an `offer` message; both work).
- * @property {boolean} [urlJoin=true] join in the WebSocket's upgrade request
+ * @property {boolean} [httpJoin=true] join with `POST /rtc/join` on the page's keep-alive
+ *   connection to the node, then attach the WebSocket (saves the WebSocket's TCP round trip
+ *   before the first frame). If the request fails (network or CORS error, no such endpoint,
+ *   a proxy's error page, a timeout) the SDK falls back to the WebSocket join by itself; a
+ *   refusal of the join itself (`unauthorized`, `forbidden`, `room_full`, `node_full`,
+ *   `bad_request`) is thrown as it is. `false`: always join over the WebSocket.
+ * @property {boolean} [urlJoin=true] on the WebSocket join: join in the upgrade request
  *   (`/rtc?access_token=...&join=1`), which saves a round trip: `joined` follows the handshake
  *   at once. `false` sends a `join` message instead (nodes older than this SDK need that).
  * @property {boolean} [waitForIceGathering=false] send offers and answers only once ICE
@@ -79,8 +91,10 @@ export const SIMULCAST_ENCODINGS = [
 /**
  * Milliseconds from the start of connect() to each step of the join (absent until it happens).
  * @typedef {Object} JoinTimings
- * @property {number} [wsOpen] the WebSocket is open (the join went with its upgrade request)
- * @property {number} [joined] `joined` arrived
+ * @property {number} [wsOpen] the WebSocket is open (on the WebSocket join the join went with
+ *   its upgrade request; on the HTTP join it opens after `joined`, to attach)
+ * @property {number} [joined] `joined` arrived (the HTTP join's response, or on the socket)
+ * @property {number} [attached] HTTP join: the SFU confirmed the WebSocket's attach
  * @property {number} [offer] the SFU's first subscriber offer arrived
  * @property {number} [answerSent] our answer to it was sent
  * @property {number} [subscriberConnected] the subscriber connection is connected (ICE + DTLS)
@@ -183,6 +197,18 @@ const CAPTIONS_TOPIC_PREFIX = "captions/";
  * @property {"start"|"up"|"down"} reason
  */
 
+/** Join refusals the WebSocket join would repeat: no point falling back to it for these. */
+const FINAL_JOIN_ERRORS = new Set([
+  "unauthorized",
+  "forbidden",
+  "room_full",
+  "node_full",
+  "bad_request",
+]);
+
+/** The HTTP join did not work for a reason the WebSocket join may not share. */
+class HttpJoinUnavailable extends Error {}
+
 /** An `error` message from the SFU, or a request that failed or timed out. */
 export class SfuError extends Error {
   /**
@@ -222,6 +248,19 @@ export function signallingUrl(url) {
   if (!u.pathname.endsWith("/rtc")) u.pathname = u.pathname.replace(/\/+$/, "") + "/rtc";
   u.search = "";
   u.hash = "";
+  return u.toString();
+}
+
+/**
+ * `http://host:8080/x` and `join` → `http://host:8080/x/rtc/join` (the HTTP join's endpoints).
+ * @param {string} url
+ * @param {"join"|"answer"|"leave"} name
+ * @returns {string}
+ */
+export function httpJoinUrl(url, name) {
+  const u = new URL(signallingUrl(url));
+  u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+  u.pathname += `/${name}`;
   return u.toString();
 }
 
@@ -364,7 +403,19 @@ export class Room extends Emitter {
     this.publisherPc = null;
     /** @type {RTCPeerConnection|null} */
     this.subscriberPc = null;
+    /**
+     * How connect() joined: "http" (`POST /rtc/join`, then the WebSocket attached) or
+     * "websocket" (`httpJoin: false`, or the HTTP join was not possible).
+     * @type {"http"|"websocket"|null}
+     */
+    this.joinPath = null;
     this._ws = null;
+    this._url = "";
+    /** @type {string|null} the HTTP join's session id, for attaching and for POSTs */
+    this._session = null;
+    this._attached = false;
+    /** messages sent while the attaching WebSocket is still opening, in order */
+    this._outbox = [];
     this._nextRequestId = 1;
     this._pending = new Map();
     this._offers = Promise.resolve();
@@ -396,6 +447,157 @@ export class Room extends Emitter {
 
   async _connect(url, token) {
     this._t0 = performance.now();
+    this._url = url;
+    // While the join is under way: the subscriber connection (the SFU's offer comes with
+    // `joined`) and the publish offer, if any. Neither needs anything from the SFU.
+    this.subscriberPc = this._createPc();
+    let publishing = null;
+    try {
+      const items = this.options.publish ? publishItems(this.options.publish) : null;
+      publishing = items ? this._preparePublish(items) : null;
+      if (publishing) publishing.catch(() => {}); // (awaited below)
+      if (this.options.httpJoin !== false && (await this._joinOverHttp(url, token, publishing))) {
+        return;
+      }
+    } catch (err) {
+      this._teardown("disconnected");
+      throw err;
+    }
+    await this._joinOverWebSocket(url, token, publishing);
+  }
+
+  /**
+   * `POST /rtc/join` on the page's keep-alive connection; then the WebSocket attaches.
+   * @returns {Promise<boolean>} false: not possible here, join over the WebSocket instead
+   */
+  async _joinOverHttp(url, token, publishing) {
+    const prepared = publishing ? await publishing : null;
+    const body = {
+      token,
+      auto_subscribe: this.options.autoSubscribe !== false,
+      inline_offer: this.options.inlineOffer !== false,
+    };
+    if (this.options.name) body.name = this.options.name;
+    if (this.options.metadata) body.metadata = this.options.metadata;
+    if (prepared) body.publish = { sdp: prepared.sdp, tracks: prepared.tracks };
+    let reply;
+    try {
+      reply = await this._post("join", body, this.options.timeoutMs);
+    } catch (err) {
+      if (err instanceof SfuError && FINAL_JOIN_ERRORS.has(err.code)) throw err;
+      console.info(`sfu-client: HTTP join not possible (${err.message}); joining over WebSocket`);
+      return false;
+    }
+    if (!reply || reply.type !== "joined" || typeof reply.session !== "string") {
+      console.info("sfu-client: unexpected HTTP join reply, joining over the WebSocket");
+      return false;
+    }
+    this.joinPath = "http";
+    this._session = reply.session;
+    this._onJoined(reply); // (queues the answer to the offer inside: it goes by POST)
+    this._attachSocket(url, reply.session);
+    if (prepared) {
+      // Applied once our answer to the SFU's offer is out: both at once compete for the
+      // browser's WebRTC thread, and the answer is what the first picture waits for.
+      this.publishing = reply.publish_error
+        ? Promise.reject(new SfuError(reply.publish_error.code, reply.publish_error.message))
+        : this._offers.then(() => this._applyPublishAnswer(prepared, reply.publish_answer));
+      this.publishing.catch((err) => this._emit("error", toSfuError(err, "publish_failed")));
+    }
+    this._connectDone = true;
+    this._resolveAfterConnect();
+    return true;
+  }
+
+  /**
+   * POST a JSON body (as text/plain: a CORS "simple request", no preflight round trip) to
+   * `/rtc/<name>`. Resolves with the JSON reply (null for 204); rejects with an SfuError for a
+   * protocol error reply, with HttpJoinUnavailable for anything else.
+   */
+  async _post(name, body, timeoutMs, extra = {}) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    try {
+      let response;
+      try {
+        response = await fetch(httpJoinUrl(this._url, name), {
+          method: "POST",
+          body: JSON.stringify(body),
+          cache: "no-store",
+          signal: controller.signal,
+          ...extra,
+        });
+      } catch (err) {
+        throw new HttpJoinUnavailable(`POST /rtc/${name}: ${errorText(err)}`);
+      }
+      if (response.status === 204) return null;
+      let data = null;
+      try {
+        data = await response.json();
+      } catch {
+        // not JSON: not this protocol's reply (e.g. a proxy's error page)
+      }
+      if (data && data.type === "error" && typeof data.code === "string") {
+        throw new SfuError(data.code, data.message || "");
+      }
+      if (!response.ok || !data) {
+        throw new HttpJoinUnavailable(`POST /rtc/${name}: HTTP ${response.status}`);
+      }
+      return data;
+    } catch (err) {
+      if (err instanceof SfuError || err instanceof HttpJoinUnavailable) throw err;
+      throw new HttpJoinUnavailable(`POST /rtc/${name}: ${errorText(err)}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Open `/rtc?session=...` for the HTTP-joined participant: its events and requests. */
+  _attachSocket(url, session) {
+    const u = new URL(signallingUrl(url));
+    u.searchParams.set("session", session);
+    const ws = new WebSocket(u.toString());
+    this._ws = ws;
+    ws.onmessage = (event) => this._onMessage(event.data);
+    ws.onopen = () => {
+      this._mark("wsOpen");
+      const queued = this._outbox;
+      this._outbox = [];
+      for (const message of queued) ws.send(JSON.stringify(message));
+    };
+    ws.onclose = (event) => this._onSocketClosed(event);
+    this._awaitReply("attach", "attach", this.options.timeoutMs).then(
+      () => {
+        this._attached = true;
+        this._mark("attached");
+      },
+      (err) => {
+        if (this.state === "disconnected") return;
+        this._emit("error", toSfuError(err, "attach_failed"));
+        this._teardown("disconnected");
+      },
+    );
+  }
+
+  /** The answer to the SFU's offer: on the socket once it is open, before that by POST. */
+  _sendAnswer(sdp) {
+    const ws = this._ws;
+    if (!this._session || (ws && ws.readyState === WebSocket.OPEN)) {
+      this._send({ type: "answer", sdp });
+      return;
+    }
+    this._post("answer", { session: this._session, sdp }, this.options.timeoutMs).catch((err) => {
+      if (this.state !== "connected") return;
+      if (err instanceof SfuError) {
+        this._emit("error", err);
+      } else {
+        this._send({ type: "answer", sdp }); // (the socket takes it once it is open)
+      }
+    });
+  }
+
+  async _joinOverWebSocket(url, token, publishing) {
+    this.joinPath = "websocket";
     const urlJoin = this.options.urlJoin !== false;
     const ws = new WebSocket(urlJoin ? this._joinUrl(url, token) : signallingUrl(url));
     this._ws = ws;
@@ -417,13 +619,7 @@ export class Room extends Emitter {
         reject(new SfuError("connection_failed", `cannot open ${signallingUrl(url)}`));
       };
     });
-    // While the socket opens: the subscriber connection (the SFU's offer comes with `joined`)
-    // and the publish offer, if any. Neither needs anything from the SFU.
-    this.subscriberPc = this._createPc();
-    let publishing = null;
     try {
-      const items = this.options.publish ? publishItems(this.options.publish) : null;
-      publishing = items ? this._preparePublish(items) : null;
       await Promise.all([opened, publishing]);
     } catch (err) {
       this._teardown("disconnected");
@@ -515,10 +711,16 @@ export class Room extends Emitter {
   // -- signalling ---------------------------------------------------------------------------------
 
   _send(message) {
-    if (!this._ws || this._ws.readyState !== WebSocket.OPEN) {
+    const ws = this._ws;
+    const attaching = ws && ws.readyState === WebSocket.CONNECTING && this._session;
+    if (attaching && this.state === "connected") {
+      this._outbox.push(message); // HTTP join: the socket is still attaching; sent once open
+      return;
+    }
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
       throw new SfuError("closed", "not connected");
     }
-    this._ws.send(JSON.stringify(message));
+    ws.send(JSON.stringify(message));
   }
 
   /** A reply the SFU will send with this request id without our asking (the URL join). */
@@ -607,6 +809,7 @@ export class Room extends Emitter {
   }
 
   _onSocketClosed() {
+    if (this._session && !this._attached) this._leaveOverHttp(); // (never attached: leave now)
     for (const [, pending] of this._pending) {
       clearTimeout(pending.timer);
       pending.reject(new SfuError("closed", "the connection to the SFU closed"));
@@ -684,7 +887,7 @@ export class Room extends Emitter {
     await pc.setLocalDescription(await pc.createAnswer());
     if (this.options.waitForIceGathering) await iceGatheringComplete(pc);
     if (this.state !== "connected") return;
-    this._send({ type: "answer", sdp: pc.localDescription.sdp });
+    this._sendAnswer(pc.localDescription.sdp);
     this._mark("answerSent");
     if (!this._connectDone) {
       // (rare: our answer went out before connect() returned) let its caller listen first
@@ -965,14 +1168,23 @@ export class Room extends Emitter {
    */
   async disconnect() {
     if (this.state === "disconnected") return;
-    if (this._ws && this._ws.readyState === WebSocket.OPEN) {
+    if (this._ws && this._ws.readyState === WebSocket.OPEN && (this._attached || !this._session)) {
       try {
         await this._request({ type: "leave" }, 2000);
       } catch {
         // leaving anyway
       }
+    } else if (this._session) {
+      this._leaveOverHttp(); // HTTP join, socket not attached yet
     }
     this._teardown("disconnected");
+  }
+
+  _leaveOverHttp() {
+    const session = this._session;
+    if (!session || this._leftOverHttp) return;
+    this._leftOverHttp = true;
+    this._post("leave", { session }, 5000, { keepalive: true }).catch(() => {});
   }
 
   _teardown(state) {
@@ -1033,6 +1245,10 @@ function toCaption(msg) {
     start: p.start,
     end: p.end,
   };
+}
+
+function errorText(err) {
+  return String(err && err.message ? err.message : err);
 }
 
 function toSfuError(err, code) {
