@@ -712,9 +712,11 @@ export class Room extends Emitter {
 
   _send(message) {
     const ws = this._ws;
-    const attaching = ws && ws.readyState === WebSocket.CONNECTING && this._session;
-    if (attaching && this.state === "connected") {
-      this._outbox.push(message); // HTTP join: the socket is still attaching; sent once open
+    // HTTP join: until the socket is open (or even created: `joined` handlers may send),
+    // messages wait in the outbox and go out, in order, as soon as it opens.
+    const attaching = this._session && (!ws || ws.readyState === WebSocket.CONNECTING);
+    if (attaching && this.state !== "disconnected") {
+      this._outbox.push(message);
       return;
     }
     if (!ws || ws.readyState !== WebSocket.OPEN) {
