@@ -93,7 +93,7 @@ class BweConfig:
     increase_per_s: float = 0.08
     acked_headroom: float = 1.5  # increases stop at this x acknowledged bitrate (+10 kbps)
     app_limited_ratio: float = 0.5  # acked below this x estimate: application-limited
-    app_limited_decrease: float = 0.5  # an overuse then cuts to at least this x estimate
+    app_limited_decrease: float = 0.85  # an overuse then cuts to at least this x estimate
     # loss-based bound
     loss_low: float = 0.02
     loss_high: float = 0.10
@@ -376,9 +376,9 @@ class AimdRateControl:
                 if acked_bps is not None and acked_bps < cfg.app_limited_ratio * self.estimate:
                     # Application-limited (we send far less than the estimate, e.g. a low
                     # simulcast layer): the acked rate says nothing about the link, so a
-                    # delay bump (often our own probe) halves the estimate instead of
-                    # collapsing it to what we happened to send. Real congestion keeps
-                    # signalling and brings it down within a few round trips.
+                    # delay bump (often our own probe, or jitter) takes 15 % off the estimate
+                    # instead of collapsing it to what we happened to send. Real congestion
+                    # keeps signalling, once per round trip, and brings it down within a second.
                     new = max(new, cfg.app_limited_decrease * self.estimate)
                 if acked_bps is not None:
                     if self._cap_mean is not None and acked_bps < self._cap_bounds()[0]:
