@@ -3,7 +3,7 @@
 - LayerSelector: separate holds for spatial and temporal moves up (temporal wavering must not
   delay climbing), severe drops are link changes and not flapping, a successful probe moves
   up at once when nothing flapped lately, temporal steps up need no probe.
-- BandwidthEstimator / AimdRateControl: an overuse while application-limited halves the
+- BandwidthEstimator / AimdRateControl: an overuse while application-limited cuts only part of the
   estimate instead of collapsing it to the acknowledged rate; `end_probe` finishes a probe
   that sent fewer packets than planned as soon as those are reported.
 - DownTrack retransmission budget (token bucket), enforced by Forwarder.on_nack, set by
@@ -272,7 +272,7 @@ def test_successful_probe_waits_for_the_hold_after_spatial_flapping() -> None:
 # ============================================================================ BWE
 
 
-def test_app_limited_overuse_halves_the_estimate_instead_of_collapsing_it() -> None:
+def test_app_limited_overuse_cuts_part_of_the_estimate_instead_of_collapsing_it() -> None:
     cfg = BweConfig()
     rc = AimdRateControl(cfg)
     rc.set_estimate(2_000_000, 0.0)
