@@ -387,6 +387,11 @@ async ({url, token, options}) => {
   for (let i = 0; i < 200 && room.joinPath === "http" && !room.timings.attached; i++) {
     await new Promise((r) => setTimeout(r, 10)); // (the HTTP join: until the socket attached)
   }
+  // (the SFU may start media right after its DTLS Finished: the first frame can be shown
+  // before the browser's own connection state turns "connected")
+  for (let i = 0; i < 200 && room.timings.subscriberConnected === undefined; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+  }
   const timings = room.timings;
   await room.disconnect();
   return { frameMs, timings, width: video.videoWidth };
