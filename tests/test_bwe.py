@@ -291,3 +291,21 @@ def test_snapshot_has_the_stats_fields() -> None:
     snap = BandwidthEstimator().snapshot()
     for key in ("estimate_bps", "limited_by", "signal", "rate_state", "acked_bps", "loss_fraction"):
         assert key in snap
+
+
+def test_heavy_loss_with_a_flat_delay_drops_to_what_got_through() -> None:
+    """A full queue at a bottleneck keeps the delay flat: only loss and throughput show the
+    overload, so the loss bound falls to the acknowledged rate, not just by 1 - loss/2."""
+    est = BandwidthEstimator(BweConfig(start_bps=2_000_000))
+    results = []
+    seq = 0
+    for i in range(400):  # 4 s of 1000-byte packets every 10 ms (800 kbps), 30 % lost
+        send = i * 0.01
+        lost = i % 10 < 3
+        results.append(PacketResult(send, None if lost else send + 0.05, 1000, seq, -1))
+        seq += 1
+    for start in range(0, 400, 10):  # feedback every 100 ms
+        est.on_packet_results(results[start : start + 10], results[start + 9].send_time + 0.06)
+    acked = est.acked_bitrate_bps
+    assert acked is not None and 500_000 < acked < 620_000  # 70 % of 800 kbps got through
+    assert est.estimate_bps <= 1.05 * acked, (est.estimate_bps, acked)

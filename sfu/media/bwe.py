@@ -414,11 +414,15 @@ class LossBasedControl:
         self._lost += lost
         self._expected += expected
 
-    def update(self, reference_bps: float, now: float, rtt_s: float) -> float | None:
+    def update(
+        self, reference_bps: float, now: float, rtt_s: float, acked_bps: float | None = None
+    ) -> float | None:
         """Apply the loss seen since the last update once enough packets were reported.
 
         `reference_bps` is the current overall target: the bound moves relative to it, so the
-        loss-based value never runs far ahead of what the delay-based part allows.
+        loss-based value never runs far ahead of what the delay-based part allows. On heavy
+        loss the bound also drops to what actually got through (`acked_bps`): a full queue
+        at a bottleneck keeps the delay flat, so only loss and throughput show the overload.
         """
         cfg = self._cfg
         if self._expected < cfg.loss_min_packets:
@@ -434,6 +438,8 @@ class LossBasedControl:
         elif loss > cfg.loss_high:
             if self._last_decrease is None or now - self._last_decrease >= 0.3 + rtt_s:
                 self.estimate = base * (1 - 0.5 * loss)
+                if acked_bps is not None:
+                    self.estimate = min(self.estimate, max(acked_bps, cfg.min_bps))
                 self._last_decrease = now
         else:
             self.estimate = base
@@ -580,7 +586,7 @@ class BandwidthEstimator:
         self.signal = signal
         self.rate.update(signal, self.acked.bitrate(), now, self.rtt_s, self._packet_bits)
         self.loss.add(lost, total)
-        self.loss.update(self._delay_based(now), now, self.rtt_s)
+        self.loss.update(self._delay_based(now), now, self.rtt_s, self.acked.bitrate())
         self._finish_probes(now)
         return self._update_target(now)
 
