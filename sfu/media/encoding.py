@@ -10,15 +10,17 @@ selection compares with each subscriber's bandwidth estimate.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 from .ingress import NackGenerator, PacketCache, ReceiveStats
 from .rtp import RtpHeader
 
-# Bitrate measurement: bytes are summed per temporal layer over windows of this length and
-# smoothed, so one keyframe does not look like a layer that needs five times the bandwidth.
+# Bitrate measurement: bytes are summed per temporal layer over windows of this length, and
+# the reported rate covers the last few windows, so one keyframe does not look like a layer
+# that needs five times the bandwidth, nor a quiet moment like a cheap one.
 BITRATE_WINDOW_S = 0.5
-BITRATE_SMOOTHING = 0.5
+BITRATE_WINDOWS = 4  # reported: the rate over the last this many windows
 # An encoding that sent nothing for this long is inactive (the publisher paused the layer).
 INACTIVE_AFTER_S = 1.5
 MAX_TEMPORAL_LAYERS = 4
@@ -52,6 +54,7 @@ class Encoding:
         "_window_bytes",
         "_window_start",
         "_bitrates",
+        "_windows",
     )
 
     def __init__(
@@ -89,6 +92,7 @@ class Encoding:
         self._window_bytes = [0] * MAX_TEMPORAL_LAYERS
         self._window_start = -1.0
         self._bitrates: list[int] = []  # cumulative bps per temporal layer, smoothed
+        self._windows: deque[tuple[float, list[int]]] = deque(maxlen=BITRATE_WINDOWS)
 
     def reset(self, ssrc: int, clock_rate: int) -> None:
         """A new SSRC on this encoding (first packet, or the publisher restarted the stream)."""
@@ -119,15 +123,15 @@ class Encoding:
             self._window_bytes = [0] * MAX_TEMPORAL_LAYERS
             return
         span = now_s - self._window_start
-        total = 0
+        self._windows.append((span, self._window_bytes[: self.temporal_layers]))
+        # the rate over the last few windows (~2 s): one short dip (or keyframe burst) must
+        # not make a layer look cheaper (or dearer) than it is, or viewers would flap
+        total_span = sum(w[0] for w in self._windows)
         rates = []
+        total = 0
         for t in range(self.temporal_layers):
-            total += self._window_bytes[t]
-            rates.append(int(total * 8 / span))
-        old = self._bitrates
-        if len(old) == len(rates):
-            a = BITRATE_SMOOTHING
-            rates = [int(a * o + (1 - a) * n) for o, n in zip(old, rates, strict=True)]
+            total += sum(w[1][t] if t < len(w[1]) else 0 for w in self._windows)
+            rates.append(int(total * 8 / total_span))
         self._bitrates = rates
         self._window_start = now_s
         self._window_bytes = [0] * MAX_TEMPORAL_LAYERS

