@@ -76,6 +76,7 @@ class LayerConfig:
     flap_window_s: float = 10.0
     flap_hold_max_s: float = 30.0
     severe_drop_ratio: float = 0.5  # an estimate below this x the layer: a link change
+    probed_hold_s: float = 1.0  # after a successful probe, the estimate must hold this long
     fast_temporal_drop: bool = True
     # Above the lowest spatial layer, skip temporal layers below this one (no 7.5 fps HD).
     spatial_min_temporal: int = 1
@@ -403,10 +404,11 @@ class LayerSelector:
                 probed
                 and self.hold_s <= cfg.up_hold_s  # no spatial flapping seen lately
                 and now - self._last_down >= cfg.flap_window_s
-                and self.estimate_bps >= cfg.up_ratio * b
+                and self._held(layer, b, now, cfg.probed_hold_s)
             ):
                 # a successful probe measured the path at this layer's rate: stronger
-                # evidence than the hold time, so it does not wait for the hold window
+                # evidence than the hold time, so a short confirmation is enough (a short
+                # probe can slip through a token bucket's burst: the estimate must stay up)
                 best = layer
             elif held:
                 unprobed = (layer, b)
