@@ -446,6 +446,7 @@ class Forwarder:
         "paused",
         "dropped_waiting_keyframe",
         "dropped_temporal",
+        "dropped_draining",
         "primed",
         "resume_ts",
         "munging",
@@ -476,6 +477,7 @@ class Forwarder:
         self.paused = False  # video cut entirely (the link cannot carry even the lowest layer)
         self.dropped_waiting_keyframe = 0
         self.dropped_temporal = 0
+        self.dropped_draining = 0  # packets not sent while a severe down switch was pending
         self.primed = False  # the producer's cached keyframe was sent (once per forwarder)
         self.resume_ts = -1  # after the cached keyframe: live again from the frame after this
         # VP8 picture ids are rewritten once the stream continues another source or frames
@@ -504,6 +506,10 @@ class Forwarder:
         if enc is not None and enc.spatial != self.current:
             if not keyframe or not self._switch_to(enc.spatial, now_s):
                 return
+        elif self.selector is not None and self.selector.draining:
+            self.synced = False  # (resuming this layer, if it comes to that, needs a keyframe)
+            self.dropped_draining += 1
+            return
         seq_in = h.sequence_number
         newer = False
         if self.synced and h.ssrc == self.in_ssrc:

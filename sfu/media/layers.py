@@ -69,7 +69,7 @@ class LayerConfig:
     probe_success_ratio: float = 0.9  # a probe counts for layers it reached this x up_ratio x
     probe_valid_s: float = 5.0
     probe_timeout_s: float = 2.0
-    probe_max_multiple: float = 4.0  # exploratory probes at most this x the estimate
+    probe_max_multiple: float = 2.0  # exploratory probes at most this x the estimate
     explore_interval_s: float = 3.0
     explore_backoff_max_s: float = 6.0
     keyframe_interval_s: float = 0.5
@@ -108,6 +108,8 @@ class LayerSelector:
         self.estimate_bps = 0
         self.switches = 0
         self.spatial_switches = 0
+        # Severe congestion: forward nothing of the current layer until the target's keyframe.
+        self.draining = False
         self.hold_s = cfg.up_hold_s  # before a spatial move up (grows with spatial flapping)
         self.temporal_hold_s = cfg.up_hold_s  # before a temporal move up (grows, capped at 2x)
         # sliding minimum of the estimate over the hold window: (time, estimate), increasing
@@ -224,8 +226,23 @@ class LayerSelector:
                 severe = estimate_bps < cfg.severe_drop_ratio * target_bps
                 self.target = new
                 self._moved_down(now, forced=False, spatial_change=spatial_change, flap=not severe)
+                current = self.current
+                if (
+                    severe
+                    and current is not None
+                    and new.spatial < current.spatial
+                    and estimate_bps
+                    < cfg.severe_drop_ratio * self.bitrate_of(Layer(current.spatial, 0))
+                ):
+                    # Even the current layer's base is far beyond the link: what we still
+                    # send of it only keeps the bottleneck queue full (the picture freezes
+                    # anyway). Send nothing until the lower layer's keyframe, so that the
+                    # keyframe finds an empty queue.
+                    self.draining = True
                 self._apply_temporal(now)
                 return
+        if self.draining and (self.current is None or self.target.spatial >= self.current.spatial):
+            self.draining = False
         # up with hysteresis
         if self.target != layers[-1]:
             self._consider_up(ladder, now)
@@ -486,6 +503,8 @@ class LayerSelector:
             return
         self.current = layer
         self.switches += 1
+        if old is None or old.spatial != layer.spatial:
+            self.draining = False
         if old is not None and old.spatial != layer.spatial:
             self.spatial_switches += 1
         if self.on_switch is not None:
