@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 
 from .browser import launch_chromium
 from .conftest import start_node
+from .test_browser_interop import _poll
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -55,15 +55,6 @@ async def _open(browser, node, identity: str, publish: bool):
         [PAGE_HELPERS, node.url, token],
     )
     return page
-
-
-async def _poll(page, script: str, ready, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await page.evaluate(script)
-        if ready(result) or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.25)
 
 
 def _subscriber_entry(node, identity: str) -> dict:

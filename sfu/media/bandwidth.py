@@ -35,6 +35,7 @@ from .twcc import TransportSequencer, TwccFeedback
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.1
+DOWN_RATIO = 0.85  # see __init__
 # A probe is short (like libwebrtc's clusters): long enough to measure, short enough not to
 # overflow the queue of a link that turns out not to carry it.
 PROBE_DURATION_S = 0.05
@@ -95,7 +96,11 @@ class BandwidthController:
         self.estimator = BandwidthEstimator(
             BweConfig(start_bps=start_bps), on_probe_result=self._on_probe_result
         )
-        self.layer_config = layer_config or LayerConfig()
+        # Down only when the share falls clearly below the layer (DOWN_RATIO): an estimate
+        # capped near 1.5 x what an application-limited sender sends dips a little below the
+        # layer now and then on a lossy link, and each dip was a switch (weak-link lab,
+        # cross-border). Real congestion takes the estimate far lower at once.
+        self.layer_config = layer_config or LayerConfig(down_ratio=DOWN_RATIO)
         self.source = "none"  # where the estimate comes from: transport-cc, remb or none
         self._probes: dict[int, _Probe] = {}
         self._next_cluster = 0
