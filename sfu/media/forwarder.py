@@ -563,16 +563,11 @@ class Forwarder:
                     offset += 1
         out_seq = (seq_in + offset) & 0xFFFF
         out_ts = (h.timestamp + self.ts_offset) & 0xFFFFFFFF
-        # (inlined _send: this is the per-packet, per-subscriber path)
+        # (_send inlined: this is the per-packet, per-subscriber path)
         payload = None
         pid = tl0 = -1
         if self.munging and vp8 is not None and dt.munger is not None:
-            pid, tl0 = dt.munger.map(vp8.picture_id, vp8.tl0picidx)
-            if pid != vp8.picture_id or tl0 != vp8.tl0picidx:
-                payload = bytearray(memoryview(data)[h.payload_offset :])
-                rewrite_vp8(payload, 0, vp8, pid, tl0)
-            else:
-                pid = tl0 = -1
+            payload, pid, tl0 = self._rewritten(data, h, vp8)
         self._ring[out_seq & RING_MASK] = (
             out_seq,
             seq_in,
@@ -597,19 +592,21 @@ class Forwarder:
         payload = None
         pid = tl0 = -1
         if self.munging and vp8 is not None and dt.munger is not None:
-            pid, tl0 = dt.munger.map(vp8.picture_id, vp8.tl0picidx)
-            if pid != vp8.picture_id or tl0 != vp8.tl0picidx:
-                payload = bytearray(memoryview(data)[h.payload_offset :])
-                rewrite_vp8(payload, 0, vp8, pid, tl0)
-        self._ring[out_seq & RING_MASK] = (
-            out_seq,
-            h.sequence_number,
-            spatial,
-            out_ts,
-            pid if payload is not None else -1,
-            tl0 if payload is not None else -1,
-        )
+            payload, pid, tl0 = self._rewritten(data, h, vp8)
+        self._ring[out_seq & RING_MASK] = (out_seq, h.sequence_number, spatial, out_ts, pid, tl0)
         dt.send_media(data, h, out_seq, out_ts, now_s, payload)
+
+    def _rewritten(
+        self, data: bytes, h: RtpHeader, vp8: Vp8Info
+    ) -> tuple[bytearray | None, int, int]:
+        """The payload with its picture id/TL0PICIDX continued for this subscriber, and those
+        ids; (None, -1, -1) when they come out unchanged (the payload goes out untouched)."""
+        pid, tl0 = self.downtrack.munger.map(vp8.picture_id, vp8.tl0picidx)
+        if pid == vp8.picture_id and tl0 == vp8.tl0picidx:
+            return None, -1, -1
+        payload = bytearray(memoryview(data)[h.payload_offset :])
+        rewrite_vp8(payload, 0, vp8, pid, tl0)
+        return payload, pid, tl0
 
     # -- layers -------------------------------------------------------------------------------
 
