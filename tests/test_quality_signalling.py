@@ -10,11 +10,8 @@ requested quality, told by `layer_changed` events.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
 
-import aiohttp
 import pytest
 
 from sfu import Config
@@ -28,53 +25,11 @@ from .simulcast_packets import (
     three_layers,
     to_rid_simulcast,
 )
+from .test_faults import RawSocket
 
 
-class Socket:
-    """A bare signalling socket: send anything, read replies and events in order."""
-
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse):
-        self.session = session
-        self.ws = ws
-        self.seen: list[dict] = []
-
-    @classmethod
-    async def open(cls, node: RunningNode) -> Socket:
-        session = aiohttp.ClientSession()
-        ws = await session.ws_connect(node.url.replace("http://", "ws://") + "/rtc")
-        return cls(session, ws)
-
-    async def send(self, message: Any) -> None:
-        await self.ws.send_str(json.dumps(message))
-
-    async def next(self, type_: str, timeout: float = 5.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {type_} message within {timeout} s: {self.seen}")
-            raw = await self.ws.receive(timeout=left)
-            if raw.type != aiohttp.WSMsgType.TEXT:
-                raise ConnectionError(f"socket closed ({raw.type}, {self.ws.close_code})")
-            message = raw.json()
-            self.seen.append(message)
-            if message.get("type") == type_:
-                return message
-
-    async def error(self, message: dict, code: str) -> dict:
-        await self.send(message)
-        error = await self.next("error")
-        assert error["code"] == code, (message, error)
-        assert isinstance(error["message"], str) and error["message"]
-        return error
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.session.close()
-
-
-async def publish_simulcast(node: RunningNode, identity: str = "pub") -> tuple[Socket, dict]:
-    pub = await Socket.open(node)
+async def publish_simulcast(node: RunningNode, identity: str = "pub") -> tuple[RawSocket, dict]:
+    pub = await RawSocket.open(node)
     await pub.send({"type": "join", "token": node.token(identity)})
     await pub.next("joined")
     offer = to_rid_simulcast(await aiortc_video_offer())
@@ -86,7 +41,7 @@ async def publish_simulcast(node: RunningNode, identity: str = "pub") -> tuple[S
 
 async def test_quality_validation_and_quality_set(sfu_node) -> None:
     pub, answer = await publish_simulcast(sfu_node)
-    viewer = await Socket.open(sfu_node)
+    viewer = await RawSocket.open(sfu_node)
     try:
         (track,) = answer["tracks"]
         track_id = track["id"]
@@ -159,7 +114,7 @@ async def test_quality_validation_and_quality_set(sfu_node) -> None:
 @pytest.mark.parametrize("quality", [["high"], {"q": "high"}])
 async def test_quality_of_unhashable_type_is_a_bad_request(sfu_node, quality) -> None:
     pub, answer = await publish_simulcast(sfu_node)
-    viewer = await Socket.open(sfu_node)
+    viewer = await RawSocket.open(sfu_node)
     try:
         track_id = answer["tracks"][0]["id"]
         await viewer.send({"type": "join", "token": sfu_node.token("viewer")})
@@ -174,7 +129,7 @@ async def test_quality_of_unhashable_type_is_a_bad_request(sfu_node, quality) ->
 
 async def test_quality_needs_the_subscribe_grant(sfu_node) -> None:
     pub, answer = await publish_simulcast(sfu_node)
-    other = await Socket.open(sfu_node)
+    other = await RawSocket.open(sfu_node)
     try:
         await other.send(
             {"type": "join", "token": sfu_node.token("pub2", publish=True, subscribe=False)}

@@ -24,10 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from .bwe import BandwidthEstimator, BweConfig, ProbeResult
-from .forwarder import UNLIMITED_BPS, DownTrack, Forwarder, feed_layer_bitrates
+from .forwarder import (
+    UNLIMITED_BPS,
+    DownTrack,
+    Forwarder,
+    feed_layer_bitrates,
+    top_layer_selector,
+)
 from .layers import LayerConfig, LayerSelector
 from .producer import Producer
 from .twcc import TransportSequencer, TwccFeedback
@@ -106,24 +111,17 @@ class BandwidthController:
         self._next_cluster = 0
         self._probe_timer: asyncio.TimerHandle | None = None
         self.probes_sent = 0
-        self.history: list[tuple[float, int]] = []  # (time, estimate) after each change
-        self.on_estimate: Callable[[int], None] | None = None
 
     # -- selectors ---------------------------------------------------------------------------
 
     def new_selector(self, producer: Producer) -> LayerSelector:
         """A layer selector for a simulcast track this subscriber receives."""
-        if self.enabled:
-            selector = LayerSelector(self.layer_config)
-            now = time.monotonic()
-            feed_layer_bitrates(selector, producer, now)
-            selector.update(self._video_share(now), now)
-        else:
-            cfg = LayerConfig(probe_required=False, up_hold_s=0.0)
-            selector = LayerSelector(cfg)
-            now = time.monotonic()
-            feed_layer_bitrates(selector, producer, now)
-            selector.update(UNLIMITED_BPS, now)
+        if not self.enabled:
+            return top_layer_selector(producer)
+        selector = LayerSelector(self.layer_config)
+        now = time.monotonic()
+        feed_layer_bitrates(selector, producer, now)
+        selector.update(self._video_share(now), now)
         return selector
 
     @property
@@ -213,12 +211,6 @@ class BandwidthController:
         return max(0.0, estimate - audio - fixed) / layered
 
     def _decide(self, now_s: float) -> None:
-        if self.history and self.history[-1][1] == self.estimator.estimate_bps:
-            pass
-        elif self.enabled:
-            self.history.append((now_s, self.estimator.estimate_bps))
-            if len(self.history) > 600:
-                del self.history[:100]
         share = self._video_share(now_s)
         for fw in self._video_forwarders():
             selector = fw.selector

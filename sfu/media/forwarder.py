@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .layers import split_temporal
+from .layers import LayerConfig, LayerSelector, split_temporal
 from .rtcp import ReportBlock, Sdes, SenderReport, ntp_middle
 from .rtp import RTP_FIXED, RtpHeader
 from .vp8 import PictureIdMunger, Vp8Info, parse_vp8, rewrite_vp8
@@ -836,10 +836,8 @@ def bind(producer: Producer, downtrack: DownTrack, selector=None) -> Forwarder:
     return forwarder
 
 
-def top_layer_selector(producer: Producer):
+def top_layer_selector(producer: Producer) -> LayerSelector:
     """A selector that always wants the top layer (no bandwidth estimate: BWE off, WHEP...)."""
-    from .layers import LayerConfig, LayerSelector
-
     selector = LayerSelector(LayerConfig(probe_required=False, up_hold_s=0.0))
     feed_layer_bitrates(selector, producer, time.monotonic())
     selector.update(UNLIMITED_BPS, time.monotonic())
