@@ -262,7 +262,7 @@ class Sfu:
             "-m",
             "sfu",
             "--log-level",
-            "WARNING",
+            os.environ.get("SFU_BENCH_LOG_LEVEL", "WARNING"),
             "serve",
             "--config",
             str(self.config),

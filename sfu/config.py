@@ -99,6 +99,13 @@ class RtcSettings:
     # extension: about 1.5 RTT + 100 ms) so retransmissions arrive before the frame is due
     # instead of freezing the picture. Costs that much latency on such links only.
     adaptive_playout_delay: bool = True
+    # What a subscriber whose link cannot carry the top layer keeps first: "frame-rate" (360p
+    # at 30 fps rather than 720p at 15 fps; reduced frame rates only on the lowest layer) or
+    # "resolution" (720p at 15 fps offered too).
+    layer_preference: str = "frame-rate"
+
+
+LAYER_PREFERENCES = ("frame-rate", "resolution")
 
 
 @dataclass
@@ -173,6 +180,8 @@ class Config:
         size = self.rtc.packet_cache_size
         if size < 64 or size & (size - 1):
             raise ConfigError("rtc.packet_cache_size must be a power of two >= 64")
+        if self.rtc.layer_preference not in LAYER_PREFERENCES:
+            raise ConfigError(f"rtc.layer_preference must be one of {', '.join(LAYER_PREFERENCES)}")
         if not self.auth.api_keys:
             raise ConfigError("auth.api_keys must hold at least one key")
         for key, secret in self.auth.api_keys.items():

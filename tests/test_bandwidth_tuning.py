@@ -54,6 +54,7 @@ from sfu.media.producer import CodecInfo, Producer, TrackInfo
 from sfu.media.publisher import PublisherSession
 from sfu.media.rtcp import ReportBlock
 from sfu.media.rtp import EXT_MID, EXT_TRANSPORT_CC, ExtensionIds, RtpHeader
+from sfu.media.subscriber import SubscriberSession
 from sfu.media.twcc import TransportSequencer, TwccFeedback
 
 from .conftest import LOOPBACK
@@ -128,7 +129,7 @@ def start_on(sel: LayerSelector, estimate: float, spatial: int, t: float = 0.0) 
 
 
 def test_temporal_wavering_grows_only_the_temporal_hold_and_does_not_delay_a_spatial_climb():
-    sel, _ = make()
+    sel, _ = make(full_frame_rate_above_base=False)
     cfg = sel.config
     # q is 60/90/150 kbps cumulative: 140 kbps carries q/T1, 180 kbps (> 1.15 x 150k) q/T2
     start_on(sel, 140_000, 0)
@@ -183,6 +184,52 @@ def test_severe_fall_after_a_spatial_up_move_is_not_flapping(drop: float, double
     assert sel.temporal_hold_s == cfg.up_hold_s
 
 
+def test_a_fall_measured_in_two_steps_is_not_flapping() -> None:
+    """f, then the link falls: the estimate first lands on h (a partial measurement), a
+    moment later on q. The second step down follows a down, not an up: one link change, so
+    the hold before moving back up stays as it was (it doubled in the lab, and the viewer
+    needed 10 s instead of 4 to come back)."""
+    sel, _ = make(temporal_layers=1, explore_interval_s=1000.0)
+    cfg = sel.config
+    start_on(sel, 600_000, 1)
+    d = Driver(sel, t=0.1)
+    d.run(2.0 * F, 4.0, answer=2.0 * F)  # held, probed: up to f
+    assert sel.target == Layer(2, 0) and sel.on_keyframe(2, d.t)
+    d.run(2.0 * F, 1.0)
+    d.run(0.6 * F, 0.3)  # 900 kbit/s: h (not severe: > 0.5 x f)
+    assert sel.target == Layer(1, 0)
+    hold_after_first = sel.hold_s  # (a fall to just above half of f may be wavering: 2x)
+    assert hold_after_first == 2 * cfg.up_hold_s
+    assert sel.on_keyframe(1, d.t)
+    d.run(300_000, 0.3)  # then 300 kbit/s: q
+    assert sel.target == Layer(0, 0)
+    assert sel.hold_s == hold_after_first  # not doubled again
+
+
+def test_the_extra_hold_decays_after_a_calm_window_even_across_a_link_fall() -> None:
+    """Flapping doubled the hold; then the viewer moved up and nothing flapped for a whole
+    flap window. A fall of the link in that window (no flap) does not keep the doubled hold
+    alive: it is earned back, so the climb after the link recovers is not slowed (lab:
+    a flap during warm-up still held the viewer 6 s on q half a minute later)."""
+    sel, _ = make(temporal_layers=1, explore_interval_s=1000.0)
+    cfg = sel.config
+    start_on(sel, 600_000, 1)
+    d = Driver(sel, t=0.1)
+    d.run(2.0 * F, 4.0, answer=2.0 * F)
+    assert sel.target == Layer(2, 0) and sel.on_keyframe(2, d.t)
+    d.run(1_400_000, 0.1)  # mild drop right after the up move: flapping
+    assert sel.hold_s == 2 * cfg.up_hold_s and sel.on_keyframe(1, d.t)
+    d.run(2.0 * F, 2 * cfg.up_hold_s + 0.5, answer=2.0 * F)  # up again after the long hold
+    assert sel.target == Layer(2, 0) and sel.on_keyframe(2, d.t)
+    up_at = d.t
+    d.run(2.0 * F, 5.0)
+    d.run(0.2 * F, 0.2)  # the link falls: far below f, no flap
+    assert sel.target.spatial < 2
+    assert sel.hold_s == 2 * cfg.up_hold_s
+    d.run(0.2 * F, up_at + cfg.flap_window_s + 0.5 - d.t)
+    assert sel.hold_s == cfg.up_hold_s
+
+
 def test_temporal_moves_up_need_no_probe_spatial_ones_do() -> None:
     sel, _ = make()
     start_on(sel, 70_000, 0)  # q/T0 (60 kbps) only
@@ -196,7 +243,7 @@ def test_temporal_moves_up_need_no_probe_spatial_ones_do() -> None:
     assert all(p.layer.spatial > 0 for _, p in d.probes), d.probes
     assert not [p for _, p in d.probes if not p.exploratory]
     # a spatial step does: held long enough for h/T1, a probe for it is asked first
-    sel2, _ = make(explore_interval_s=1000.0)
+    sel2, _ = make(explore_interval_s=1000.0, full_frame_rate_above_base=False)
     start_on(sel2, 180_000, 0)
     d2 = Driver(sel2, t=0.1)
     d2.run(400_000, 3.5)
@@ -287,6 +334,37 @@ def test_app_limited_overuse_cuts_part_of_the_estimate_instead_of_collapsing_it(
     rc2.set_estimate(2_000_000, 0.0)
     rc2.update(BandwidthUsage.OVERUSE, 1_500_000, 1.0, 0.1)
     assert rc2.estimate == pytest.approx(cfg.beta * 1_500_000)
+    # a link that fell: we sent 1.8 Mbit/s and 500 kbit/s got through. Acked is far below
+    # the estimate, but so was not what we sent: congestion, the usual cut (lab, drop-recover:
+    # treated as application-limited it cost 0.3 s before the layer went down)
+    rc3 = AimdRateControl(cfg)
+    rc3.set_estimate(2_600_000, 0.0)
+    rc3.update(BandwidthUsage.OVERUSE, 500_000, 1.0, 0.05, sent_bps=1_800_000)
+    assert rc3.estimate == pytest.approx(cfg.beta * 500_000)
+    # and what we sent, when known, decides application-limited (not what got through)
+    rc4 = AimdRateControl(cfg)
+    rc4.set_estimate(2_000_000, 0.0)
+    rc4.update(BandwidthUsage.OVERUSE, 300_000, 1.0, 0.1, sent_bps=320_000)
+    assert rc4.estimate == pytest.approx(cfg.app_limited_decrease * 2_000_000)
+
+
+def test_overuse_within_the_grace_holds_the_estimate_and_after_it_cuts() -> None:
+    """A keyframe burst sent on purpose: an overuse before `overuse_grace_until` holds the
+    estimate (counted), the same overuse after it cuts as usual."""
+    series = _queue_building_series()
+    held = BandwidthEstimator(BweConfig(start_bps=500_000))
+    held.overuse_grace_until = 1e9
+    for r in series:
+        held.on_packet_results([r], r.arrival_time + 0.01)
+    assert held.overuse_events >= 1 and held.overuse_forgiven >= 1
+    assert held.rate.decreases == 0
+    assert held.snapshot()["overuse_forgiven"] == held.overuse_forgiven
+    cut = BandwidthEstimator(BweConfig(start_bps=500_000))
+    cut.overuse_grace_until = series[0].arrival_time  # (already over)
+    for r in series:
+        cut.on_packet_results([r], r.arrival_time + 0.01)
+    assert cut.rate.decreases >= 1 and cut.overuse_forgiven == 0
+    assert cut.estimate_bps < held.estimate_bps
 
 
 def _queue_building_series(n_flat: int = 60, n_ramp: int = 60) -> list[PacketResult]:
@@ -842,3 +920,71 @@ async def test_single_stream_publisher_with_transport_cc_gets_feedback(publisher
     assert producer.packets == 3
     seen = received_by_feedback(publisher._twcc.build())
     assert seen == {3: True, 4: True, 5: False, 6: True}
+
+
+def _waver_like_cross_border(sel: LayerSelector, d: Driver, seconds: float) -> None:
+    """An application-limited estimate on a far, lossy 1.5 Mbit/s link: it sits near
+    0.65-0.8 Mbit/s and jumps to ~1.3 Mbit/s for a second after each successful probe, until
+    the next delay bump takes it back (weak-link lab, cross-border)."""
+    pattern = ((700_000, 3.0), (1_300_000, 2.5), (650_000, 3.0), (1_250_000, 2.5))
+    end = d.t + seconds
+    i = 0
+    while d.t < end:
+        estimate, hold = pattern[i % len(pattern)]
+        for _ in range(round(hold / d.dt)):
+            d.step(estimate, answer=estimate)
+            if sel.switch_pending and sel.target is not None:
+                sel.on_keyframe(sel.target.spatial, d.t)
+        i += 1
+
+
+@pytest.mark.parametrize("frame_rate_first", [True, False])
+def test_frame_rate_preference_holds_h_on_a_wavering_estimate(frame_rate_first: bool) -> None:
+    """720p at 15 fps (~0.9 Mbit/s) and 360p at 30 fps (~0.5 Mbit/s) sit close together; an
+    estimate wavering between them flips a resolution-first selector between f and h (each a
+    keyframe and a visible jump); the frame-rate-first ladder has nothing between h (0.5) and
+    f at full rate (1.5), so it rests on h."""
+    sel, _ = make(full_frame_rate_above_base=frame_rate_first)
+    start_on(sel, 700_000, 1)
+    d = Driver(sel, t=0.1)
+    _waver_like_cross_border(sel, d, 60.0)
+    if frame_rate_first:
+        assert sel.switches == 1 and sel.spatial_switches == 0  # the start only
+        assert {layer for _, layer in d.targets} == {Layer(1, 2)}
+    else:
+        assert sel.spatial_switches >= 2  # h -> f/T1 -> h (the flap guard then holds it)
+
+
+def test_frame_rate_preference_ladder() -> None:
+    sel, _ = make()
+    assert sel.config.full_frame_rate_above_base
+    assert [layer for layer, _ in sel._ladder()] == [
+        Layer(0, 0),
+        Layer(0, 1),
+        Layer(0, 2),
+        Layer(1, 2),
+        Layer(2, 2),
+    ]
+    sel.update(1_400_000, 0.0)
+    assert sel.target == Layer(1, 2)  # not f/T1 (900 kbit/s)
+    capped, _ = make()
+    capped.set_requested(None, 1)  # a viewer asking for at most temporal layer 1
+    capped.update(1_400_000, 0.0)
+    assert capped.target == Layer(2, 1)  # f/T1 is then the full rate it asked for
+
+
+@pytest.mark.parametrize(
+    ("preference", "frame_rate_first"), [("frame-rate", True), ("resolution", False)]
+)
+async def test_layer_preference_setting_reaches_the_subscribers_selectors(
+    preference: str, frame_rate_first: bool
+) -> None:
+    session = SubscriberSession(
+        identity="viewer", network=LOOPBACK, rtc=RtcSettings(layer_preference=preference)
+    )
+    try:
+        config = session.bandwidth.layer_config
+        assert config.full_frame_rate_above_base is frame_rate_first
+        assert config.down_ratio == bandwidth_module.DOWN_RATIO
+    finally:
+        await session.close()

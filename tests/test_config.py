@@ -91,6 +91,7 @@ def test_region_examples_use_their_region_and_no_dev_secret(region: str):
         ("[auth.api_keys]\nprod = 5\n", "auth.api_keys.prod: secret must be a string"),
         ("[auth]\napi_keys = {}\n", "auth.api_keys must hold at least one key"),
         ("[rtc]\npacket_cache_size = 1000\n", "rtc.packet_cache_size must be a power of two"),
+        ('[rtc]\nlayer_preference = "sharp"\n', "rtc.layer_preference must be one of frame-rate"),
         ("[limits]\nmax_message_bytes = 10\n", "limits.max_message_bytes must be at least 1024"),
         ("[server\nport = 1\n", "node.toml"),  # TOML syntax error names the file
     ],

@@ -56,7 +56,7 @@ def test_start_waits_for_a_keyframe_at_or_below_target() -> None:
 
 
 def test_down_is_immediate_and_keyframe_gated() -> None:
-    sel, events = make()
+    sel, events = make(full_frame_rate_above_base=False)
     at_top(sel, 0.0)
     sel.update(1_400_000, 1.0)  # below f's 1.5 Mbps, above f/T1 (900 kbps)
     assert sel.target == Layer(2, 1)
@@ -118,8 +118,23 @@ def test_failed_probe_blocks_the_move_and_backs_off() -> None:
     assert sel.take_probe_request(t) is not None
 
 
-def test_exploratory_probe_when_the_estimate_is_application_limited() -> None:
+def test_a_second_step_down_asks_for_its_keyframe_at_once() -> None:
+    """The link keeps falling: target h, then q 100 ms later. q's keyframe is asked for at
+    once (the throttle is per layer; lab: waiting out h's throttle cost 0.5 s of freeze)."""
     sel, _ = make()
+    at_top(sel, 0.0)
+    sel.update(700_000, 1.0)
+    assert sel.target == Layer(1, 2)
+    assert sel.keyframe_request(1.0) == 1
+    sel.update(160_000, 1.1)
+    assert sel.target == Layer(0, 2)
+    assert sel.keyframe_request(1.1) == 0
+    assert sel.keyframe_request(1.2) is None  # the same layer again: throttled
+    assert sel.keyframe_request(1.1 + sel.config.keyframe_interval_s) == 0
+
+
+def test_exploratory_probe_when_the_estimate_is_application_limited() -> None:
+    sel, _ = make(full_frame_rate_above_base=False)
     sel.update(200_000, 0.0)  # only q fits
     sel.on_keyframe(0, 0.0)
     assert sel.current == Layer(0, 2)
@@ -144,7 +159,7 @@ def test_exploratory_probe_when_the_estimate_is_application_limited() -> None:
 
 
 def test_estimate_oscillation_does_not_flap() -> None:
-    sel, _ = make()
+    sel, _ = make(full_frame_rate_above_base=False)
     at_top(sel, 0.0)
     targets = [sel.target]
     t = 0.0

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from sfu.media import bandwidth as bandwidth_module
+from sfu.media.bandwidth import BandwidthController
 from sfu.media.encoding import INACTIVE_AFTER_S
 from sfu.media.forwarder import NO_TEMPORAL_LIMIT, DownTrack, bind, feed_layer_bitrates
 from sfu.media.layers import Layer, LayerConfig, LayerSelector
 from sfu.media.producer import CodecInfo, Producer, TrackInfo
 from sfu.media.rtp import EXT_MID, ExtensionIds, RtpHeader
+from sfu.media.twcc import TwccFeedback
 
 from .simulcast_packets import (
     L1T3,
@@ -640,3 +643,40 @@ def test_keyframe_dimensions_ignore_scaling_bits_and_non_keyframes() -> None:
     producer.on_rtp(packet, RtpHeader.parse(packet), 1.3, enc)
     assert (enc.width, enc.height) == (640, 360)
     assert producer.layers[0].width == 0 and producer.layers[2].width == 0
+
+
+def test_a_spatial_move_up_gives_the_estimator_a_keyframe_burst_grace() -> None:
+    """The keyframe that starts a higher layer is a burst: the subscriber's controller holds
+    the estimate on overuse for KEYFRAME_BURST_GRACE_S + RTT after the move, not otherwise."""
+    rig = Rig()
+    rig.warm_up()
+    rig.bind(200_000)  # q fits
+    ctrl = BandwidthController([rig.dt])
+    seq = 0
+
+    def feedback(at: float) -> None:
+        nonlocal seq
+        base = seq
+        for k in range(10):
+            ctrl.sequencer.next_seq(1200, at - 0.2 + k * 0.01)
+            seq += 1
+        arrivals = [int((at - 0.18 + k * 0.01) * 1e6) for k in range(10)]
+        packet = TwccFeedback.from_arrivals(1, seq & 0xFF, base, arrivals).serialize()
+        ctrl.on_transport_feedback(packet, at)
+
+    rig.until_tl0()
+    rig.step(keyframes=(0,))
+    assert rig.fw.layer is not None and rig.fw.layer[0] == 0
+    feedback(rig.now)
+    assert ctrl.estimator.overuse_grace_until < rig.now  # started, never moved up
+    # the controller's 1 Mbit/s start estimate fits h: the selector (no hold, no probe in
+    # this rig) moves there on h's keyframe
+    assert rig.selector.target is not None and rig.selector.target.spatial == 1
+    rig.until_tl0()
+    rig.step(keyframes=(1,))
+    assert rig.fw.layer is not None and rig.fw.layer[0] == 1
+    up_at = rig.selector.spatial_up_at
+    assert up_at > 0
+    feedback(rig.now + 0.1)
+    grace = bandwidth_module.KEYFRAME_BURST_GRACE_S + ctrl.estimator.rtt_s
+    assert ctrl.estimator.overuse_grace_until == pytest.approx(up_at + grace)

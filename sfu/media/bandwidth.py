@@ -53,6 +53,12 @@ PROBE_OVERSHOOT = 1.2
 # Retransmissions may use at most this share of the estimate (the rest is for media).
 RTX_SHARE = 0.3
 PLAYOUT_DELAY_MIN_RTT_S = 0.1
+# A new spatial layer starts with its keyframe, several frames' worth of bytes that the
+# publisher's pacer sent at its own (uplink) pace: at the viewer's bottleneck it queues for a
+# moment and the delay detector calls that overuse. For this long (plus an RTT, until the
+# feedback has told) after a move up, an overuse holds the estimate instead of cutting it;
+# loss still cuts it, and a link that cannot carry the layer keeps signalling after it.
+KEYFRAME_BURST_GRACE_S = 0.5
 PLAYOUT_DELAY_MAX_S = 1.0
 PLAYOUT_DELAY_HOLD_S = 30.0
 
@@ -93,6 +99,7 @@ class BandwidthController:
         start_bps: int = 1_000_000,
         layer_config: LayerConfig | None = None,
         adaptive_playout_delay: bool = False,
+        full_frame_rate_above_base: bool = True,
     ) -> None:
         self.enabled = enabled
         self.adaptive_playout_delay = adaptive_playout_delay
@@ -105,7 +112,9 @@ class BandwidthController:
         # capped near 1.5 x what an application-limited sender sends dips a little below the
         # layer now and then on a lossy link, and each dip was a switch (weak-link lab,
         # cross-border). Real congestion takes the estimate far lower at once.
-        self.layer_config = layer_config or LayerConfig(down_ratio=DOWN_RATIO)
+        self.layer_config = layer_config or LayerConfig(
+            down_ratio=DOWN_RATIO, full_frame_rate_above_base=full_frame_rate_above_base
+        )
         self.source = "none"  # where the estimate comes from: transport-cc, remb or none
         self._probes: dict[int, _Probe] = {}
         self._next_cluster = 0
@@ -138,7 +147,13 @@ class BandwidthController:
         results = self.sequencer.on_feedback(feedback)
         if results:
             self.source = "transport-cc"
-            self.estimator.on_packet_results(results, now_s)
+            estimator = self.estimator
+            up_at = max(
+                (fw.selector.spatial_up_at for fw in self._video_forwarders() if fw.selector),
+                default=-1e9,
+            )
+            estimator.overuse_grace_until = up_at + KEYFRAME_BURST_GRACE_S + estimator.rtt_s
+            estimator.on_packet_results(results, now_s)
             self._decide(now_s)
 
     def on_remb(self, bitrate_bps: int, now_s: float) -> None:

@@ -22,7 +22,8 @@ receiver's clock or None if lost, size), plus REMB and RTT when known. Output: a
    Increases stop at 1.5 x the acknowledged bitrate, so an application-limited sender does not
    inflate the estimate (probes, below, are how it rises past what is sent).
 6. Loss-based bound, per >= 20 reported packets: loss > 10 % -> x (1 - 0.5 loss) (at most once
-   per 300 ms + RTT); loss < 2 % -> may rise 8 %/s; in between -> hold.
+   per 300 ms + RTT); loss < 2 % -> may rise 8 %/s; in between -> hold. A collapse (loss >=
+   25 % in one window, or > 10 % in two windows running) also caps it at what got through.
 7. Probes: a cluster of packets sent at a target rate; the rate it achieved, min(send rate,
    receive rate), lifts the estimate at once (how the estimate climbs faster than AIMD allows).
 
@@ -92,11 +93,15 @@ class BweConfig:
     beta: float = 0.85
     increase_per_s: float = 0.08
     acked_headroom: float = 1.5  # increases stop at this x acknowledged bitrate (+10 kbps)
-    app_limited_ratio: float = 0.5  # acked below this x estimate: application-limited
+    app_limited_ratio: float = 0.5  # sent below this x estimate: application-limited
     app_limited_decrease: float = 0.85  # an overuse then cuts to at least this x estimate
     # loss-based bound
     loss_low: float = 0.02
     loss_high: float = 0.10
+    # Heavy loss this high in one window (or > loss_high in two running) is a collapsed link:
+    # the bound falls to the acknowledged rate. One window of 20-30 packets over loss_high
+    # alone is common on a link with 2 % random loss (3 of 22), and is only noise.
+    loss_collapse: float = 0.25
     loss_min_packets: int = 20
     # acknowledged bitrate
     acked_window_s: float = 0.5
@@ -344,7 +349,12 @@ class AimdRateControl:
         now: float,
         rtt_s: float,
         packet_bits: float = 9600.0,
+        sent_bps: float | None = None,
     ) -> float:
+        """One detector signal. `sent_bps`: what we sent over the same window as `acked_bps`
+        (by send time); it tells a sender that sends little (application-limited) from a link
+        that delivers little of what it was sent (congested). Without it, `acked_bps` stands in.
+        """
         cfg = self._cfg
         dt = 0.0 if self._last_update is None else max(now - self._last_update, 0.0)
         self._last_update = now
@@ -373,7 +383,8 @@ class AimdRateControl:
             if self._time_to_reduce(now, acked_bps, rtt_s):
                 base = acked_bps if acked_bps is not None else self.estimate
                 new = min(cfg.beta * base, self.estimate)
-                if acked_bps is not None and acked_bps < cfg.app_limited_ratio * self.estimate:
+                sent = sent_bps if sent_bps is not None else acked_bps
+                if sent is not None and sent < cfg.app_limited_ratio * self.estimate:
                     # Application-limited (we send far less than the estimate, e.g. a low
                     # simulcast layer): the acked rate says nothing about the link, so a
                     # delay bump (often our own probe, or jitter) takes 15 % off the estimate
@@ -409,10 +420,43 @@ class LossBasedControl:
         self._expected = 0
         self._last_update: float | None = None
         self._last_decrease: float | None = None
+        self._heavy_before = False  # the previous window's loss was above loss_high
+        self._received_bytes = 0
+        self._first_size = 0
+        self._first_arrival: float | None = None
+        self._last_arrival: float | None = None
 
-    def add(self, lost: int, expected: int) -> None:
+    def add(
+        self,
+        lost: int,
+        expected: int,
+        received_bytes: int = 0,
+        first_arrival: float | None = None,
+        first_size: int = 0,
+        last_arrival: float | None = None,
+    ) -> None:
+        """Count one report's packets; with arrivals, also what got through and when."""
         self._lost += lost
         self._expected += expected
+        if first_arrival is not None and last_arrival is not None:
+            if self._first_arrival is None or first_arrival < self._first_arrival:
+                self._first_arrival = first_arrival
+                self._first_size = first_size
+            if self._last_arrival is None or last_arrival > self._last_arrival:
+                self._last_arrival = last_arrival
+            self._received_bytes += received_bytes
+
+    def _window_receive_rate(self) -> float | None:
+        """What got through during this loss window (bps), if its arrivals span >= 20 ms.
+
+        On a collapsed link this is the new capacity: the bottleneck drains at its rate.
+        The acked rate (a 0.5 s window) still holds arrivals from before the collapse.
+        """
+        first, last = self._first_arrival, self._last_arrival
+        if first is None or last is None or last - first < 0.02:
+            return None
+        # (the first arrival opens the span: its bytes came before it)
+        return (self._received_bytes - self._first_size) * 8 / (last - first)
 
     def update(
         self, reference_bps: float, now: float, rtt_s: float, acked_bps: float | None = None
@@ -429,18 +473,27 @@ class LossBasedControl:
             return self.estimate
         loss = self._lost / self._expected
         self.loss_fraction = loss
-        self._lost = self._expected = 0
+        receive_rate = self._window_receive_rate()
+        self._lost = self._expected = self._received_bytes = 0
+        self._first_arrival = self._last_arrival = None
         dt = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
         self._last_update = now
         base = reference_bps if self.estimate is None else min(self.estimate, reference_bps)
+        heavy = loss > cfg.loss_high
+        collapse = heavy and (loss >= cfg.loss_collapse or self._heavy_before)
+        self._heavy_before = heavy
         if loss < cfg.loss_low:
             self.estimate = max(base * (1 + cfg.increase_per_s) ** dt + 1000 * dt, base)
-        elif loss > cfg.loss_high:
+        elif heavy:
             if self._last_decrease is None or now - self._last_decrease >= 0.3 + rtt_s:
                 self.estimate = base * (1 - 0.5 * loss)
-                if acked_bps is not None:
-                    self.estimate = min(self.estimate, max(acked_bps, cfg.min_bps))
                 self._last_decrease = now
+            if collapse:
+                # a measurement, not a step: applies at once, whenever a window shows it
+                through = [r for r in (acked_bps, receive_rate) if r is not None]
+                if through:
+                    cap = max(min(through), cfg.min_bps)
+                    self.estimate = min(self.estimate if self.estimate else base, cap)
         else:
             self.estimate = base
         self.estimate = min(max(self.estimate or base, cfg.min_bps), cfg.max_bps)
@@ -499,6 +552,8 @@ class BandwidthEstimator:
         self.rate = AimdRateControl(cfg)
         self.loss = LossBasedControl(cfg)
         self.acked = AckedBitrate(cfg.acked_window_s)
+        # what we sent, over the same window by send time (of the packets feedback reported)
+        self.sent = AckedBitrate(cfg.acked_window_s)
         self.rtt_s = 0.1
         self._rtt_seen = False
         self.estimate_bps = cfg.start_bps
@@ -507,6 +562,10 @@ class BandwidthEstimator:
         self.has_feedback = False
         self.last_probe: ProbeResult | None = None
         self.overuse_events = 0
+        # Until then (feedback time) an overuse does not cut the estimate; the owner sets it
+        # when it sends a burst on purpose (see BandwidthController). Counted when it applies.
+        self.overuse_grace_until = -math.inf
+        self.overuse_forgiven = 0
         self._remb: float | None = None
         self._remb_time = -math.inf
         self._probes: dict[int, _ProbeCluster] = {}
@@ -551,8 +610,10 @@ class BandwidthEstimator:
         received = []
         lost = total = 0
         probes = self._probes
+        sent = self.sent
         for r in results:
             total += 1
+            sent.update(r.send_time, r.size)
             if r.arrival_time is None:
                 lost += 1
             else:
@@ -584,8 +645,27 @@ class BandwidthEstimator:
         if signal is BandwidthUsage.OVERUSE and self.signal is not BandwidthUsage.OVERUSE:
             self.overuse_events += 1
         self.signal = signal
-        self.rate.update(signal, self.acked.bitrate(), now, self.rtt_s, self._packet_bits)
-        self.loss.add(lost, total)
+        rate_signal = signal
+        if signal is BandwidthUsage.OVERUSE and now < self.overuse_grace_until:
+            # a burst we sent on purpose (a new layer's keyframe) queued for a moment: hold,
+            # as while a queue drains, instead of cutting the estimate for it
+            rate_signal = BandwidthUsage.UNDERUSE
+            self.overuse_forgiven += 1
+        acked = self.acked.bitrate()
+        self.rate.update(
+            rate_signal,
+            acked,
+            now,
+            self.rtt_s,
+            self._packet_bits,
+            self.sent.bitrate(),
+        )
+        if received:
+            first = received[0].arrival_time
+            last = received[-1].arrival_time
+            self.loss.add(lost, total, bits >> 3, first, received[0].size, last)
+        else:
+            self.loss.add(lost, total)
         self.loss.update(self._delay_based(now), now, self.rtt_s, self.acked.bitrate())
         self._finish_probes(now)
         return self._update_target(now)
@@ -688,4 +768,5 @@ class BandwidthEstimator:
             "threshold": round(self.detector.threshold, 3),
             "rtt_ms": round(self.rtt_s * 1000, 1),
             "overuse_events": self.overuse_events,
+            "overuse_forgiven": self.overuse_forgiven,
         }

@@ -72,13 +72,22 @@ class LayerConfig:
     probe_max_multiple: float = 2.0  # exploratory probes at most this x the estimate
     explore_interval_s: float = 3.0
     explore_backoff_max_s: float = 6.0
-    keyframe_interval_s: float = 0.5
+    # asking again after this long (Chrome ignores requests within 300 ms of the last one)
+    keyframe_interval_s: float = 0.35
     flap_window_s: float = 10.0
     flap_hold_max_s: float = 30.0
     severe_drop_ratio: float = 0.5  # an estimate below this x the layer: a link change
     probed_hold_s: float = 1.0  # after a successful probe, the estimate must hold this long
     fast_temporal_drop: bool = True
-    # Above the lowest spatial layer, skip temporal layers below this one (no 7.5 fps HD).
+    # Above the lowest spatial layer, only the full frame rate is a layer to rest on: 360p at
+    # 30 fps is preferred to 720p at 15 fps. A viewer watching a host move and handle products
+    # notices judder more than resolution, and the gap between spatial layers (~3x) is wide
+    # enough that an estimate wavering on a far, lossy link does not flip between them, where
+    # f at 15 fps and h at 30 fps sit close together (weak-link lab, cross-border). False:
+    # resolution first, temporal layers from `spatial_min_temporal` up are offered too.
+    full_frame_rate_above_base: bool = True
+    # (full_frame_rate_above_base False) above the lowest spatial layer, skip temporal layers
+    # below this one (no 7.5 fps HD).
     spatial_min_temporal: int = 1
 
 
@@ -119,7 +128,12 @@ class LayerSelector:
         self._last_up = -1e9
         self._last_spatial_up = -1e9
         self._hold_decay_from = -1e9
+        self._last_flap = -1e9  # when flapping last grew a hold
+        # when `current` last moved up to a higher spatial layer (its keyframe arrived): the
+        # keyframe comes as a burst, see BandwidthController
+        self.spatial_up_at = -1e9
         self._last_keyframe_request = -1e9
+        self._last_keyframe_layer = -1
         self._probe_request: ProbeRequest | None = None
         self._probe_in_flight: ProbeRequest | None = None
         self._probe_sent_at = 0.0
@@ -186,6 +200,8 @@ class LayerSelector:
             return True
         if spatial == target.spatial and current.spatial != spatial:
             up = spatial > current.spatial
+            if up:
+                self.spatial_up_at = now
             self._set_current(target, "up" if up else "down")
             return True
         return False
@@ -222,10 +238,17 @@ class LayerSelector:
             if new < self.target:
                 spatial_change = new.spatial != self.target.spatial
                 # a fall far below the layer is the link changing, not the estimate hovering
-                # around a threshold: it does not count as flapping
+                # around a threshold: it does not count as flapping; nor does a second step
+                # down with no move up in between (the same fall, measured in two steps)
                 severe = estimate_bps < cfg.severe_drop_ratio * target_bps
+                cascade = self._last_down > self._last_up
                 self.target = new
-                self._moved_down(now, forced=False, spatial_change=spatial_change, flap=not severe)
+                self._moved_down(
+                    now,
+                    forced=False,
+                    spatial_change=spatial_change,
+                    flap=not severe and not cascade,
+                )
                 current = self.current
                 if (
                     severe
@@ -248,10 +271,12 @@ class LayerSelector:
             self._consider_up(ladder, now)
         if (
             (self.hold_s > cfg.up_hold_s or self.temporal_hold_s > cfg.up_hold_s)
-            and self._last_up > self._last_down
+            and self._last_up > self._last_flap
             and now - self._hold_decay_from >= cfg.flap_window_s
         ):
-            # an up move that held for a whole flap window earns back half the extra hold
+            # an up move after the last flap, then a whole flap window without flapping,
+            # earns back half the extra hold (a down move that was no flap, the link
+            # falling, does not stop that)
             self.hold_s = max(cfg.up_hold_s, self.hold_s / 2)
             self.temporal_hold_s = max(cfg.up_hold_s, self.temporal_hold_s / 2)
             self._hold_decay_from = now
@@ -266,9 +291,15 @@ class LayerSelector:
             return None
         if self.current is not None and self.current.spatial == target.spatial:
             return None
-        if now - self._last_keyframe_request < self.config.keyframe_interval_s:
+        # (throttled per layer: when the target moves on to another layer, say a second step
+        # down while the link keeps falling, its keyframe is asked for at once)
+        if (
+            target.spatial == self._last_keyframe_layer
+            and now - self._last_keyframe_request < self.config.keyframe_interval_s
+        ):
             return None
         self._last_keyframe_request = now
+        self._last_keyframe_layer = target.spatial
         return target.spatial
 
     def take_probe_request(self, now: float) -> ProbeRequest | None:
@@ -321,7 +352,12 @@ class LayerSelector:
             top = len(rates) - 1
             if self.max_temporal is not None:
                 top = min(top, max(self.max_temporal, 0))
-            low = 0 if s == spatials[0] else min(self.config.spatial_min_temporal, top)
+            if s == spatials[0]:
+                low = 0
+            elif self.config.full_frame_rate_above_base:
+                low = top
+            else:
+                low = min(self.config.spatial_min_temporal, top)
             for t in range(low, top + 1):
                 if rates[t] > 0:
                     out.append((Layer(s, t), rates[t]))
@@ -381,8 +417,10 @@ class LayerSelector:
                 pass
             elif spatial_change and now - self._last_spatial_up < cfg.flap_window_s:
                 self.hold_s = min(self.hold_s * 2, cfg.flap_hold_max_s)
+                self._last_flap = now
             elif not spatial_change and now - self._last_up < cfg.flap_window_s:
                 self.temporal_hold_s = min(self.temporal_hold_s * 2, 2 * cfg.up_hold_s)
+                self._last_flap = now
             self._last_down = now
             self._probe_time = -1e9  # earlier probes no longer vouch for anything
             self._probe_request = None

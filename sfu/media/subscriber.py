@@ -112,6 +112,7 @@ class SubscriberSession:
             enabled=rtc.bwe,
             start_bps=rtc.bwe_start_bitrate,
             adaptive_playout_delay=rtc.adaptive_playout_delay,
+            full_frame_rate_above_base=rtc.layer_preference == "frame-rate",
         )
         self._transport_cc_ids: dict[str, int] = {}  # mid -> negotiated extension id
         self._playout_delay_ids: dict[str, int] = {}
