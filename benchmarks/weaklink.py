@@ -243,6 +243,10 @@ async () => {
     out.plis = v.pliCount ?? null;
     out.rtx_bytes = v.retransmittedBytesReceived ?? null;
     out.frames_dropped = v.framesDropped ?? null;
+    out.frames_received = v.framesReceived ?? null;
+    out.jb_delay_s = v.jitterBufferDelay ?? null;
+    out.jb_target_s = v.jitterBufferTargetDelay ?? null;
+    out.jb_emitted = v.jitterBufferEmittedCount ?? null;
   }
   if (a) {
     out.audio_lost = a.packetsLost ?? null;

@@ -179,7 +179,8 @@ def test_severe_fall_after_a_spatial_up_move_is_not_flapping(drop: float, double
     assert sel.hold_s == cfg.up_hold_s
     d.run(2.0 * F, 1.0)
     d.run(drop * F, 0.1)  # within flap_window_s of the spatial up move
-    assert sel.target == Layer(1, 0)
+    # (a severe fall picks its spatial layer for half the estimate: q here)
+    assert sel.target == (Layer(0, 0) if drop < cfg.severe_drop_ratio else Layer(1, 0))
     assert sel.hold_s == (2 * cfg.up_hold_s if doubles else cfg.up_hold_s)
     assert sel.temporal_hold_s == cfg.up_hold_s
 
@@ -546,6 +547,19 @@ def test_on_nack_beyond_the_budget_is_skipped(monkeypatch) -> None:
     clock[0] += 0.125
     assert fw.on_nack(seqs[5:8]) == 1
     assert dt.retransmissions_skipped == 10
+
+
+def test_the_keyframe_the_layer_started_on_is_resent_beyond_the_budget(monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(forwarder_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    _, dt, fw, sink = single_stream_rig()
+    seqs = [m["seq"] for m in (rtp_fields(p) for p in sink.packets)]
+    dt.rtx_budget_bps = 3 * RTX_PACKET_BYTES * 8 / RTX_BURST_S
+    assert fw.on_nack(seqs[2:10]) == 3  # the budget: 3 packets, then nothing
+    assert fw.on_nack(seqs[5:8]) == 0
+    # the first frame (the keyframe the stream started on, 2 packets) still goes out
+    assert fw.on_nack(seqs[:2]) == 2
+    assert fw.on_nack(seqs[8:10]) == 0
 
 
 def _twcc_feedback(seqr: TransportSequencer, n: int, t0: float) -> bytes:

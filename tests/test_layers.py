@@ -61,7 +61,7 @@ def test_down_is_immediate_and_keyframe_gated() -> None:
     sel.update(1_400_000, 1.0)  # below f's 1.5 Mbps, above f/T1 (900 kbps)
     assert sel.target == Layer(2, 1)
     assert sel.current == Layer(2, 1)  # temporal: no keyframe needed
-    sel.update(400_000, 1.1)  # only q fits (h/T1 = 300 kbps fits too)
+    sel.update(480_000, 1.1)  # h/T1 (300 kbps) fits, h/T2 does not (not a severe fall)
     assert sel.target == Layer(1, 1)
     assert sel.current == Layer(2, 0)  # cut to the base temporal layer while waiting
     assert sel.keyframe_request(1.1) == 1
@@ -123,7 +123,7 @@ def test_a_second_step_down_asks_for_its_keyframe_at_once() -> None:
     once (the throttle is per layer; lab: waiting out h's throttle cost 0.5 s of freeze)."""
     sel, _ = make()
     at_top(sel, 0.0)
-    sel.update(700_000, 1.0)
+    sel.update(800_000, 1.0)
     assert sel.target == Layer(1, 2)
     assert sel.keyframe_request(1.0) == 1
     sel.update(160_000, 1.1)
@@ -131,6 +131,21 @@ def test_a_second_step_down_asks_for_its_keyframe_at_once() -> None:
     assert sel.keyframe_request(1.1) == 0
     assert sel.keyframe_request(1.2) is None  # the same layer again: throttled
     assert sel.keyframe_request(1.1 + sel.config.keyframe_interval_s) == 0
+
+
+def test_a_severe_fall_goes_down_far_enough_at_once() -> None:
+    """f, then the first measurement of a collapsing link: 550 kbit/s (< half of f). h would
+    fit that, but the link is still falling (lab: 300 kbit/s a moment later) and each step
+    costs a keyframe: the spatial layer is chosen for half the estimate (q), at the frame rate
+    the whole estimate carries. A fall that is not severe still takes the best fit."""
+    sel, _ = make()
+    at_top(sel, 0.0)
+    sel.update(550_000, 1.0)
+    assert sel.target == Layer(0, 2)
+    mild, _ = make()
+    at_top(mild, 0.0)
+    mild.update(800_000, 1.0)  # > half of f: h
+    assert mild.target == Layer(1, 2)
 
 
 def test_exploratory_probe_when_the_estimate_is_application_limited() -> None:

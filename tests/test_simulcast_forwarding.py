@@ -63,7 +63,9 @@ class Wire:
 class Rig:
     """A simulcast publisher, its Producer, and one subscriber's DownTrack."""
 
-    def __init__(self, *, pli_throttle_s: float = 0.3, sync_bits: bool = True) -> None:
+    def __init__(
+        self, *, pli_throttle_s: float = 0.3, sync_bits: bool = True, keyframe_cache_s: float = 0.0
+    ) -> None:
         self.requests: list[int] = []  # SSRCs the producer asked keyframes for
         self.producer = Producer(
             TrackInfo(id="TR_sim", kind="video", publisher="pub"),
@@ -71,6 +73,7 @@ class Rig:
             send_keyframe_request=self.requests.append,
             pli_throttle_s=pli_throttle_s,
             rids=RIDS,
+            keyframe_cache_s=keyframe_cache_s,
         )
         self.streams = three_layers()
         self.sync_bits = sync_bits
@@ -297,9 +300,10 @@ def test_switch_up_and_down_only_at_keyframes_with_one_continuous_stream() -> No
     first_f = next(i for i, fr in enumerate(frames) if fr.layer == 2)
     assert frames[first_f].tid == 0 and frames[first_f].packets == 5  # the whole keyframe
 
-    # down: the estimate collapses; f is cut to its base layer until q's keyframe
-    rig.update(200_000)
-    assert rig.selector.target == Layer(0, 2)
+    # down: the estimate falls far (a severe fall: q) but f's base layer still fits it; f is
+    # cut to its base layer until q's keyframe
+    rig.update(650_000)
+    assert rig.selector.target == Layer(0, 2) and not rig.selector.draining
     assert rig.fw.layer == (2, 0)
     mark = len(rig.wire.media())
     rig.run(8)  # no q keyframe yet: f's TL0 frames only
@@ -680,3 +684,84 @@ def test_a_spatial_move_up_gives_the_estimator_a_keyframe_burst_grace() -> None:
     feedback(rig.now + 0.1)
     grace = bandwidth_module.KEYFRAME_BURST_GRACE_S + ctrl.estimator.rtt_s
     assert ctrl.estimator.overuse_grace_until == pytest.approx(up_at + grace)
+
+
+def _at_top_after_a_keyframe_on_every_layer(frames_after: int) -> Rig:
+    """On f; then one request answered with keyframes on every layer (as Chrome does), and
+    `frames_after` frames since."""
+    rig = Rig(keyframe_cache_s=2.0)
+    rig.warm_up()
+    rig.bind(3_000_000)
+    rig.until_tl0()
+    rig.step(keyframes=(2,))
+    rig.run(10)
+    assert rig.fw.layer == (2, 2)
+    rig.until_tl0()
+    rig.step(keyframes=(0, 1, 2))
+    rig.run(frames_after)
+    assert rig.fw.layer == (2, 2)
+    return rig
+
+
+def test_a_move_down_starts_on_a_keyframe_that_just_went_by() -> None:
+    rig = _at_top_after_a_keyframe_on_every_layer(frames_after=2)
+    mark = len(rig.wire.media())
+    rig.update(200_000)  # the link fell: q, whose keyframe passed two frames ago
+    assert rig.selector.target == Layer(0, 2) and rig.selector.switch_pending
+    asked_before = len(rig.requests)
+    assert rig.fw.switch_down_on_recent_keyframe(rig.now)
+    assert rig.fw.layer == (0, 2) and not rig.selector.switch_pending
+    assert rig.dt.recent_keyframe_switches == 1
+    replayed = check_continuous(rig, start=mark)
+    assert [fr.layer for fr in replayed] == [0, 0, 0]  # the keyframe and the two frames since
+    assert replayed[0].tid == 0
+    rig.run(6)  # and q goes on live, one continuous stream with what came before
+    frames = check_continuous(rig)
+    assert layers_of(frames) == [2, 0]
+    assert len([fr for fr in frames if fr.layer == 0]) == 3 + 6
+    assert rig.producer.layers[0].ssrc not in rig.requests[asked_before:]  # nothing to ask
+
+
+def test_no_start_on_an_old_keyframe_nor_for_a_move_up() -> None:
+    rig = _at_top_after_a_keyframe_on_every_layer(frames_after=15)  # 0.5 s ago
+    rig.update(200_000)
+    assert rig.selector.switch_pending
+    assert not rig.fw.switch_down_on_recent_keyframe(rig.now)
+    assert rig.fw.layer == (2, 0) and rig.dt.recent_keyframe_switches == 0
+    # the normal way: q's next keyframe
+    rig.until_tl0()
+    rig.step(keyframes=(0,))
+    assert rig.fw.layer == (0, 2)
+    # up to h with h's keyframe just gone by: not this way (a move up waits for a fresh one)
+    rig.until_tl0()
+    rig.step(keyframes=(0, 1))
+    rig.update(3_000_000)
+    rig.step()
+    rig.update(3_000_000)
+    assert rig.selector.target is not None and rig.selector.target.spatial > 0
+    assert not rig.fw.switch_down_on_recent_keyframe(rig.now)
+    assert rig.fw.layer == (0, 2)
+
+
+def test_a_layer_whose_base_exceeds_a_collapsed_link_is_drained_until_the_keyframe() -> None:
+    """f, then 200 kbit/s: even f's base layer is beyond the link. Nothing of f goes out while
+    q's keyframe is awaited (it would only fill the bottleneck queue the keyframe must pass);
+    the stream then goes on with q, one continuous stream."""
+    rig = Rig()
+    rig.warm_up()
+    rig.bind(3_000_000)
+    rig.until_tl0()
+    rig.step(keyframes=(2,))
+    rig.run(6)
+    assert rig.fw.layer == (2, 2)
+    rig.update(200_000)
+    assert rig.selector.target == Layer(0, 2) and rig.selector.draining
+    mark = len(rig.wire.media())
+    rig.run(7)
+    assert len(rig.wire.media()) == mark  # drained
+    assert rig.fw.dropped_draining > 0
+    rig.until_tl0()
+    rig.step(keyframes=(0,))
+    rig.run(4)
+    assert not rig.selector.draining and rig.fw.layer == (0, 2)
+    assert layers_of(check_continuous(rig)) == [2, 0]

@@ -233,6 +233,8 @@ class BandwidthController:
                 continue
             feed_layer_bitrates(selector, fw.producer, now_s)
             selector.update(share, now_s)
+            if selector.switch_pending and fw.switch_down_on_recent_keyframe(now_s):
+                continue  # started on a keyframe that just went by: nothing to ask for
             spatial = selector.keyframe_request(now_s)
             if spatial is not None:
                 fw.producer.request_keyframe(now_s, spatial)

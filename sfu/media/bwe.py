@@ -423,6 +423,9 @@ class LossBasedControl:
         self._heavy_before = False  # the previous window's loss was above loss_high
         self._received_bytes = 0
         self._first_size = 0
+        self._sent_bytes = 0
+        self._first_send: float | None = None
+        self._last_send: float | None = None
         self._first_arrival: float | None = None
         self._last_arrival: float | None = None
 
@@ -434,10 +437,20 @@ class LossBasedControl:
         first_arrival: float | None = None,
         first_size: int = 0,
         last_arrival: float | None = None,
+        sent_bytes: int = 0,
+        first_send: float | None = None,
+        last_send: float | None = None,
     ) -> None:
-        """Count one report's packets; with arrivals, also what got through and when."""
+        """Count one report's packets; with arrivals and send times, also what got through
+        and what was sent, and when."""
         self._lost += lost
         self._expected += expected
+        if first_send is not None and last_send is not None:
+            if self._first_send is None or first_send < self._first_send:
+                self._first_send = first_send
+            if self._last_send is None or last_send > self._last_send:
+                self._last_send = last_send
+            self._sent_bytes += sent_bytes
         if first_arrival is not None and last_arrival is not None:
             if self._first_arrival is None or first_arrival < self._first_arrival:
                 self._first_arrival = first_arrival
@@ -451,12 +464,19 @@ class LossBasedControl:
 
         On a collapsed link this is the new capacity: the bottleneck drains at its rate.
         The acked rate (a 0.5 s window) still holds arrivals from before the collapse.
+        Only when we sent clearly more than got through: a sender that went quiet (a layer
+        being drained) leaves arrivals sparse, and their rate then says nothing of the link.
         """
         first, last = self._first_arrival, self._last_arrival
         if first is None or last is None or last - first < 0.02:
             return None
         # (the first arrival opens the span: its bytes came before it)
-        return (self._received_bytes - self._first_size) * 8 / (last - first)
+        receive = (self._received_bytes - self._first_size) * 8 / (last - first)
+        first_send, last_send = self._first_send, self._last_send
+        if first_send is None or last_send is None or last_send - first_send < 0.02:
+            return None
+        send = self._sent_bytes * 8 / (last_send - first_send)
+        return receive if send >= 1.25 * receive else None
 
     def update(
         self, reference_bps: float, now: float, rtt_s: float, acked_bps: float | None = None
@@ -474,8 +494,9 @@ class LossBasedControl:
         loss = self._lost / self._expected
         self.loss_fraction = loss
         receive_rate = self._window_receive_rate()
-        self._lost = self._expected = self._received_bytes = 0
+        self._lost = self._expected = self._received_bytes = self._sent_bytes = 0
         self._first_arrival = self._last_arrival = None
+        self._first_send = self._last_send = None
         dt = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
         self._last_update = now
         base = reference_bps if self.estimate is None else min(self.estimate, reference_bps)
@@ -611,9 +632,16 @@ class BandwidthEstimator:
         lost = total = 0
         probes = self._probes
         sent = self.sent
+        sent_bytes = 0
+        first_send = last_send = None
         for r in results:
             total += 1
             sent.update(r.send_time, r.size)
+            sent_bytes += r.size
+            if first_send is None or r.send_time < first_send:
+                first_send = r.send_time
+            if last_send is None or r.send_time > last_send:
+                last_send = r.send_time
             if r.arrival_time is None:
                 lost += 1
             else:
@@ -663,9 +691,21 @@ class BandwidthEstimator:
         if received:
             first = received[0].arrival_time
             last = received[-1].arrival_time
-            self.loss.add(lost, total, bits >> 3, first, received[0].size, last)
+            self.loss.add(
+                lost,
+                total,
+                bits >> 3,
+                first,
+                received[0].size,
+                last,
+                sent_bytes,
+                first_send,
+                last_send,
+            )
         else:
-            self.loss.add(lost, total)
+            self.loss.add(
+                lost, total, sent_bytes=sent_bytes, first_send=first_send, last_send=last_send
+            )
         self.loss.update(self._delay_based(now), now, self.rtt_s, self.acked.bitrate())
         self._finish_probes(now)
         return self._update_target(now)

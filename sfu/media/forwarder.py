@@ -39,6 +39,11 @@ RING_SIZE = 2048  # packets remembered per forwarder for NACKs and probes (power
 RING_MASK = RING_SIZE - 1
 UNLIMITED_BPS = 1e12
 MAX_DROPPED_REMEMBERED = 64  # dropped packets a late packet's number is corrected for
+# A move down may start on the target layer's keyframe if it arrived at most this long ago
+# (a browser answers one request with keyframes on every layer, then ignores requests for
+# 300 ms), replaying at most this many packets of that layer (keyframe and what followed).
+RECENT_KEYFRAME_S = 0.3
+MAX_RECENT_KEYFRAME_PACKETS = 64
 NOTABLE_LOSS = 3  # receiver-report fraction lost (of 256, about 1 %) that marks a lossy link
 BASE_RTT_WINDOW_S = 30.0
 RTX_BURST_S = 0.2  # retransmission budget: burst allowance, in seconds of the budget rate
@@ -100,6 +105,7 @@ class DownTrack:
         self.octets_sent = 0
         self.retransmitted = 0
         self.keyframes_from_cache = 0
+        self.recent_keyframe_switches = 0  # moves down started on a keyframe just gone by
         self.layer_switches = 0
         self.probe_packets = 0
         # payload bitrate sent lately: media + retransmissions + probes (what loads the link),
@@ -384,6 +390,7 @@ class DownTrack:
             "retransmitted": self.retransmitted,
             "retransmissions_skipped": self.retransmissions_skipped,
             "keyframes_from_cache": self.keyframes_from_cache,
+            "recent_keyframe_switches": self.recent_keyframe_switches,
             "fraction_lost": self.fraction_lost / 256,
             "packets_lost": self.packets_lost,
             "rtt_ms": None if self.rtt_s is None else round(self.rtt_s * 1000, 1),
@@ -448,6 +455,7 @@ class Forwarder:
         "dropped_temporal",
         "dropped_draining",
         "primed",
+        "start_out_ts",
         "resume_ts",
         "munging",
         "on_layer_change",
@@ -479,6 +487,7 @@ class Forwarder:
         self.dropped_temporal = 0
         self.dropped_draining = 0  # packets not sent while a severe down switch was pending
         self.primed = False  # the producer's cached keyframe was sent (once per forwarder)
+        self.start_out_ts = -1  # outgoing timestamp of the frame the current source began on
         self.resume_ts = -1  # after the cached keyframe: live again from the frame after this
         # VP8 picture ids are rewritten once the stream continues another source or frames
         # were dropped; before that the payload goes out untouched.
@@ -672,6 +681,24 @@ class Forwarder:
         if self.selector is not None and self.current != spatial:
             if not self._switch_to(spatial, now_s):
                 return False
+        if not self._send_from_cache(packets, spatial, now_s):
+            self.synced = False  # not connected yet: try again later
+            return False
+        self.primed = True
+        dt.keyframes_from_cache += 1
+        last = packets[-1][1]
+        self.in_highest_seq = last.sequence_number
+        newest = self.producer.newest_packet(spatial)
+        if newest is not None and newest.sequence_number != last.sequence_number:
+            self.synced = False
+            self.resume_ts = newest.timestamp
+            self.producer.want_keyframe(now_s, spatial)
+        return True
+
+    def _send_from_cache(self, packets: list | tuple, spatial: int, now_s: float) -> bool:
+        """Send cached packets of `spatial` (a keyframe first), numbered to follow what the
+        subscriber saw; False if nothing could be sent (the transport is not up yet)."""
+        dt = self.downtrack
         vp8 = Vp8Info() if self.producer.is_vp8 else None
         first = packets[0]
         if vp8 is not None:
@@ -692,18 +719,56 @@ class Forwarder:
                 vp8_now,
                 spatial,
             )
-            if dt.packets_sent == sent_before:  # not connected yet: try again later
-                self.synced = False
+            if dt.packets_sent == sent_before:
                 return False
-        self.primed = True
-        dt.keyframes_from_cache += 1
-        last = packets[-1][1]
-        self.in_highest_seq = last.sequence_number
-        newest = self.producer.newest_packet(spatial)
-        if newest is not None and newest.sequence_number != last.sequence_number:
+        return True
+
+    def switch_down_on_recent_keyframe(self, now_s: float) -> bool:
+        """Start a pending move down on the target layer's keyframe that arrived a moment ago.
+
+        Browsers key every simulcast layer on one request and ignore another for 300 ms
+        (Chrome). When a falling link takes the target down in two steps (h, then q a few
+        tens of ms later), q's keyframe has often just gone by, answering the request for h:
+        waiting for the next one freezes the picture 0.3-0.5 s longer (weak-link lab). If
+        that keyframe is cached, complete and recent, and every packet of the layer since is
+        still in the packet cache, they all go out now and the layer continues live.
+        A target below the layer's full frame rate takes the keyframe alone (what follows it
+        would need the temporal filter replayed).
+        """
+        selector = self.selector
+        dt = self.downtrack
+        if selector is None or self.closed or not dt.started:
+            return False
+        target, current = selector.target, selector.current
+        if target is None or current is None or target.spatial >= current.spatial:
+            return False
+        layers = self.producer.layers
+        if not 0 <= target.spatial < len(layers):
+            return False
+        enc = layers[target.spatial]
+        if enc.cache is None:
+            return False
+        keyframe = enc.cached_keyframe(now_s, RECENT_KEYFRAME_S)
+        newest = enc.newest_packet()
+        if not keyframe or newest is None:
+            return False
+        packets = list(keyframe)
+        seq = (keyframe[-1][1].sequence_number + 1) & 0xFFFF
+        end = (newest.sequence_number + 1) & 0xFFFF
+        filtered = target.temporal < enc.temporal_layers - 1
+        while seq != end:
+            entry = enc.cache.get(seq)
+            if entry is None or filtered or len(packets) >= MAX_RECENT_KEYFRAME_PACKETS:
+                return False  # a gap, or too much to replay: wait for a fresh keyframe
+            packets.append(entry)
+            seq = (seq + 1) & 0xFFFF
+        if not self._switch_to(target.spatial, now_s):
+            return False
+        if not self._send_from_cache(packets, target.spatial, now_s):
             self.synced = False
-            self.resume_ts = newest.timestamp
-            self.producer.want_keyframe(now_s, spatial)
+            return False
+        self.in_highest_seq = packets[-1][1].sequence_number
+        dt.recent_keyframe_switches += 1
         return True
 
     def _cached_keyframe(self, now_s: float):
@@ -732,6 +797,7 @@ class Forwarder:
             next_ts = h.timestamp
         self.seq_offset = (next_seq - h.sequence_number) & 0xFFFF
         self.ts_offset = (next_ts - h.timestamp) & 0xFFFFFFFF
+        self.start_out_ts = next_ts
         self._dropped_seqs.clear()
         self.in_ssrc = h.ssrc
         self.in_highest_seq = h.sequence_number
@@ -750,7 +816,8 @@ class Forwarder:
 
         Not packets of a layer we have since left (the subscriber restarts on the new layer's
         keyframe), and not beyond the DownTrack's retransmission budget: on a congested link a
-        storm of retransmissions would only deepen the congestion that lost the packets.
+        storm of retransmissions would only deepen the congestion that lost the packets. The
+        packets of the keyframe the current layer started on are exempt.
         """
         if self.producer.kind != "video":
             return 0
@@ -761,7 +828,9 @@ class Forwarder:
             entry = self._ring[out_seq & RING_MASK]
             if entry is None or entry[0] != out_seq or entry[2] != self.current:
                 continue
-            if not dt.take_rtx_budget(now):
+            # the keyframe this layer started on is what the viewer waits for: never held
+            # back by the budget (lab: a q keyframe repaired at 70 kbit/s froze 0.6 s longer)
+            if entry[3] != self.start_out_ts and not dt.take_rtx_budget(now):
                 dt.retransmissions_skipped += 1
                 continue
             if self.resend(out_seq):

@@ -77,6 +77,11 @@ class LayerConfig:
     flap_window_s: float = 10.0
     flap_hold_max_s: float = 30.0
     severe_drop_ratio: float = 0.5  # an estimate below this x the layer: a link change
+    # after such a fall the spatial layer is chosen for this x the estimate (see _severe_fit)
+    severe_fit_ratio: float = 0.5
+    # after such a fall, nothing of the current layer is sent while the lower layer's
+    # keyframe is awaited if its base temporal layer needs more than this x the estimate
+    drain_ratio: float = 1.0
     probed_hold_s: float = 1.0  # after a successful probe, the estimate must hold this long
     fast_temporal_drop: bool = True
     # Above the lowest spatial layer, only the full frame rate is a layer to rest on: 360p at
@@ -234,13 +239,15 @@ class LayerSelector:
         # down at once
         target_bps = dict(ladder)[self.target]
         if estimate_bps < cfg.down_ratio * target_bps:
+            # a fall far below the layer is the link changing, not the estimate hovering
+            # around a threshold: it does not count as flapping; nor does a second step
+            # down with no move up in between (the same fall, measured in two steps)
+            severe = estimate_bps < cfg.severe_drop_ratio * target_bps
             new = self._best_fit(ladder, estimate_bps)
+            if severe:
+                new = self._severe_fit(ladder, estimate_bps)
             if new < self.target:
                 spatial_change = new.spatial != self.target.spatial
-                # a fall far below the layer is the link changing, not the estimate hovering
-                # around a threshold: it does not count as flapping; nor does a second step
-                # down with no move up in between (the same fall, measured in two steps)
-                severe = estimate_bps < cfg.severe_drop_ratio * target_bps
                 cascade = self._last_down > self._last_up
                 self.target = new
                 self._moved_down(
@@ -254,13 +261,12 @@ class LayerSelector:
                     severe
                     and current is not None
                     and new.spatial < current.spatial
-                    and estimate_bps
-                    < cfg.severe_drop_ratio * self.bitrate_of(Layer(current.spatial, 0))
+                    and estimate_bps < cfg.drain_ratio * self.bitrate_of(Layer(current.spatial, 0))
                 ):
-                    # Even the current layer's base is far beyond the link: what we still
-                    # send of it only keeps the bottleneck queue full (the picture freezes
-                    # anyway). Send nothing until the lower layer's keyframe, so that the
-                    # keyframe finds an empty queue.
+                    # Even the current layer's base is beyond the link: what we still send of
+                    # it only keeps the bottleneck queue full (the picture freezes anyway).
+                    # Send nothing until the lower layer's keyframe, so that the keyframe
+                    # finds an empty queue.
                     self.draining = True
                 self._apply_temporal(now)
                 return
@@ -362,6 +368,14 @@ class LayerSelector:
                 if rates[t] > 0:
                     out.append((Layer(s, t), rates[t]))
         return out
+
+    def _severe_fit(self, ladder: list[tuple[Layer, int]], estimate: float) -> Layer:
+        """After a severe fall: the spatial layer that fits `severe_fit_ratio` x the estimate
+        (the first measurements of a falling link are above where it lands, and each step
+        down costs a keyframe), at the best frame rate the whole estimate carries."""
+        spatial = self._best_fit(ladder, estimate * self.config.severe_fit_ratio).spatial
+        same = [entry for entry in ladder if entry[0].spatial == spatial]
+        return self._best_fit(same, estimate)
 
     @staticmethod
     def _best_fit(ladder: list[tuple[Layer, int]], budget: float) -> Layer:
