@@ -686,16 +686,22 @@ def test_a_spatial_move_up_gives_the_estimator_a_keyframe_burst_grace() -> None:
     assert ctrl.estimator.overuse_grace_until == pytest.approx(up_at + grace)
 
 
-def _at_top_after_a_keyframe_on_every_layer(frames_after: int) -> Rig:
-    """On f; then one request answered with keyframes on every layer (as Chrome does), and
-    `frames_after` frames since."""
-    rig = Rig(keyframe_cache_s=2.0)
+def _rig_on_f(frames: int, keyframe_cache_s: float = 0.0) -> Rig:
+    """A rig forwarding f (started on f's keyframe, `frames` frames since)."""
+    rig = Rig(keyframe_cache_s=keyframe_cache_s)
     rig.warm_up()
     rig.bind(3_000_000)
     rig.until_tl0()
     rig.step(keyframes=(2,))
-    rig.run(10)
+    rig.run(frames)
     assert rig.fw.layer == (2, 2)
+    return rig
+
+
+def _at_top_after_a_keyframe_on_every_layer(frames_after: int) -> Rig:
+    """On f; then one request answered with keyframes on every layer (as Chrome does), and
+    `frames_after` frames since."""
+    rig = _rig_on_f(10, keyframe_cache_s=2.0)
     rig.until_tl0()
     rig.step(keyframes=(0, 1, 2))
     rig.run(frames_after)
@@ -747,13 +753,7 @@ def test_a_layer_whose_base_exceeds_a_collapsed_link_is_drained_until_the_keyfra
     """f, then 200 kbit/s: even f's base layer is beyond the link. Nothing of f goes out while
     q's keyframe is awaited (it would only fill the bottleneck queue the keyframe must pass);
     the stream then goes on with q, one continuous stream."""
-    rig = Rig()
-    rig.warm_up()
-    rig.bind(3_000_000)
-    rig.until_tl0()
-    rig.step(keyframes=(2,))
-    rig.run(6)
-    assert rig.fw.layer == (2, 2)
+    rig = _rig_on_f(6)
     rig.update(200_000)
     assert rig.selector.target == Layer(0, 2) and rig.selector.draining
     mark = len(rig.wire.media())
