@@ -397,29 +397,26 @@ def test_a_collapse_is_measured_by_what_gets_through_now() -> None:
 
 
 @pytest.mark.parametrize(
-    ("send_bps", "cap"),
+    ("sent", "send_span", "cap"),
     [
-        (1_200_000, 300_000),  # we sent 4x what got through: that is the link now
-        (330_000, 500_000),  # we sent little (a layer being drained): the acked rate stands
+        (62, 0.5, 300_000),  # 1.2 Mbit/s sent, a quarter got through: that is the link now
+        (24, 1.2, 500_000),  # little sent, spread out (a layer being drained): acked stands
     ],
 )
-def test_collapse_uses_the_receive_rate_only_when_we_sent_more(send_bps: int, cap: int) -> None:
+def test_collapse_uses_the_receive_rate_only_when_we_sent_more(
+    sent: int, send_span: float, cap: int
+) -> None:
     control = LossBasedControl(BweConfig())
     _loss_window(control, 0, 22, 0.0)
     size = 1200
     span = 0.5
     received = int(300_000 * span / 8 / size) + 1  # 300 kbit/s arriving over 0.5 s
-    sent = int(send_bps * span / 8 / size)
-    control.add(
-        lost=max(sent - received, 8),
-        expected=max(sent, received + 8),
-        received_bytes=received * size,
-        first_arrival=1.0,
-        first_size=size,
-        last_arrival=1.0 + span,
-        sent_bytes=sent * size,
-        first_send=0.95,
-        last_send=0.95 + span,
-    )
+    results = []
+    for i in range(sent):
+        send = 0.3 + send_span * i / (sent - 1)
+        arrival = 1.0 + span * i / (received - 1) if i < received else None
+        results.append(PacketResult(send, arrival, size, i, -1))
+    control.add_results(results)
+    assert control._lost / control._expected >= 0.25  # a collapse
     bound = control.update(1_000_000, 1.6, 0.05, acked_bps=500_000)
     assert bound == pytest.approx(cap, rel=0.1)

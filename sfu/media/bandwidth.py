@@ -48,19 +48,19 @@ PROBE_STEP_S = 0.005
 # Probes aim this much above the rate they must prove: timer slack on a busy event loop
 # stretches a probe, and a probe that merely reaches its target often measures just below it.
 PROBE_OVERSHOOT = 1.2
-# Adaptive playout delay: applied when receiver reports show loss on a link with at least
-# this RTT; removed after PLAYOUT_DELAY_HOLD_S without loss.
 # Retransmissions may use at most this share of the estimate (the rest is for media).
 RTX_SHARE = 0.3
+# Adaptive playout delay: applied when receiver reports show loss on a link with at least
+# this RTT; removed after PLAYOUT_DELAY_HOLD_S without loss.
 PLAYOUT_DELAY_MIN_RTT_S = 0.1
+PLAYOUT_DELAY_MAX_S = 1.0
+PLAYOUT_DELAY_HOLD_S = 30.0
 # A new spatial layer starts with its keyframe, several frames' worth of bytes that the
 # publisher's pacer sent at its own (uplink) pace: at the viewer's bottleneck it queues for a
 # moment and the delay detector calls that overuse. For this long (plus an RTT, until the
 # feedback has told) after a move up, an overuse holds the estimate instead of cutting it;
 # loss still cuts it, and a link that cannot carry the layer keeps signalling after it.
 KEYFRAME_BURST_GRACE_S = 0.5
-PLAYOUT_DELAY_MAX_S = 1.0
-PLAYOUT_DELAY_HOLD_S = 30.0
 
 
 class _Probe:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -429,35 +429,32 @@ class LossBasedControl:
         self._first_arrival: float | None = None
         self._last_arrival: float | None = None
 
-    def add(
-        self,
-        lost: int,
-        expected: int,
-        received_bytes: int = 0,
-        first_arrival: float | None = None,
-        first_size: int = 0,
-        last_arrival: float | None = None,
-        sent_bytes: int = 0,
-        first_send: float | None = None,
-        last_send: float | None = None,
-    ) -> None:
-        """Count one report's packets; with arrivals and send times, also what got through
-        and what was sent, and when."""
+    def add(self, lost: int, expected: int) -> None:
+        """Count packets from a receiver report (no arrival times)."""
         self._lost += lost
         self._expected += expected
-        if first_send is not None and last_send is not None:
-            if self._first_send is None or first_send < self._first_send:
-                self._first_send = first_send
-            if self._last_send is None or last_send > self._last_send:
-                self._last_send = last_send
-            self._sent_bytes += sent_bytes
-        if first_arrival is not None and last_arrival is not None:
-            if self._first_arrival is None or first_arrival < self._first_arrival:
-                self._first_arrival = first_arrival
-                self._first_size = first_size
-            if self._last_arrival is None or last_arrival > self._last_arrival:
-                self._last_arrival = last_arrival
-            self._received_bytes += received_bytes
+
+    def add_results(self, results: Sequence[PacketResult]) -> None:
+        """Count one transport-cc report's packets, and note what was sent and what got
+        through, and when (for `_window_receive_rate`)."""
+        for r in results:
+            self._expected += 1
+            send = r.send_time
+            if self._first_send is None or send < self._first_send:
+                self._first_send = send
+            if self._last_send is None or send > self._last_send:
+                self._last_send = send
+            self._sent_bytes += r.size
+            arrival = r.arrival_time
+            if arrival is None:
+                self._lost += 1
+                continue
+            if self._first_arrival is None or arrival < self._first_arrival:
+                self._first_arrival = arrival
+                self._first_size = r.size
+            if self._last_arrival is None or arrival > self._last_arrival:
+                self._last_arrival = arrival
+            self._received_bytes += r.size
 
     def _window_receive_rate(self) -> float | None:
         """What got through during this loss window (bps), if its arrivals span >= 20 ms.
@@ -628,23 +625,16 @@ class BandwidthEstimator:
 
     def on_packet_results(self, results: Iterable[PacketResult], now: float) -> int:
         """Feed one feedback packet's worth of results; returns the new estimate in bps."""
+        if not isinstance(results, (list, tuple)):
+            results = list(results)  # (read twice below)
         received = []
-        lost = total = 0
+        total = 0
         probes = self._probes
         sent = self.sent
-        sent_bytes = 0
-        first_send = last_send = None
         for r in results:
             total += 1
             sent.update(r.send_time, r.size)
-            sent_bytes += r.size
-            if first_send is None or r.send_time < first_send:
-                first_send = r.send_time
-            if last_send is None or r.send_time > last_send:
-                last_send = r.send_time
-            if r.arrival_time is None:
-                lost += 1
-            else:
+            if r.arrival_time is not None:
                 received.append(r)
             if r.cluster >= 0 and probes:
                 cluster = probes.get(r.cluster)
@@ -679,33 +669,15 @@ class BandwidthEstimator:
             # as while a queue drains, instead of cutting the estimate for it
             rate_signal = BandwidthUsage.UNDERUSE
             self.overuse_forgiven += 1
-        acked = self.acked.bitrate()
         self.rate.update(
             rate_signal,
-            acked,
+            self.acked.bitrate(),
             now,
             self.rtt_s,
             self._packet_bits,
             self.sent.bitrate(),
         )
-        if received:
-            first = received[0].arrival_time
-            last = received[-1].arrival_time
-            self.loss.add(
-                lost,
-                total,
-                bits >> 3,
-                first,
-                received[0].size,
-                last,
-                sent_bytes,
-                first_send,
-                last_send,
-            )
-        else:
-            self.loss.add(
-                lost, total, sent_bytes=sent_bytes, first_send=first_send, last_send=last_send
-            )
+        self.loss.add_results(results)
         self.loss.update(self._delay_based(now), now, self.rtt_s, self.acked.bitrate())
         self._finish_probes(now)
         return self._update_target(now)

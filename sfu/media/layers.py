@@ -12,9 +12,13 @@ A pure state machine (no I/O, time passed in) that a subscriber's forwarder driv
 Rules, chosen so that a viewer on a weak link gets the best layer it can carry without flapping:
 
 - Down at once: when the estimate falls below the target layer's bitrate (or the requested
-  maximum drops, or the layer disappears), the target becomes the best layer that fits. While
-  the keyframe of the lower spatial layer is awaited, the current layer is cut to its base
-  temporal layer (a keyframe-free rate cut).
+  maximum drops, or the layer disappears), the target becomes the best layer that fits; after
+  a severe fall (below half the layer) the spatial layer is chosen for half the estimate, as
+  a falling link's first measurements are above where it lands. While the keyframe of the
+  lower spatial layer is awaited, the current layer is cut to its base temporal layer (a
+  keyframe-free rate cut), or not sent at all if even that exceeds the estimate (draining).
+- Above the lowest spatial layer only full frame rates are offered by default
+  (`full_frame_rate_above_base`).
 - Up with hysteresis: only to a layer whose bitrate x `up_ratio` (1.15) the estimate has stayed
   above for `up_hold_s`, and only after a probe at that rate succeeded (the estimate alone can
   be optimistic); more temporal layers of the current spatial layer need no probe. When the
@@ -243,9 +247,10 @@ class LayerSelector:
             # around a threshold: it does not count as flapping; nor does a second step
             # down with no move up in between (the same fall, measured in two steps)
             severe = estimate_bps < cfg.severe_drop_ratio * target_bps
-            new = self._best_fit(ladder, estimate_bps)
             if severe:
                 new = self._severe_fit(ladder, estimate_bps)
+            else:
+                new = self._best_fit(ladder, estimate_bps)
             if new < self.target:
                 spatial_change = new.spatial != self.target.spatial
                 cascade = self._last_down > self._last_up
