@@ -437,9 +437,8 @@ async def test_browser_sdk_joins_fast_and_the_old_way(sfu_node):
                 assert steps["wsOpen"] <= steps["offer"], (label, steps)
             assert steps["answerSent"] < result["frameMs"], (label, steps)
             assert "subscriberConnected" in steps, (label, steps)
-        for label in ("fast", "ws"):
-            steps = results[label]["timings"]
-            assert steps["offer"] - steps["joined"] < 5  # the offer came inside `joined`
+        # (that the offer came inside `joined` for "fast" and "ws" is the SFU's `inline_offer`
+        # below; a time limit between the two marks failed on a loaded CI machine: 6.9 ms)
         assert "attached" in results["fast"]["timings"]
         stats = await get_stats(sfu_node)
         recent = {j["identity"]: j for j in stats["joins"]["recent"]}
