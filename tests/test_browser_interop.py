@@ -147,7 +147,13 @@ async def test_chromium_whip_publisher_to_aiortc_subscriber(sfu_node):
                 assert frame.width > 0 and frame.height > 0
             finally:
                 await late.leave()
-            sent = await page.evaluate("sendStats()")
+            # (Chromium counts the PLI when its RTCP arrives and caches getStats results for
+            # a moment: read until it shows, within a bound)
+            for _ in range(30):
+                sent = await page.evaluate("sendStats()")
+                if sent["video"]["pliCount"] > plis_before:
+                    break
+                await asyncio.sleep(0.1)
             assert sent["video"]["pliCount"] > plis_before, sent
 
             await screenshot(page, "browser-whip-publisher.png")
