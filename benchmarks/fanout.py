@@ -59,6 +59,7 @@ FPS = 30
 VIDEO_CLOCK = 90000
 AUDIO_RATE = 48000
 AUDIO_FRAME = 960  # 20 ms
+VP8_DESCRIPTOR_MAX = 6  # bytes the SFU may rewrite at the start of a VP8 payload
 KEY_BYTES = 32
 WORKER_PROCESSES = 4
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -76,7 +77,12 @@ BUSY_MACHINE_PCT = 25.0
 
 
 def payload_key(data: bytes) -> int:
-    """Payload length and CRC-32 of its first bytes: what survives the SFU's header rewrite."""
+    """Payload length and CRC-32 of its last bytes: what survives the SFU's rewrites.
+
+    Not the first bytes: for a subscriber whose stream was started on the cached keyframe the
+    SFU continues VP8 picture ids in the payload descriptor (up to 6 bytes at the start, same
+    length), and keys over them matched nothing (about half the packets of some runs).
+    """
     n = len(data)
     if n < 12:
         return 0
@@ -89,7 +95,10 @@ def payload_key(data: bytes) -> int:
     size = n - offset
     if size <= 0:
         return 0
-    return (size << 32) | zlib.crc32(data[offset : offset + KEY_BYTES])
+    start = max(offset + VP8_DESCRIPTOR_MAX, n - KEY_BYTES)
+    if start >= n:
+        start = offset
+    return (size << 32) | zlib.crc32(data[start:n])
 
 
 def write_pickle(path: str, value: Any) -> None:

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from benchmarks.fanout import payload_key
+from sfu.media.rtp import ExtensionIds, RtpHeader
+from sfu.media.vp8 import parse_vp8, rewrite_vp8
+
+from .simulcast_packets import three_layers
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = (
@@ -26,6 +30,7 @@ KEYS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_quick_fanout_benchmark_reports_its_figures(tmp_path):
     out = tmp_path / "fanout.json"
@@ -55,3 +60,22 @@ def test_quick_fanout_benchmark_reports_its_figures(tmp_path):
     assert result["cpu_us_per_packet"] > 0
     assert 0 < result["forward_delay_ms_p50"] <= result["forward_delay_ms_p99"]
     assert result["delay_samples"] > 0.9 * result["packets_forwarded"]
+
+
+def test_payload_key_survives_the_picture_id_rewrite() -> None:
+    """The benchmark matches what subscribers receive with what the publisher sent by a key
+    over the payload; the SFU may continue VP8 picture ids in the descriptor (a subscriber
+    started on the cached keyframe), so the key must not cover those bytes."""
+    packets = three_layers()[2].frame(keyframe=True, tid=0, pt=96)
+    for packet in packets:
+        h = RtpHeader.parse(packet, ExtensionIds())
+        payload = bytearray(packet[h.payload_offset :])
+        info = parse_vp8(payload)
+        assert info is not None and info.picture_id >= 0
+        pid, tl0 = (info.picture_id + 1234) & 0x7FFF, (info.tl0picidx + 9) & 0xFF
+        rewrite_vp8(payload, 0, info, pid, tl0)
+        rewritten = packet[: h.payload_offset] + bytes(payload)
+        assert rewritten != packet
+        assert payload_key(rewritten) == payload_key(packet)
+        other = packet[:-1] + bytes([packet[-1] ^ 0xFF])  # other media data: another key
+        assert payload_key(other) != payload_key(packet)
