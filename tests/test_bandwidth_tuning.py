@@ -49,7 +49,7 @@ from sfu.media.forwarder import (
     DownTrack,
     bind,
 )
-from sfu.media.layers import Layer, LayerConfig, LayerSelector, ProbeRequest, split_temporal
+from sfu.media.layers import Layer, LayerSelector, ProbeRequest
 from sfu.media.producer import CodecInfo, Producer, TrackInfo
 from sfu.media.publisher import PublisherSession
 from sfu.media.rtcp import ReportBlock
@@ -71,21 +71,9 @@ from .simulcast_packets import (
     three_layers,
     to_rid_simulcast,
 )
-
-Q, H, F = 150_000, 500_000, 1_500_000
-
+from .test_layers import F, make
 
 # ============================================================================ LayerSelector
-
-
-def make(
-    temporal_layers: int = 3, **config: float
-) -> tuple[LayerSelector, list[tuple[Layer | None, Layer, str]]]:
-    events: list[tuple[Layer | None, Layer, str]] = []
-    sel = LayerSelector(LayerConfig(**config), on_switch=lambda o, n, r: events.append((o, n, r)))
-    for spatial, total in enumerate((Q, H, F)):
-        sel.set_layer_bitrates(spatial, split_temporal(total, temporal_layers))
-    return sel, events
 
 
 class Driver:
