@@ -133,6 +133,14 @@ class Rig:
         self.step(keyframes=(0, 1, 2))
         self.run(int(seconds * FPS))
 
+    def start_on(self, spatial: int, estimate: float, frames: int = 10) -> None:
+        """Warm up, bind at `estimate`, start on `spatial`'s keyframe, then `frames` frames."""
+        self.warm_up()
+        self.bind(estimate)
+        self.until_tl0()
+        self.step(keyframes=(spatial,))
+        self.run(frames)
+
     def bind(
         self,
         estimate: float,
@@ -271,11 +279,7 @@ def test_a_lower_keyframe_starts_at_once_then_moves_up_on_the_targets_keyframe()
 
 def test_switch_up_and_down_only_at_keyframes_with_one_continuous_stream() -> None:
     rig = Rig()
-    rig.warm_up()
-    rig.bind(600_000)
-    rig.until_tl0()
-    rig.step(keyframes=(1,))
-    rig.run(10)
+    rig.start_on(1, 600_000)
     assert rig.fw.current == 1
 
     # up: the estimate has room for f; nothing changes until f's keyframe
@@ -477,11 +481,7 @@ def test_late_base_layer_packet_after_dropped_frames_fills_its_own_slot() -> Non
 
 def test_nack_after_a_switch_resends_the_new_layer_as_sent_and_skips_the_old() -> None:
     rig = Rig()
-    rig.warm_up()
-    rig.bind(600_000)
-    rig.until_tl0()
-    rig.step(keyframes=(1,))
-    rig.run(10)
+    rig.start_on(1, 600_000)
     rig.update(3_000_000)
     rig.until_tl0()
     rig.step(keyframes=(2,))
@@ -581,10 +581,7 @@ def test_keyframe_requests_per_layer_hit_the_right_ssrc_and_are_throttled_per_la
 
 def test_subscriber_pli_asks_for_the_forwarded_layer_only() -> None:
     rig = Rig(pli_throttle_s=0.0)
-    rig.warm_up()
-    rig.bind(600_000)
-    rig.until_tl0()
-    rig.step(keyframes=(1,))
+    rig.start_on(1, 600_000, frames=0)
     rig.requests.clear()
     rig.fw.on_keyframe_request()
     assert rig.requests == [rig.streams[1].ssrc]
@@ -689,11 +686,7 @@ def test_a_spatial_move_up_gives_the_estimator_a_keyframe_burst_grace() -> None:
 def _rig_on_f(frames: int, keyframe_cache_s: float = 0.0) -> Rig:
     """A rig forwarding f (started on f's keyframe, `frames` frames since)."""
     rig = Rig(keyframe_cache_s=keyframe_cache_s)
-    rig.warm_up()
-    rig.bind(3_000_000)
-    rig.until_tl0()
-    rig.step(keyframes=(2,))
-    rig.run(frames)
+    rig.start_on(2, 3_000_000, frames)
     assert rig.fw.layer == (2, 2)
     return rig
 
