@@ -4,8 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_STAMP := $(VENV)/.system-packages
-# Debian packages the tests and the demo need (headless Chromium, speech tools, network lab).
-DEBIAN_PACKAGES := chromium espeak-ng sox nftables iproute2
+# Debian packages the tests and the demo need (headless Chromium, speech tools, network lab,
+# Redis for the cluster tests, GStreamer's webrtcbin as a stock WHIP/WHEP peer, Janus to compare).
+DEBIAN_PACKAGES := chromium espeak-ng sox nftables iproute2 redis-server \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-nice python3-gi gir1.2-gstreamer-1.0 \
+	gir1.2-gst-plugins-bad-1.0 janus
 
 .PHONY: setup system-packages run test test-fast lint bench-quick clean
 
@@ -21,7 +25,7 @@ $(STAMP): $(PY) pyproject.toml
 
 system-packages: $(SYSTEM_STAMP)
 
-$(SYSTEM_STAMP): | $(PY)
+$(SYSTEM_STAMP): Makefile | $(PY)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
