@@ -1,7 +1,5 @@
 """Resampling, VAD on real speech and noise, endpointing timing, TTS output framing."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -112,14 +110,6 @@ def test_clicks_and_short_noise_bursts_are_not_turns():
     assert not any(isinstance(e, TurnEnded) for e in events)
 
 
-def test_endpointing_is_cheap(speech_clip):
-    clip = with_silence(speech_clip("What colours does the dress come in?", "en"), 16000, 1, 1)
-    t0 = time.perf_counter()
-    run_endpointer(clip)
-    per_frame_ms = (time.perf_counter() - t0) * 1e3 / (len(clip) / 320)
-    assert per_frame_ms < 1.0
-
-
 @pytest.mark.parametrize(
     "lang, text",
     [
@@ -128,17 +118,16 @@ def test_endpointing_is_cheap(speech_clip):
         ("es", "El reloj automático cuesta 420 dólares."),
     ],
 )
-def test_tts_gives_48k_20ms_frames_fast(tts, lang, text):
-    t0 = time.perf_counter()
+def test_tts_gives_48k_20ms_frames(tts, lang, text):
+    # how fast is measured by benchmarks/agent_latency.py (tts_first_audio), not here: it
+    # depends on the CPU
     frames = tts.frames(text, lang)
     first = next(frames)
-    first_ms = (time.perf_counter() - t0) * 1e3
     rest = list(frames)
     assert all(len(f) == 960 and f.dtype == np.int16 for f in [first, *rest])
     seconds = (1 + len(rest)) * 0.02
     assert 1.0 < seconds < 8.0
     audio = np.concatenate([first, *rest]).astype(np.float64)
     assert np.sqrt(np.mean(audio**2)) > 300  # audible
-    assert first_ms < 1500
     backend = tts.backend_for(lang).name
     assert backend == ("hibari" if lang == "en" else "espeak")

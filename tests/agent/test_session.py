@@ -17,7 +17,6 @@ import aiohttp
 import numpy as np
 import pytest
 
-from agent.answer.numbers import find_numbers
 from agent.audio.frames import STT_RATE, WEBRTC_RATE, frames_of, resample, write_wav
 from agent.buyer import Buyer, speech_clip
 from agent.config import AgentConfig
@@ -29,7 +28,7 @@ from sfu.agents import AGENTS_KEY
 from sfu.media.peer import MediaPeer
 
 from ..conftest import LOOPBACK, start_node
-from .conftest import BUYER_ENGINES, CLIP_VOICES
+from .conftest import BUYER_ENGINES, CLIP_VOICES, numbers_heard
 
 pytestmark = pytest.mark.slow
 
@@ -130,9 +129,8 @@ async def _until_quiet(buyer: Buyer, quiet_s: float = 0.6, timeout: float = 20.0
     raise TimeoutError("the agent did not stop talking")
 
 
-def _heard_numbers(pipeline: VoicePipeline, audio48k: np.ndarray, lang: str) -> list[str]:
-    heard = pipeline.stt.transcribe(resample(audio48k, WEBRTC_RATE, STT_RATE), language=lang)
-    return find_numbers(heard.text, lang)
+def _heard_numbers(pipeline: VoicePipeline, audio48k: np.ndarray, lang: str) -> set[str]:
+    return numbers_heard(pipeline.stt, resample(audio48k, WEBRTC_RATE, STT_RATE), lang)
 
 
 async def test_spoken_question_gets_a_spoken_answer_with_the_fact(room, pipeline, clips):
