@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from .answer import Answer, ConversationState, GroundedEngine, TicketStore
+from .answer.intents import asks_something
 from .audio.endpoint import Endpointer, TurnEnded
 from .audio.frames import STT_RATE, WEBRTC_RATE, Resampler, concat, frames_of, read_audio, write_wav
+from .audio.phantom import judge
 from .audio.stt import Transcript, WhisperStt, resolve_model_dir
 from .audio.tts import TtsRouter, build_tts
-from .audio.vad import WebRtcVad
+from .audio.vad import Vad, build_vad
 from .config import AgentConfig
 from .factory import build_engine
 
@@ -88,10 +90,27 @@ class VoicePipeline:
             for _ in self.tts.frames("Ok.", language):
                 break
 
+    def new_vad(self) -> Vad:
+        """The configured VAD for one audio stream (each stream keeps its own state)."""
+        a = self.config.audio
+        return build_vad(
+            a.vad,
+            model=a.vad_model,
+            threshold=a.vad_threshold,
+            aggressiveness=a.vad_aggressiveness,
+            sample_rate=STT_RATE,
+            frame_ms=a.frame_ms,
+        )
+
     def new_endpointer(self) -> Endpointer:
         a = self.config.audio
-        vad = WebRtcVad(a.vad_aggressiveness, STT_RATE, a.frame_ms)
-        return Endpointer(vad, a.speech_start_ms, a.end_of_turn_silence_ms, a.max_turn_s)
+        return Endpointer(self.new_vad(), a.speech_start_ms, a.end_of_turn_silence_ms, a.max_turn_s)
+
+    def has_content(self, text: str) -> bool:
+        """Does the text ask the shop anything (agent/audio/backchannel.py)? Without a
+        catalogue to look in (another engine), everything might."""
+        shop = getattr(self.engine, "shop", None)
+        return asks_something(text, shop) if shop is not None else True
 
     # -- one turn ------------------------------------------------------------------------------
 
@@ -108,8 +127,19 @@ class VoicePipeline:
 
     def handle_turn(
         self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
-    ) -> TurnResult:
-        transcript, answer, timings = self.understand(audio16k, state, language)
+    ) -> TurnResult | None:
+        """STT, answer and TTS for one turn; None when the turn was a phantom (noise that got
+        past the VAD and that Whisper wrote words for): nothing is answered."""
+        t0 = time.perf_counter()
+        transcript = self.stt.transcribe(audio16k, language=language, prior=state.language)
+        if judge(transcript).phantom:
+            return None
+        t1 = time.perf_counter()
+        answer = self.engine.answer(transcript.text, state, transcript.language)
+        timings = {
+            "stt": (t1 - t0) * 1e3,
+            "answer": (time.perf_counter() - t1) * 1e3,
+        }
         t0 = time.perf_counter()
         frames = []
         first = None
@@ -188,8 +218,12 @@ def run_recording(
         turns.extend(e for e in endpointer.push(silence) if isinstance(e, TurnEnded))
     turns.extend(endpointer.flush())
     results = []
+    phantoms = 0
     for turn in turns:
         result = pipeline.handle_turn(turn.audio, state, language)
+        if result is None:
+            phantoms += 1
+            continue
         result.timings_ms["endpointing"] = turn.detected_ms - turn.speech_end_ms
         result.timings_ms["turn_audio_s"] = len(turn.audio) / STT_RATE
         results.append(result)
@@ -197,6 +231,8 @@ def run_recording(
         "resample": resample_s * 1e3,
         "vad_and_endpointing": vad_s * 1e3,
         "audio_s": len(audio48k) / WEBRTC_RATE,
+        "turns": len(turns),  # what the VAD and endpointing cut
+        "phantom_turns": phantoms,  # of those, dropped as phantoms (not answered)
     }
     return results, totals
 

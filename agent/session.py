@@ -12,8 +12,15 @@ Data messages it sends (payload shapes the demo page reads, sfu/static/demo/agen
 - topic "transcript":   {id, speaker: "user"|"agent", identity, language, final, text, turn,
                          timings_ms (agent lines), interrupted + heard (after a barge-in)}
 - topic "agent_state":  {state: "listening"|"thinking"|"speaking"|"interrupted", turn}
-- topic "interruption": {kind: "barge_in"|"ignored_noise", speaker, voiced_ms, turn,
-                         heard_text, heard_ms, total_ms, stopped_frames}
+- topic "interruption": {kind: "barge_in"|"backchannel"|"ignored_noise", speaker, voiced_ms,
+                         turn; barge_in: heard_text, heard_ms, total_ms, stopped_frames;
+                         backchannel/ignored_noise after a pause: text, paused_ms}
+
+Speech over the agent (past audio.barge_in_ms) pauses its voice at once; when the buyer stops,
+what was said decides: a backchannel ("uh-huh", "sim", "vale") or a phantom (noise Whisper
+wrote words for) resumes the answer where it stopped, anything else is a barge-in (the answer
+is dropped and the buyer's turn answered). Speech longer than audio.backchannel_max_ms is a
+barge-in without waiting for its end.
 - topic "tool_result":  {name, args, result, turn}
 """
 
@@ -34,9 +41,11 @@ from sfu.client.room_client import RemoteTrack, RoomClient
 from sfu.media.peer import NetworkSettings
 
 from .answer import Answer, ConversationState
+from .audio.backchannel import is_backchannel
 from .audio.bargein import BargeInDetector
 from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
 from .audio.frames import STT_RATE
+from .audio.phantom import judge
 from .audio.stt import Transcript
 from .audio.tts import split_sentences
 from .pipeline import VoicePipeline
@@ -49,7 +58,7 @@ TOPIC_STATE = "agent_state"
 TOPIC_INTERRUPTION = "interruption"
 TOPIC_TOOL = "tool_result"
 TOPIC_ASK = "ask"  # buyers may type: {text, language?}
-MIN_TRANSCRIPT_CHARS = 2  # Whisper's "." or "" on a noise is no question
+MAX_PAUSE_S = 4.0  # a pause for speech over the agent that nothing resolved becomes a barge-in
 SENTENCE_PAUSE_FRAMES = 12  # silence kept after a sentence that another follows (240 ms)
 
 
@@ -98,8 +107,13 @@ class Listener:
         config = session.pipeline.config
         self.frame_ms = config.audio.frame_ms
         self.endpointer: Endpointer = session.pipeline.new_endpointer()
+        # barge_in_ms is speech: the part of it the VAD needs before it says "speech" is not
+        # counted again in voiced frames
+        onset_ms = getattr(self.endpointer.vad, "onset_ms", 0)
         self.barge = BargeInDetector(
-            config.audio.barge_in_ms, self.frame_ms, config.session.barge_in_gap_ms
+            max(self.frame_ms, config.audio.barge_in_ms - onset_ms),
+            self.frame_ms,
+            config.session.barge_in_gap_ms,
         )
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
         self._n16 = STT_RATE * self.frame_ms // 1000
@@ -139,8 +153,7 @@ class Listener:
         if verdict is not None and session.speaking:
             kind, burst = verdict
             if kind == "barge_in":
-                self._barged = True
-                session.barge_in(self, burst.voiced_ms)
+                self._barged = session.pause_for(self)
             else:
                 session.ignored_noise(self, burst.voiced_ms)
         for event in events:
@@ -154,6 +167,11 @@ class Listener:
             elif isinstance(event, TurnEnded):
                 self._turn_ended(event, now)
         session.mark_talking(self, self.endpointer.in_turn)
+        if (
+            session.paused_by is self
+            and self.endpointer.voiced_in_turn_ms > session.config.audio.backchannel_max_ms
+        ):
+            session.commit_barge_in(self, self.endpointer.voiced_in_turn_ms)  # too long to be "ok"
         if self.endpointer.in_turn:
             self._turn_frames += 1
             if voiced:
@@ -167,7 +185,8 @@ class Listener:
                         state = session.state_for(self.identity)
                         future = session.transcribe_soon(audio, state)
                         line_id = self.line_id
-                        future.add_done_callback(lambda f: self._partial(f, line_id))
+                        if not self._started_while_speaking:  # over the agent: judged first
+                            future.add_done_callback(lambda f: self._partial(f, line_id))
                         self._early = EarlyStt(self._turn_frames, future)
 
     @property
@@ -179,8 +198,8 @@ class Listener:
         a pause, shown while the buyer goes on or while the final pass runs."""
         if future.cancelled() or future.exception() is not None:
             return
-        if line_id in self.session.final_lines or not future.result().text.strip():
-            return  # the final line is out already: never overwrite it
+        if line_id in self.session.final_lines or judge(future.result()).phantom:
+            return  # the final line is out already (never overwrite it), or noise
         self.session.send(
             TOPIC_TRANSCRIPT,
             {
@@ -200,7 +219,7 @@ class Listener:
             if early is not None:
                 early.future.cancel()
             return
-        self.session.on_turn(self, turn, early, now)
+        self.session.on_turn(self, turn, early, now, over_agent=self._barged)
 
 
 class AgentSession:
@@ -229,8 +248,11 @@ class AgentSession:
         self.speaking = False
         self.turn = 0
         self.utterance: Utterance | None = None
+        self.paused_by: Listener | None = None  # whose speech over the agent paused its voice
+        self._paused_at = 0.0
+        self._pause_timer: asyncio.TimerHandle | None = None
         self.history: list[dict[str, Any]] = []  # per answer: question, answer, heard
-        self.counters = {"barge_ins": 0, "ignored_noises": 0, "turns": 0}
+        self.counters = {"barge_ins": 0, "ignored_noises": 0, "backchannels": 0, "turns": 0}
         self._reply: asyncio.Task | None = None  # the turn being answered
         self._claimed = 0  # its number
         self._talking: set[Listener] = set()  # speakers in the middle of a turn
@@ -422,9 +444,16 @@ class AgentSession:
         self._reply, self._claimed = current, number
         return True
 
-    def on_turn(self, listener: Listener, turn: TurnEnded, early: EarlyStt | None, now: float):
-        """A buyer finished speaking a turn."""
-        self._new_turn(lambda number: self._hear(listener, turn, early, now, number))
+    def on_turn(
+        self,
+        listener: Listener,
+        turn: TurnEnded,
+        early: EarlyStt | None,
+        now: float,
+        over_agent: bool = False,
+    ) -> None:
+        """A buyer finished speaking a turn (`over_agent`: it paused the agent's voice)."""
+        self._new_turn(lambda number: self._hear(listener, turn, early, now, number, over_agent))
 
     def _on_data(self, message: dict) -> None:
         """Typed questions (topic "ask": {text, language?}) are answered by voice too."""
@@ -449,8 +478,12 @@ class AgentSession:
         early: EarlyStt | None,
         detected_at: float,
         number: int,
+        over_agent: bool = False,
     ) -> None:
-        """STT for a spoken turn (the early pass when it is still valid), then the answer."""
+        """STT for a spoken turn (the early pass when it is still valid), then the answer.
+
+        A turn that paused the agent is first judged: a backchannel or a phantom resumes the
+        agent, anything else makes the pause a barge-in and is answered."""
         timings = {"endpointing": (detected_at - listener.last_voiced_at) * 1e3}
         if not self.speaking:
             self._set_state("thinking")
@@ -459,7 +492,28 @@ class AgentSession:
         t0 = time.monotonic()
         transcript: Transcript | None = None
         early_result: Transcript | None = None
-        if early is not None:
+        voiced_ms = turn.voiced_ms
+        max_ms = self.config.audio.backchannel_max_ms
+        if over_agent and self.paused_by is listener and voiced_ms <= max_ms:
+            # short words over the agent: Whisper's language detection guesses badly on them
+            # ("ajá" came out as English "What's that?"); the conversation's language is known
+            language = self.utterance.language if self.utterance is not None else None
+            loop = asyncio.get_running_loop()
+            transcript = await loop.run_in_executor(
+                self.pipeline.executor, self.pipeline.stt.transcribe, turn.audio, language
+            )
+            if early is not None:
+                early.future.cancel()
+            early = None
+            if judge(transcript).phantom or is_backchannel(
+                transcript.text, voiced_ms, max_ms, self.pipeline.has_content
+            ):
+                kind = "ignored_noise" if judge(transcript).phantom else "backchannel"
+                self.resume_after(listener, kind, transcript.text, voiced_ms)
+                return
+        if over_agent and self.paused_by is listener:
+            self.commit_barge_in(listener, voiced_ms)
+        if early is not None and transcript is None:
             try:
                 transcript = early_result = await early.future
             except asyncio.CancelledError:
@@ -471,8 +525,12 @@ class AgentSession:
         t1 = time.monotonic()
         timings["stt"] = transcript.timings_ms.get("total", (t1 - t0) * 1e3)
         timings["stt_wait"] = (t1 - t0) * 1e3
-        if len(transcript.text.strip(" .,!?¿¡")) < MIN_TRANSCRIPT_CHARS:
-            # a cough or a knock that made a "turn": whatever was being said goes on
+        verdict = judge(transcript)
+        if verdict.phantom:
+            # noise Whisper wrote words for ("Thank you.", "I'm gonna get you."): no turn
+            logger.debug(
+                "agent %s: phantom %r (%s)", self.job.job_id, transcript.text, verdict.reason
+            )
             if self._reply is None or self._reply.done():
                 self._set_state("listening")
             return
@@ -614,14 +672,70 @@ class AgentSession:
                 # cancelled (a newer turn, or leaving) while speaking: stop the voice too
                 self.speaking = False
                 self.voice.interrupt()
+                if self.paused_by is not None:
+                    self._unpause()
 
     # -- interruptions -----------------------------------------------------------------------------
 
-    def barge_in(self, listener: Listener, voiced_ms: int) -> None:
-        """Buyer speech over the agent: silence now, drop what was being prepared."""
+    def pause_for(self, listener: Listener) -> bool:
+        """Buyer speech over the agent: silence now, keep the answer until it is judged.
+        False when the agent is not speaking or another buyer's speech paused it already."""
+        if not self.speaking or self.paused_by is not None:
+            return False
+        self.voice.pause()  # first: the next frame out is silence
+        self.paused_by = listener
+        self._paused_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._pause_timer = loop.call_later(MAX_PAUSE_S, self._pause_expired, listener)
+        return True
+
+    def _pause_expired(self, listener: Listener) -> None:
+        if self.paused_by is listener:
+            self.commit_barge_in(listener, listener.endpointer.voiced_in_turn_ms)
+
+    def _unpause(self) -> float:
+        """Forget the pause; returns how long it lasted (ms)."""
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+        self.paused_by = None
+        return (time.monotonic() - self._paused_at) * 1e3
+
+    def resume_after(self, listener: Listener, kind: str, text: str, voiced_ms: int) -> None:
+        """The speech that paused the agent asked for nothing: go on where it stopped."""
+        if self.paused_by is not listener:
+            return
+        paused_ms = self._unpause()
+        self.voice.resume()
+        self.counters["backchannels" if kind == "backchannel" else "ignored_noises"] += 1
+        self.send(
+            TOPIC_INTERRUPTION,
+            {
+                "kind": kind,
+                "speaker": listener.identity,
+                "voiced_ms": voiced_ms,
+                "turn": self.turn,
+                "text": text,
+                "paused_ms": round(paused_ms, 1),
+            },
+        )
+        logger.info(
+            "agent %s: %s from %s (%r), resumed after %.0f ms",
+            self.job.job_id,
+            kind,
+            listener.identity,
+            text,
+            paused_ms,
+        )
+
+    def commit_barge_in(self, listener: Listener, voiced_ms: int) -> None:
+        """The speech that paused the agent is an interruption: drop the answer (what was
+        queued, what was being prepared) and record what the buyer heard of it."""
+        if self.paused_by is listener:
+            self._unpause()
         if not self.speaking:
             return
-        stopped = self.voice.interrupt()  # first: the next frame out is silence
+        stopped = self.voice.interrupt()
         sent = self.voice.sent
         self.speaking = False
         if self._reply is not None:

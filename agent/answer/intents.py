@@ -570,3 +570,10 @@ def parse(text: str, shop: Shop) -> Parsed:
             best = (score, entry)
     parsed.faq_score, parsed.faq = best
     return parsed
+
+
+def asks_something(text: str, shop: Shop) -> bool:
+    """Does the text name anything the engine can answer about (an intent, a product, a
+    country, an FAQ entry)? "Okay." and "uh-huh" do not; "the black one?" may not either."""
+    parsed = parse(text, shop)
+    return bool(parsed.scores or parsed.products or parsed.countries or parsed.faq)

@@ -35,7 +35,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..audio.endpoint import Endpointer, SpeechStarted, TurnEnded
 from ..audio.frames import STT_RATE, FrameChunker
-from ..audio.vad import Vad, WebRtcVad
+from ..audio.phantom import judge
+from ..audio.vad import Vad, build_vad
 from .config import CaptionSettings
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,16 @@ class PhraseTracker:
 
     def __init__(self, settings: CaptionSettings, vad: Vad | None = None) -> None:
         self.settings = settings
-        self._vad = _LastDecision(vad or WebRtcVad(settings.vad_aggressiveness, STT_RATE, 20))
+        if vad is None:
+            vad = build_vad(
+                settings.vad,
+                model=settings.vad_model,
+                threshold=settings.vad_threshold,
+                aggressiveness=settings.vad_aggressiveness,
+                sample_rate=STT_RATE,
+                frame_ms=FRAME_MS,
+            )
+        self._vad = _LastDecision(vad)
         self.endpointer = Endpointer(
             self._vad,
             speech_start_ms=settings.speech_start_ms,
@@ -239,9 +249,12 @@ class PhraseDecoder:
             if not _WORDS.search(text) or transcript.avg_logprob < min_logprob:
                 logger.debug("captions: dropped %r (logprob %.2f)", text, transcript.avg_logprob)
                 return None
-            self.session_language = transcript.language
-        if not _WORDS.search(text):
+        if judge(transcript).phantom:  # music or noise Whisper wrote words for
+            if not request.final:
+                self._last = None  # never reused as the final either
             return None
+        if request.final:
+            self.session_language = transcript.language
         start_wall = request.wall_end - (request.end_ms - request.start_ms) / 1000
         return Caption(
             seq=request.seq,
