@@ -19,6 +19,7 @@ import numpy as np
 
 from .answer import Answer, ConversationState, GroundedEngine, TicketStore
 from .answer.intents import asks_something
+from .audio.backchannel import is_backchannel
 from .audio.endpoint import Endpointer, TurnEnded
 from .audio.frames import STT_RATE, WEBRTC_RATE, Resampler, concat, frames_of, read_audio, write_wav
 from .audio.phantom import judge
@@ -105,6 +106,22 @@ class VoicePipeline:
     def new_endpointer(self) -> Endpointer:
         a = self.config.audio
         return Endpointer(self.new_vad(), a.speech_start_ms, a.end_of_turn_silence_ms, a.max_turn_s)
+
+    def hear_over_agent(
+        self, audio16k: np.ndarray, voiced_ms: float, language: str | None
+    ) -> tuple[str, Transcript]:
+        """What speech over the agent's voice was (blocking; call from a worker thread):
+        "backchannel" or "ignored_noise" (the agent goes on) or "interruption".
+
+        Short words are transcribed in the conversation's `language`: Whisper's language
+        detection guesses badly on them ("ajá" came out as English "What's that?")."""
+        transcript = self.stt.transcribe(audio16k, language=language)
+        if judge(transcript).phantom:
+            return "ignored_noise", transcript
+        max_ms = self.config.audio.backchannel_max_ms
+        if is_backchannel(transcript.text, voiced_ms, max_ms, self.has_content):
+            return "backchannel", transcript
+        return "interruption", transcript
 
     def has_content(self, text: str) -> bool:
         """Does the text ask the shop anything (agent/audio/backchannel.py)? Without a

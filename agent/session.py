@@ -41,7 +41,6 @@ from sfu.client.room_client import RemoteTrack, RoomClient
 from sfu.media.peer import NetworkSettings
 
 from .answer import Answer, ConversationState
-from .audio.backchannel import is_backchannel
 from .audio.bargein import BargeInDetector
 from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
 from .audio.frames import STT_RATE
@@ -495,20 +494,19 @@ class AgentSession:
         voiced_ms = turn.voiced_ms
         max_ms = self.config.audio.backchannel_max_ms
         if over_agent and self.paused_by is listener and voiced_ms <= max_ms:
-            # short words over the agent: Whisper's language detection guesses badly on them
-            # ("ajá" came out as English "What's that?"); the conversation's language is known
             language = self.utterance.language if self.utterance is not None else None
             loop = asyncio.get_running_loop()
-            transcript = await loop.run_in_executor(
-                self.pipeline.executor, self.pipeline.stt.transcribe, turn.audio, language
+            kind, transcript = await loop.run_in_executor(
+                self.pipeline.executor,
+                self.pipeline.hear_over_agent,
+                turn.audio,
+                voiced_ms,
+                language,
             )
             if early is not None:
                 early.future.cancel()
             early = None
-            if judge(transcript).phantom or is_backchannel(
-                transcript.text, voiced_ms, max_ms, self.pipeline.has_content
-            ):
-                kind = "ignored_noise" if judge(transcript).phantom else "backchannel"
+            if kind != "interruption":
                 self.resume_after(listener, kind, transcript.text, voiced_ms)
                 return
         if over_agent and self.paused_by is listener:

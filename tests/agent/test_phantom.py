@@ -11,7 +11,8 @@ import pytest
 from agent.answer import ConversationState, load_shop
 from agent.answer.intents import asks_something
 from agent.audio.backchannel import is_backchannel
-from agent.audio.frames import WEBRTC_RATE, resample
+from agent.audio.endpoint import TurnEnded
+from agent.audio.frames import WEBRTC_RATE, frames_of, resample
 from agent.audio.phantom import is_known_phantom, judge
 from agent.audio.stt import Transcript
 from agent.config import AgentConfig
@@ -118,3 +119,40 @@ def test_a_question_after_the_noise_is_still_answered(pipelines, buyer_speech):
     results, totals = run_recording(pipeline, clip, ConversationState(customer="music"))
     assert len(results) == 1 and totals["phantom_turns"] == 0
     assert results[0].transcript.language == "pt" and "159" in results[0].answer.text
+
+
+def _turn(pipeline: VoicePipeline, speech16k: np.ndarray):
+    """The one turn the agent's VAD and endpointing cut from a clip."""
+    endpointer = pipeline.new_endpointer()
+    turns = []
+    for frame in frames_of(with_silence(speech16k, 16000, 0.3, 0.6), 16000, 20):
+        turns += [e for e in endpointer.push(frame) if isinstance(e, TurnEnded)]
+    assert len(turns) == 1, turns
+    return turns[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "lang, said, expected",
+    [
+        ("en", "Uh-huh.", "backchannel"),
+        ("en", "Okay.", "backchannel"),
+        ("en", "Yeah, right.", "backchannel"),
+        ("pt", "Sim.", "backchannel"),
+        ("pt", "Certo.", "backchannel"),
+        ("es", "Vale.", "backchannel"),
+        ("es", "Ajá.", "backchannel"),
+        ("en", "Wait, how much is it?", "interruption"),
+        ("pt", "Espera, quanto custa a bolsa?", "interruption"),
+        ("es", "No, el bolso negro.", "interruption"),
+    ],
+)
+def test_speech_over_the_agent_is_judged(pipelines, buyer_speech, lang, said, expected):
+    """Real speech through the agent's VAD, endpointing and Whisper (in the conversation's
+    language): acknowledgements let the agent go on (as a backchannel, or as noise when Whisper
+    doubts its own words: "uh uh uh uh ..."), questions and objections stop it."""
+    pipeline = pipelines["silero"]
+    turn = _turn(pipeline, buyer_speech(said, lang))
+    kind, transcript = pipeline.hear_over_agent(turn.audio, turn.voiced_ms, lang)
+    allowed = {"backchannel", "ignored_noise"} if expected == "backchannel" else {expected}
+    assert kind in allowed, (kind, transcript.text, turn.voiced_ms)
