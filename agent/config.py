@@ -39,6 +39,9 @@ class AudioSettings:
     frame_ms: int = 20
     speech_start_ms: int = 60  # voiced audio needed before a turn starts
     end_of_turn_silence_ms: int = 300
+    # a question that seems unfinished ("Does the …", "How much is …": agent/answer/unfinished.py)
+    # waits for this much silence in all before it is answered; speech before then continues it
+    unfinished_wait_ms: int = 1500
     max_turn_s: float = 15.0
     barge_in_ms: int = 150  # buyer speech that stops the agent's voice
     # Over the agent's voice, speech stops it at once (barge_in_ms), then what was said decides:

@@ -19,8 +19,9 @@ import numpy as np
 
 from .answer import Answer, ConversationState, GroundedEngine, TicketStore
 from .answer.intents import asks_something
+from .answer.unfinished import unfinished
 from .audio.backchannel import is_backchannel
-from .audio.endpoint import Endpointer, TurnEnded
+from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
 from .audio.frames import STT_RATE, WEBRTC_RATE, Resampler, concat, frames_of, read_audio, write_wav
 from .audio.phantom import judge
 from .audio.stt import Transcript, WhisperStt, resolve_model_dir
@@ -123,6 +124,12 @@ class VoicePipeline:
             return "backchannel", transcript
         return "interruption", transcript
 
+    def unfinished(self, text: str, state: ConversationState) -> str:
+        """Why the buyer seems not to have finished (agent/answer/unfinished.py); "" when the
+        question seems complete, or when there is no catalogue to judge by."""
+        shop = getattr(self.engine, "shop", None)
+        return unfinished(text, shop, state) if shop is not None else ""
+
     def has_content(self, text: str) -> bool:
         """Does the text ask the shop anything (agent/audio/backchannel.py)? Without a
         catalogue to look in (another engine), everything might."""
@@ -143,12 +150,17 @@ class VoicePipeline:
         return transcript, answer, {"stt": (t1 - t0) * 1e3, "answer": (t2 - t1) * 1e3}
 
     def handle_turn(
-        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
+        self,
+        audio16k: np.ndarray,
+        state: ConversationState,
+        language: str | None = None,
+        transcript: Transcript | None = None,
     ) -> TurnResult | None:
-        """STT, answer and TTS for one turn; None when the turn was a phantom (noise that got
-        past the VAD and that Whisper wrote words for): nothing is answered."""
+        """STT (unless `transcript` is given), answer and TTS for one turn; None when the turn
+        was a phantom (noise that got past the VAD and that Whisper wrote words for)."""
         t0 = time.perf_counter()
-        transcript = self.stt.transcribe(audio16k, language=language, prior=state.language)
+        if transcript is None:
+            transcript = self.stt.transcribe(audio16k, language=language, prior=state.language)
         if judge(transcript).phantom:
             return None
         t1 = time.perf_counter()
@@ -212,13 +224,18 @@ def run_recording(
     state: ConversationState,
     language: str | None = None,
 ) -> tuple[list[TurnResult], dict[str, float]]:
-    """Stream a 48 kHz recording through resampling, VAD and endpointing; answer each turn."""
+    """Stream a 48 kHz recording through resampling, VAD and endpointing; answer each turn.
+
+    As in a live session, a turn whose transcript is unfinished ("Does the …") waits for more:
+    if the buyer speaks again before `audio.unfinished_wait_ms` of silence, the two turns are
+    one question (transcribed together); if not, it is answered as it is, that much later."""
     frame_ms = pipeline.config.audio.frame_ms
     resampler = Resampler(WEBRTC_RATE, STT_RATE)
     endpointer = pipeline.new_endpointer()
     n16 = STT_RATE * frame_ms // 1000
     pending = np.zeros(0, np.int16)
-    turns: list[TurnEnded] = []
+    stream: list[np.ndarray] = []  # the 16 kHz audio the endpointer saw, frame by frame
+    events: list[SpeechStarted | TurnEnded] = []
     resample_s = vad_s = 0.0
     for frame in frames_of(audio48k, WEBRTC_RATE, frame_ms):
         t0 = time.perf_counter()
@@ -227,22 +244,59 @@ def run_recording(
         resample_s += t1 - t0
         while len(pending) >= n16:
             chunk, pending = pending[:n16], pending[n16:]
-            turns.extend(e for e in endpointer.push(chunk) if isinstance(e, TurnEnded))
+            stream.append(chunk)
+            events.extend(endpointer.push(chunk))
         vad_s += time.perf_counter() - t1
     # a recording may stop right after the question: feed the configured silence
     silence = np.zeros(n16, np.int16)
     for _ in range(pipeline.config.audio.end_of_turn_silence_ms // frame_ms + 1):
-        turns.extend(e for e in endpointer.push(silence) if isinstance(e, TurnEnded))
-    turns.extend(endpointer.flush())
+        stream.append(silence)
+        events.extend(endpointer.push(silence))
+    events.extend(endpointer.flush())
+    audio16k = concat(stream)
+    turns: list[TurnEnded] = []
+    starts: list[float] = []  # when each turn's speech started (its SpeechStarted)
+    started = 0.0
+    for event in events:
+        if isinstance(event, SpeechStarted):
+            started = event.at_ms
+        else:
+            turns.append(event)
+            starts.append(started)
+    wait_ms = pipeline.config.audio.unfinished_wait_ms
+
+    def span(start: TurnEnded, end: TurnEnded) -> np.ndarray:
+        """The recording from one turn's start (pre-roll) to another's end, pauses included."""
+        per_ms = STT_RATE // 1000
+        return audio16k[int(start.start_ms) * per_ms : int(end.detected_ms) * per_ms]
+
     results = []
-    phantoms = 0
-    for turn in turns:
-        result = pipeline.handle_turn(turn.audio, state, language)
+    phantoms = merges = waits = 0
+    i = 0
+    while i < len(turns):
+        first = turn = turns[i]
+        transcript = pipeline.stt.transcribe(turn.audio, language=language, prior=state.language)
+        endpointing = turn.detected_ms - turn.speech_end_ms
+        while not judge(transcript).phantom and pipeline.unfinished(transcript.text, state):
+            resumes = i + 1 < len(turns) and starts[i + 1] - turn.speech_end_ms <= wait_ms
+            if not resumes:
+                endpointing = max(endpointing, wait_ms)  # waited for more, then answered
+                waits += 1
+                break
+            i += 1
+            turn = turns[i]
+            merges += 1
+            transcript = pipeline.stt.transcribe(
+                span(first, turn), language=language, prior=state.language
+            )
+            endpointing = turn.detected_ms - turn.speech_end_ms
+        i += 1
+        result = pipeline.handle_turn(span(first, turn), state, language, transcript=transcript)
         if result is None:
             phantoms += 1
             continue
-        result.timings_ms["endpointing"] = turn.detected_ms - turn.speech_end_ms
-        result.timings_ms["turn_audio_s"] = len(turn.audio) / STT_RATE
+        result.timings_ms["endpointing"] = endpointing
+        result.timings_ms["turn_audio_s"] = (turn.detected_ms - first.start_ms) / 1000
         results.append(result)
     totals = {
         "resample": resample_s * 1e3,
@@ -250,6 +304,8 @@ def run_recording(
         "audio_s": len(audio48k) / WEBRTC_RATE,
         "turns": len(turns),  # what the VAD and endpointing cut
         "phantom_turns": phantoms,  # of those, dropped as phantoms (not answered)
+        "merged_turns": merges,  # unfinished questions joined with what the buyer said next
+        "unfinished_waits": waits,  # unfinished questions answered after the longer wait
     }
     return results, totals
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -89,6 +90,17 @@ class JobSpec:
 
 
 @dataclass
+class Carry:
+    """A turn not answered yet, that the buyer's next words may continue: its answer is being
+    prepared, or it waits because the question seemed unfinished ("Does the …")."""
+
+    audio: np.ndarray  # 16 kHz, the turn(s) so far
+    ended_at: float  # monotonic time its end of turn was detected
+    task: asyncio.Task  # hearing and answering it; cancelled when the buyer goes on
+    number: int  # its turn number
+
+
+@dataclass
 class EarlyStt:
     """An STT pass started while the buyer is (perhaps) still talking."""
 
@@ -123,6 +135,8 @@ class Listener:
         self._early: EarlyStt | None = None
         self._barged = False  # this turn's speech interrupted the agent
         self._started_while_speaking = False
+        self.carry: Carry | None = None  # the last turn, while the next may still continue it
+        self._merge: Carry | None = None  # the open turn continues this one
         self.line = 0  # turns heard from this speaker (names the transcript line)
         self.last_voiced_at = 0.0  # monotonic arrival of the last voiced frame
         self.task: asyncio.Task | None = None
@@ -155,16 +169,25 @@ class Listener:
                 self._barged = session.pause_for(self)
             else:
                 session.ignored_noise(self, burst.voiced_ms)
+        ended = False
         for event in events:
             if isinstance(event, SpeechStarted):
-                self.line += 1
                 self._turn_frames = 0
                 self._silence = 0
                 self._early = None
                 self._barged = False
                 self._started_while_speaking = session.speaking
+                self._merge = self._continues(now)
+                if self._merge is None:
+                    self.line += 1  # a new line on the page; a continuation keeps its line
             elif isinstance(event, TurnEnded):
+                ended = True
                 self._turn_ended(event, now)
+        if self._merge is not None and not ended and not self.endpointer.in_turn:
+            # what resumed was a blip, not speech: answer the held turn as it was
+            carry, self._merge = self._merge, None
+            self.carry = None
+            self._hear_again(carry, now)
         session.mark_talking(self, self.endpointer.in_turn)
         if (
             session.paused_by is self
@@ -180,6 +203,8 @@ class Listener:
                 self._silence += 1
                 if self._silence == self._early_frames and self._early is None:
                     audio = self.endpointer.current_audio()
+                    if audio is not None and self._merge is not None:
+                        audio = np.concatenate([self._merge.audio, audio])
                     if audio is not None:
                         state = session.state_for(self.identity)
                         future = session.transcribe_soon(audio, state)
@@ -211,14 +236,38 @@ class Listener:
             },
         )
 
+    def _continues(self, now: float) -> Carry | None:
+        """Speech just started: does it continue the last turn? Yes while that turn's answer
+        has not begun playing and the pause was short (audio.unfinished_wait_ms); then the
+        answer being prepared is dropped and the two turns are heard as one."""
+        carry, self.carry = self.carry, None
+        if carry is None or carry.task.done() or self.session.speaking:
+            return None
+        if now - carry.ended_at > self.session.config.audio.unfinished_wait_ms / 1000:
+            return None
+        carry.task.cancel()
+        self.session.counters["merged_turns"] += 1
+        return carry
+
     def _turn_ended(self, turn: TurnEnded, now: float) -> None:
         early, self._early = self._early, None
+        merge, self._merge = self._merge, None
         if self._started_while_speaking and not self._barged:
             # a noise over the agent's voice that still made a "turn": not a question
             if early is not None:
                 early.future.cancel()
             return
-        self.session.on_turn(self, turn, early, now, over_agent=self._barged)
+        if merge is not None:
+            turn = dataclasses.replace(turn, audio=np.concatenate([merge.audio, turn.audio]))
+        task = self.session.on_turn(self, turn, early, now, over_agent=self._barged)
+        if not self._barged:
+            self.carry = Carry(turn.audio, now, task, self.session.turn)
+
+    def _hear_again(self, carry: Carry, now: float) -> None:
+        """Answer a held turn that nothing continued after all."""
+        turn = TurnEnded(carry.audio, 0.0, 0.0, 0.0)
+        task = self.session.on_turn(self, turn, None, now)
+        self.carry = Carry(carry.audio, now, task, self.session.turn)
 
 
 class AgentSession:
@@ -251,7 +300,14 @@ class AgentSession:
         self._paused_at = 0.0
         self._pause_timer: asyncio.TimerHandle | None = None
         self.history: list[dict[str, Any]] = []  # per answer: question, answer, heard
-        self.counters = {"barge_ins": 0, "ignored_noises": 0, "backchannels": 0, "turns": 0}
+        self.counters = {
+            "barge_ins": 0,
+            "ignored_noises": 0,
+            "backchannels": 0,
+            "turns": 0,
+            "merged_turns": 0,  # turns continued after a pause (the answer being made dropped)
+            "unfinished_waits": 0,  # questions that seemed unfinished: a longer end of turn
+        }
         self._reply: asyncio.Task | None = None  # the turn being answered
         self._claimed = 0  # its number
         self._talking: set[Listener] = set()  # speakers in the middle of a turn
@@ -426,11 +482,11 @@ class AgentSession:
             state = self.states[identity] = ConversationState(customer=identity)
         return state
 
-    def _new_turn(self, coro_factory) -> None:
+    def _new_turn(self, coro_factory) -> asyncio.Task:
         """Start on a new turn; it replaces the current answer once it proves to be words."""
         self.turn += 1
         self.counters["turns"] += 1
-        self._spawn(coro_factory(self.turn))
+        return self._spawn(coro_factory(self.turn))
 
     def _claim(self, number: int) -> bool:
         """Make turn `number` the one being answered: the answer to an older turn (being
@@ -450,9 +506,11 @@ class AgentSession:
         early: EarlyStt | None,
         now: float,
         over_agent: bool = False,
-    ) -> None:
+    ) -> asyncio.Task:
         """A buyer finished speaking a turn (`over_agent`: it paused the agent's voice)."""
-        self._new_turn(lambda number: self._hear(listener, turn, early, now, number, over_agent))
+        return self._new_turn(
+            lambda number: self._hear(listener, turn, early, now, number, over_agent)
+        )
 
     def _on_data(self, message: dict) -> None:
         """Typed questions (topic "ask": {text, language?}) are answered by voice too."""
@@ -532,6 +590,17 @@ class AgentSession:
             if self._reply is None or self._reply.done():
                 self._set_state("listening")
             return
+        if not over_agent and self.pipeline.unfinished(transcript.text, state):
+            # "Does the …": wait a little longer for the rest; if the buyer goes on, this
+            # task is cancelled and the turns are heard as one (Listener._continues)
+            wait_s = self.config.audio.unfinished_wait_ms / 1000
+            left = listener.last_voiced_at + wait_s - time.monotonic()
+            if left > 0:
+                self.counters["unfinished_waits"] += 1
+                if not self.speaking:
+                    self._set_state("listening")
+                await asyncio.sleep(left)
+            timings["endpointing"] = (time.monotonic() - listener.last_voiced_at) * 1e3
         await self._respond(
             listener.identity,
             transcript.text,
@@ -641,6 +710,9 @@ class AgentSession:
                     generation = self.voice.begin()
                     self.utterance = utterance
                     self.speaking = True
+                    for listener in self.listeners.values():
+                        if listener.carry is not None and listener.carry.number == number:
+                            listener.carry = None  # answered: what follows is a new turn
                     self._set_state("speaking")
                     self.send(
                         TOPIC_TRANSCRIPT,

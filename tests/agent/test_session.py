@@ -157,6 +157,34 @@ async def test_spoken_question_gets_a_spoken_answer_with_the_fact(room, pipeline
     assert "159" in _heard_numbers(pipeline, buyer.recording(first - 0.1, end), "en")
 
 
+@pytest.mark.parametrize("pause_s", [0.5, 0.9])
+async def test_a_buyer_who_pauses_mid_question_is_not_cut_off(room, clips, pause_s):
+    """ "How much is the … leather tote bag?": the silence timer ends a turn in the pause, the
+    engine judges "How much is the" unfinished, waits, and the resumed speech continues the
+    same turn: one answer, to the whole question, never one to the first half."""
+    node, join = room
+    buyer = await join(keep_audio=True)
+    pause = np.zeros(int(WEBRTC_RATE * pause_s), np.int16)
+    question = np.concatenate([clips("How much is the"), pause, clips("leather tote bag?")])
+    said = await buyer.say(question)
+    answer = await _answer(buyer, said.start)
+    assert "159" in answer["text"] and answer["intent"] == "price", answer
+    first = await _first_audible(buyer, said.start)
+    assert first > said.end  # the agent did not talk over the buyer's second half
+    await _until_quiet(buyer)
+    agent_lines = [
+        p for p in buyer.messages_on("transcript", after=said.start) if p["speaker"] == "agent"
+    ]
+    assert len(agent_lines) == 1, agent_lines  # no answer to the first half
+    finals = [
+        p
+        for p in buyer.messages_on("transcript", after=said.start)
+        if p["speaker"] == "user" and p["final"]
+    ]
+    assert finals and "bag" in finals[-1]["text"].lower()
+    assert len({p["id"] for p in finals}) == 1  # one line on the page
+
+
 @pytest.mark.parametrize(
     ("lang", "question", "facts"),
     [
