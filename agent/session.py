@@ -137,6 +137,7 @@ class Listener:
         self._started_while_speaking = False
         self.carry: Carry | None = None  # the last turn, while the next may still continue it
         self._merge: Carry | None = None  # the open turn continues this one
+        self.frames_heard = 0  # 20 ms frames pushed through VAD and endpointing
         self.line = 0  # turns heard from this speaker (names the transcript line)
         self.last_voiced_at = 0.0  # monotonic arrival of the last voiced frame
         self.task: asyncio.Task | None = None
@@ -158,6 +159,7 @@ class Listener:
     def _push(self, chunk: np.ndarray) -> None:
         session = self.session
         now = time.monotonic()
+        self.frames_heard += 1
         events = self.endpointer.push(chunk)
         voiced = self.endpointer.voiced_ms > 0
         if voiced:

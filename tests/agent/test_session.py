@@ -384,6 +384,42 @@ async def test_the_agent_page_in_chromium_hears_a_question_and_shows_the_answer(
         await node.runner.cleanup()
 
 
+@pytest.mark.browser
+async def test_chromiums_fake_microphone_beep_makes_no_phantom_transcript(pipeline):
+    """Chromium's fake microphone (a beeping tone, no speech): webrtcvad took it for speech and
+    the page showed "I'm gonna get you." and "I". Now nothing: no transcript, no answer."""
+    from ..browser import launch_chromium
+
+    config = Config()
+    config.server.demo_tokens = True
+    config.agents.auto_rooms = [ROOM]
+    node = await start_node(config)
+    worker = AgentWorker(
+        node.url, config, pipeline.config, network=LOOPBACK, resources={"pipeline": pipeline}
+    )
+    running = asyncio.ensure_future(worker.run())
+    try:
+        await asyncio.wait_for(worker.registered.wait(), 30)
+        async with launch_chromium() as browser:
+            page = await browser.open(f"{node.url}/demo/agent.html")
+            await page.wait_for_function("demo.agentConnected === true", timeout=20000)
+            await page.click("#talk")
+            await page.wait_for_function("demo.micOn === true", timeout=10000)
+            (session,) = [runner for runner, _ in worker.jobs.values()]
+            deadline = time.monotonic() + 20
+            while sum(x.frames_heard for x in session.listeners.values()) < 8 * 50:
+                assert time.monotonic() < deadline, "the agent never heard the microphone"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # a turn the beeps made would be transcribed by now
+            assert await page.eval_on_selector_all("#transcript li", "els => els.length") == 0
+            assert session.counters["turns"] == 0 and session.history == []
+            assert not browser.page_errors, browser.problems()
+    finally:
+        worker.close()
+        await asyncio.wait_for(running, 15)
+        await node.runner.cleanup()
+
+
 def _start_worker(url: str, agent_toml: Path, name: str, log: Path) -> subprocess.Popen:
     env = {**os.environ}
     env.pop("AGENT_TICKETS_DB", None)
