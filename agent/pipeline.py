@@ -1,15 +1,15 @@
-"""The voice pipeline: 48 kHz audio in -> resample -> VAD -> endpointing -> STT -> answer -> TTS.
+"""The voice pipeline: 48 kHz audio in -> 16 kHz frames (InputStage) -> VAD -> endpointing ->
+STT -> answer -> TTS.
 
-`VoicePipeline` holds the loaded models and runs one buyer turn at a time; CPU-heavy work (STT,
-TTS, the answer engine) runs in a thread pool when called from asyncio. `run_file` drives the
-whole chain over a recording, as `python -m agent ask --audio IN.wav --out OUT.wav` does.
+`VoicePipeline` holds the loaded models and the stages' judgements the session and `ask --audio`
+share (is this a phantom, a backchannel, an unfinished question); its blocking methods run in
+its thread pool (`executor`) when called from asyncio. `run_recording` drives the whole chain
+over a recording on the audio clock, as `python -m agent ask --audio IN.wav --out OUT.wav` does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +22,17 @@ from .answer.intents import asks_something
 from .answer.unfinished import unfinished
 from .audio.backchannel import is_backchannel
 from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
-from .audio.frames import STT_RATE, WEBRTC_RATE, Resampler, concat, frames_of, read_audio, write_wav
+from .audio.frames import (
+    STT_RATE,
+    WEBRTC_RATE,
+    InputStage,
+    concat,
+    frames_of,
+    read_audio,
+    write_wav,
+)
 from .audio.phantom import judge
-from .audio.stt import Transcript, WhisperStt, resolve_model_dir
+from .audio.stt import SpeechToText, Transcript, WhisperStt, resolve_model_dir
 from .audio.tts import TtsRouter, build_tts
 from .audio.vad import Vad, build_vad
 from .config import AgentConfig
@@ -53,7 +61,7 @@ class VoicePipeline:
         self,
         config: AgentConfig,
         engine: GroundedEngine,
-        stt: WhisperStt,
+        stt: SpeechToText,
         tts: TtsRouter,
         store: TicketStore | None = None,
     ) -> None:
@@ -138,17 +146,6 @@ class VoicePipeline:
 
     # -- one turn ------------------------------------------------------------------------------
 
-    def understand(
-        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
-    ) -> tuple[Transcript, Answer, dict[str, float]]:
-        """STT and the answer engine for one turn (blocking; call from a worker thread)."""
-        t0 = time.perf_counter()
-        transcript = self.stt.transcribe(audio16k, language=language, prior=state.language)
-        t1 = time.perf_counter()
-        answer = self.engine.answer(transcript.text, state, transcript.language)
-        t2 = time.perf_counter()
-        return transcript, answer, {"stt": (t1 - t0) * 1e3, "answer": (t2 - t1) * 1e3}
-
     def handle_turn(
         self,
         audio16k: np.ndarray,
@@ -181,38 +178,10 @@ class VoicePipeline:
         timings["tts_total"] = (t1 - t0) * 1e3
         return TurnResult(transcript, answer, concat(frames), timings)
 
-    async def understand_async(
-        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
-    ) -> tuple[Transcript, Answer, dict[str, float]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.understand, audio16k, state, language)
-
-    async def speak(self, text: str, language: str) -> AsyncIterator[np.ndarray]:
-        """48 kHz 20 ms frames; synthesis runs in the pool, one sentence ahead of playback."""
-        loop = asyncio.get_running_loop()
-        frames = self.tts.frames(text, language, self.config.audio.frame_ms)
-        done = object()
-        while True:
-            batch = await loop.run_in_executor(self.executor, _take, frames, 25, done)
-            for frame in batch:
-                if frame is done:
-                    return
-                yield frame
-
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()
-
-
-def _take(iterator, n: int, done: object) -> list:
-    out = []
-    for _ in range(n):
-        item = next(iterator, done)
-        out.append(item)
-        if item is done:
-            break
-    return out
 
 
 # -- a whole recording ---------------------------------------------------------------------------
@@ -230,20 +199,18 @@ def run_recording(
     if the buyer speaks again before `audio.unfinished_wait_ms` of silence, the two turns are
     one question (transcribed together); if not, it is answered as it is, that much later."""
     frame_ms = pipeline.config.audio.frame_ms
-    resampler = Resampler(WEBRTC_RATE, STT_RATE)
+    audio_in = InputStage(frame_ms, STT_RATE)
     endpointer = pipeline.new_endpointer()
-    n16 = STT_RATE * frame_ms // 1000
-    pending = np.zeros(0, np.int16)
+    n16 = audio_in.frame_samples
     stream: list[np.ndarray] = []  # the 16 kHz audio the endpointer saw, frame by frame
     events: list[SpeechStarted | TurnEnded] = []
     resample_s = vad_s = 0.0
     for frame in frames_of(audio48k, WEBRTC_RATE, frame_ms):
         t0 = time.perf_counter()
-        pending = np.concatenate([pending, resampler.push(frame)])
+        chunks = audio_in.push(frame, WEBRTC_RATE)
         t1 = time.perf_counter()
         resample_s += t1 - t0
-        while len(pending) >= n16:
-            chunk, pending = pending[:n16], pending[n16:]
+        for chunk in chunks:
             stream.append(chunk)
             events.extend(endpointer.push(chunk))
         vad_s += time.perf_counter() - t1

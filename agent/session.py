@@ -35,7 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 
 from sfu.client.room_client import RemoteTrack, RoomClient
@@ -44,7 +43,7 @@ from sfu.media.peer import NetworkSettings
 from .answer import Answer, ConversationState
 from .audio.bargein import BargeInDetector
 from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
-from .audio.frames import STT_RATE
+from .audio.frames import STT_RATE, InputStage
 from .audio.phantom import judge
 from .audio.stt import Transcript
 from .audio.tts import split_sentences
@@ -126,9 +125,7 @@ class Listener:
             self.frame_ms,
             config.session.barge_in_gap_ms,
         )
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
-        self._n16 = STT_RATE * self.frame_ms // 1000
-        self._pending = np.zeros(0, np.int16)
+        self._input = InputStage(self.frame_ms, STT_RATE)
         self._early_frames = max(1, config.session.early_stt_ms // self.frame_ms)
         self._silence = 0  # unvoiced frames since the last voiced one, inside a turn
         self._turn_frames = 0
@@ -149,11 +146,7 @@ class Listener:
                 frame = await track.recv()
             except Exception:  # MediaStreamError: the track ended
                 return
-            frame.pts = None  # aiortc's timestamps may jump; the resampler needs none
-            for out in self._resampler.resample(frame):
-                self._pending = np.concatenate([self._pending, out.to_ndarray().reshape(-1)])
-            while len(self._pending) >= self._n16:
-                chunk, self._pending = self._pending[: self._n16], self._pending[self._n16 :]
+            for chunk in self._input.push(frame):
                 self._push(chunk)
 
     def _push(self, chunk: np.ndarray) -> None:

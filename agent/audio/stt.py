@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -98,6 +99,27 @@ class Transcript:
     # probability that there was no speech at all, and how repetitive the text is (gzip ratio)
     no_speech_prob: float = 0.0
     compression_ratio: float = 0.0
+
+
+class SpeechToText(Protocol):
+    """What the pipeline, the session and the captioner need of a speech-to-text backend (as
+    TextToSpeech and AnswerEngine are for theirs); `WhisperStt` is the one this project ships."""
+
+    sample_rate: int
+    languages: tuple[str, ...]  # the languages detection chooses among
+    beam_size: int  # the default beam (1: greedy)
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        prior: str | None = None,
+        *,
+        prompt: str | Mapping[str, str] | None = None,
+        beam_size: int | None = None,
+    ) -> Transcript:
+        """Mono 16 kHz audio -> text, the language and Whisper-style confidence signals."""
+        ...
 
 
 class WhisperStt:

@@ -29,13 +29,13 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
 from ..audio.endpoint import Endpointer, SpeechStarted, TurnEnded
-from ..audio.frames import STT_RATE, FrameChunker
+from ..audio.frames import STT_RATE, InputStage
 from ..audio.phantom import judge
+from ..audio.stt import SpeechToText
 from ..audio.vad import Vad, build_vad
 from .config import CaptionSettings
 
@@ -189,7 +189,7 @@ class PhraseDecoder:
 
     def __init__(
         self,
-        stt,
+        stt: SpeechToText,
         languages: tuple[str, ...] = (),
         fixed_language: str = "",
         *,
@@ -387,8 +387,7 @@ class TrackTranscriber:
     async def run(self, track) -> None:
         """Read `track` until it ends (or this task is cancelled); then the last phrase's final."""
         self._emitter = asyncio.ensure_future(self._emit_in_order())
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
-        chunker = FrameChunker(FRAME_SAMPLES)
+        audio_in = InputStage(FRAME_MS, STT_RATE)
         try:
             while True:
                 try:
@@ -401,12 +400,10 @@ class TrackTranscriber:
                     continue
                 except MediaStreamError:  # the track ended
                     break
-                frame.pts = None  # the resampler needs no timestamps; RTP gaps would upset it
                 now = time.time()
-                for out in resampler.resample(frame):
-                    for chunk in chunker.push(out.to_ndarray().reshape(-1)):
-                        self.stats.frames += 1
-                        self._submit(self.tracker.push(chunk, now))
+                for chunk in audio_in.push(frame):
+                    self.stats.frames += 1
+                    self._submit(self.tracker.push(chunk, now))
             self._submit(self.tracker.flush())
         finally:
             self._pending.put_nowait(None)

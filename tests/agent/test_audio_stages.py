@@ -1,10 +1,11 @@
 """Resampling, VAD on real speech and noise, endpointing timing, TTS output framing."""
 
+import av
 import numpy as np
 import pytest
 
 from agent.audio.endpoint import Endpointer, SpeechStarted, TurnEnded
-from agent.audio.frames import FrameChunker, Resampler, frames_of, resample
+from agent.audio.frames import FrameChunker, InputStage, Resampler, frames_of, resample
 from agent.audio.vad import WebRtcVad
 
 from .conftest import with_silence
@@ -28,6 +29,30 @@ def test_streaming_resample_48k_to_16k_keeps_pitch_and_length():
     assert abs(dominant(out[2000:14000], 16000) - 440) < 5
     up = resample(out, 16000, 48000)
     assert abs(len(up) - 48000) <= 192
+
+
+def test_input_stage_gives_16k_20ms_frames_from_numpy_or_aiortc_frames():
+    """The one input stage (agent, captioner, ask --audio): same frames whatever the pieces
+    audio comes in, pitch kept, RTP timestamp jumps ignored."""
+    src = tone(440, 1.0, 48000)
+    whole = InputStage()
+    a = whole.push(src) + whole.flush()
+    pieces = InputStage()
+    b = []
+    for i, piece in enumerate(np.array_split(src, 37)):
+        if i % 2:
+            b += pieces.push(piece)
+        else:  # as aiortc hands them: av.AudioFrame, with timestamps that may jump
+            frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = 48000
+            frame.pts = i * 123_456
+            b += pieces.push(frame)
+    b += pieces.flush()
+    assert all(len(f) == 320 and f.dtype == np.int16 for f in a + b)
+    assert len(a) == len(b) == 50
+    assert np.array_equal(np.concatenate(a), np.concatenate(b))
+    assert abs(dominant(np.concatenate(a)[2000:14000], 16000) - 440) < 5
+    assert np.array_equal(np.concatenate(a), resample(src, 48000, 16000)[: 50 * 320])
 
 
 def test_frame_chunker_cuts_exact_frames():
