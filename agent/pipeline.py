@@ -142,7 +142,7 @@ class VoicePipeline:
         """Does the text ask the shop anything (agent/audio/backchannel.py)? Without a
         catalogue to look in (another engine), everything might."""
         shop = getattr(self.engine, "shop", None)
-        return asks_something(text, shop) if shop is not None else True
+        return asks_something(text, shop, social=False) if shop is not None else True
 
     # -- one turn ------------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ them off. A transcript is unfinished when
   "…" for speech that trailed off; or
 * it asks about a product (price, colours, size …) without naming one, or about an order
   without its number, and the conversation has none yet and it is not a finished question
-  (no "?"): "Which product do you mean?" was the agent's answer to half a question.
+  (no "?"): "Which product do you mean?" was the agent's answer to half a question; or
+* it is a few words that ask the engine nothing it knows (no intent, product, country, FAQ
+  entry or number).
 
 The agent then waits a little longer (audio.unfinished_wait_ms of silence in all) before it
 answers; a complete question keeps the usual end of turn.
@@ -17,7 +19,7 @@ answers; a complete question keeps the usual end of turn.
 from __future__ import annotations
 
 from .base import ConversationState
-from .intents import PRODUCT_INTENTS, parse
+from .intents import PRODUCT_INTENTS, Parsed, parse
 from .numbers import words_to_digits
 from .shop import Shop
 from .text import normalize
@@ -32,6 +34,7 @@ OPEN_WORDS = frozenset(
         "el la los las un una unos unas y o pero mi mis su sus tu tus"  # es
     ).split()
 )
+SHORT_WORDS = 4  # at most this many words that ask nothing: probably the start of a question
 # ... and a question rarely ends on these, unless Whisper heard it end ("What is it made of?")
 DANGLING = frozenset(
     normalize(
@@ -64,4 +67,12 @@ def unfinished(text: str, shop: Shop, state: ConversationState | None = None) ->
     has_number = any(c.isdigit() for c in words_to_digits(stripped))
     if parsed.has("order_status") and not has_number and not (state and state.order_id):
         return "no_order_number"  # "Where is my order …" (the number comes after a pause)
+    if len(words) <= SHORT_WORDS and not has_number and not _asks(parsed):
+        # a few words the engine can do nothing with: "Quanto custa a" came out as Spanish
+        # "¿Cuánto costa?"; waiting costs little, the answer would be "not sure" anyway
+        return "nothing_asked"
     return ""
+
+
+def _asks(parsed: Parsed) -> bool:
+    return bool(parsed.scores or parsed.products or parsed.countries or parsed.faq)

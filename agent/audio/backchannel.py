@@ -6,7 +6,7 @@ at once), then this judges what was said once the burst ends:
 
 * a backchannel word or two (`BACKCHANNEL_WORDS`, en/pt/es), or
 * a short utterance (`max_ms` of voiced speech at most, three words at most, no question
-  mark) that asks for nothing: no interruption word ("wait", "no", "espera", "para"), no
+  mark) that asks for nothing: no interruption word ("wait", "espera", "para"), no
   number, and nothing the shop's answer engine recognises (`has_content`: a product, an
   intent, a country, an FAQ).
   Whisper base often writes short acknowledgements as other short words ("sim" as "Single",
@@ -30,12 +30,14 @@ BACKCHANNEL_WORDS = frozenset(
         "sí ajá vale ya bueno entiendo perfecto eso"  # es
     ).split()
 )
-# over the agent, these mean "stop": never a backchannel, however short
+# over the agent, these mean "stop": never a backchannel, however short. Not "no"/"não": Whisper
+# base writes a short "aham" as "A não", and a buyer's real objection is longer than
+# backchannel_max_ms anyway
 INTERRUPT_WORDS = frozenset(
     normalize(
-        "wait stop no hold hang sorry excuse what actually but pardon "  # en
-        "espera espere pare para não peraí desculpa mas oi como "  # pt
-        "perdón pero oye momento disculpa qué cómo"  # es (espera, para, no: above)
+        "wait stop hold hang sorry excuse what actually but pardon "  # en
+        "espera espere pare para peraí desculpa mas oi como "  # pt
+        "perdón pero oye momento disculpa qué cómo"  # es (espera, para: above)
     ).split()
 )
 MAX_WORDS = 3

@@ -13,9 +13,9 @@ from agent.audio.bargein import BargeInDetector
 from agent.audio.frames import STT_RATE, frames_of
 from agent.audio.vad import build_vad
 from agent.voice import AgentVoice, Utterance, trim_frames
+from benchmarks.sounds import noises
 
 from .conftest import with_silence
-from .sounds import noises
 
 
 def _decisions(detector: BargeInDetector, voiced: list[bool]) -> list[tuple[int, str, int]]:

@@ -23,13 +23,13 @@ from agent.config import AgentConfig
 from agent.pipeline import VoicePipeline
 from agent.voice import AgentVoice
 from agent.worker import AgentWorker
+from benchmarks.sounds import noises
 from sfu import Config
 from sfu.agents import AGENTS_KEY
 from sfu.media.peer import MediaPeer
 
 from ..conftest import LOOPBACK, start_node
 from .conftest import BUYER_ENGINES, CLIP_VOICES, numbers_heard
-from .sounds import noises
 
 pytestmark = pytest.mark.slow
 

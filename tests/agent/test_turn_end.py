@@ -29,6 +29,9 @@ from agent.pipeline import VoicePipeline, run_recording
         ("How much is that?", "no_product"),
         ("¿Cuánto cuesta?", "no_product"),
         ("Where is my order", "no_order_number"),
+        ("¿Cuánto costa?", "nothing_asked"),  # Whisper's Spanish for "Quanto custa a"
+        ("Hello!", ""),  # a greeting asks for a greeting
+        ("Thank you so much.", ""),
         ("Does the linen wrap dress come in navy?", ""),
         ("How much is the leather tote bag?", ""),
         ("Quanto custa o relógio?", ""),

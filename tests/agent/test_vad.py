@@ -16,9 +16,9 @@ from agent.audio.vad import (
     build_vad,
     silero_model_path,
 )
+from benchmarks.sounds import noises
 
 from .conftest import with_silence
-from .sounds import noises
 
 SPOKEN = [
     ("en", "How long does shipping to Germany take?"),
