@@ -45,6 +45,7 @@ class EarlyStt:
 
     frames: int  # turn frames it covers
     future: asyncio.Future
+    language: str | None = None  # the language it was forced to (a turn over the agent)
 
 
 class Listener:
@@ -142,11 +143,15 @@ class Listener:
                         audio = np.concatenate([self._merge.audio, audio])
                     if audio is not None:
                         state = session.state_for(self.identity)
-                        future = session.transcribe_soon(audio, state)
+                        # over the agent, in the conversation's language: short words are
+                        # judged on it (session._hear), and Whisper's detection guesses badly
+                        # on them
+                        language = session.speaking_language if self._barged else None
+                        future = session.transcribe_soon(audio, state, language)
                         line_id = self.line_id
                         if not self._started_while_speaking:  # over the agent: judged first
                             future.add_done_callback(lambda f: self._partial(f, line_id))
-                        self._early = EarlyStt(self._turn_frames, future)
+                        self._early = EarlyStt(self._turn_frames, future, language)
 
     @property
     def line_id(self) -> str:

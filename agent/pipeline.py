@@ -125,12 +125,16 @@ class VoicePipeline:
         Short words are transcribed in the conversation's `language`: Whisper's language
         detection guesses badly on them ("ajá" came out as English "What's that?")."""
         transcript = self.stt.transcribe(audio16k, language=language)
+        return self.judge_over_agent(transcript, voiced_ms), transcript
+
+    def judge_over_agent(self, transcript: Transcript, voiced_ms: float) -> str:
+        """`hear_over_agent` for a transcript already made (in the conversation's language)."""
         if judge(transcript).phantom:
-            return "ignored_noise", transcript
+            return "ignored_noise"
         max_ms = self.config.audio.backchannel_max_ms
         if is_backchannel(transcript.text, voiced_ms, max_ms, self.has_content):
-            return "backchannel", transcript
-        return "interruption", transcript
+            return "backchannel"
+        return "interruption"
 
     def unfinished(self, text: str, state: ConversationState) -> str:
         """Why the buyer seems not to have finished (agent/answer/unfinished.py); "" when the

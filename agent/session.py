@@ -273,11 +273,24 @@ class AgentSession:
 
     # -- turns -----------------------------------------------------------------------------------
 
-    def transcribe_soon(self, audio16k: np.ndarray, state: ConversationState) -> asyncio.Future:
+    def transcribe_soon(
+        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
+    ) -> asyncio.Future:
+        """STT in the pool: `language` forces one, else it is detected (the buyer's so far is
+        the prior)."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(
-            self.pipeline.executor, self.pipeline.stt.transcribe, audio16k, None, state.language
+            self.pipeline.executor,
+            self.pipeline.stt.transcribe,
+            audio16k,
+            language,
+            state.language,
         )
+
+    @property
+    def speaking_language(self) -> str | None:
+        """The language of the answer being spoken (the conversation's), if any."""
+        return self.utterance.language if self.utterance is not None else None
 
     def state_for(self, identity: str) -> ConversationState:
         """The conversation with one buyer (kept across their turns, spoken or typed)."""
@@ -356,18 +369,21 @@ class AgentSession:
         voiced_ms = turn.voiced_ms
         max_ms = self.config.audio.backchannel_max_ms
         if over_agent and self.paused_by is listener and voiced_ms <= max_ms:
-            language = self.utterance.language if self.utterance is not None else None
-            loop = asyncio.get_running_loop()
-            kind, transcript = await loop.run_in_executor(
-                self.pipeline.executor,
-                self.pipeline.hear_over_agent,
-                turn.audio,
-                voiced_ms,
-                language,
-            )
-            if early is not None:
-                early.future.cancel()
+            # the early pass of a turn over the agent was made in the conversation's language
+            # (Listener): it heard all of a short turn, so it is the judgement's transcript
+            if early is not None and early.language is not None:
+                try:
+                    transcript = await early.future
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    transcript = None
+            if transcript is None:
+                if early is not None:
+                    early.future.cancel()
+                transcript = await self.transcribe_soon(turn.audio, state, self.speaking_language)
             early = None
+            kind = self.pipeline.judge_over_agent(transcript, voiced_ms)
             if kind != "interruption":
                 self.resume_after(listener, kind, transcript.text, voiced_ms)
                 return

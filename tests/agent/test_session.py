@@ -29,7 +29,7 @@ from sfu.agents import AGENTS_KEY
 from sfu.media.peer import MediaPeer
 
 from ..conftest import LOOPBACK, start_node
-from .conftest import BUYER_ENGINES, CLIP_VOICES, numbers_heard
+from .conftest import BUYER_ENGINES, CLIP_VOICES, heard_wer, numbers_heard
 
 pytestmark = pytest.mark.slow
 
@@ -146,9 +146,12 @@ async def test_spoken_question_gets_a_spoken_answer_with_the_fact(room, pipeline
     assert set(answer["timings_ms"]) >= {"endpointing", "stt", "answer", "tts_first_audio"}
     lines = [p for p in buyer.messages_on("transcript", after=said.start) if p["speaker"] == "user"]
     partial, final = lines[0], lines[-1]
-    assert not partial["final"] and "how much" in partial["text"].lower()
+    assert not partial["final"] and heard_wer("How much is the", partial["text"], "en") <= 0.5
     assert final["final"] and final["id"] == partial["id"] and final["identity"] == "buyer-1"
-    assert "159" not in final["text"] and "bag" in final["text"].lower()
+    # the buyer's words, not the answer's; Whisper's exact words vary (it once wrote "the lever
+    # totem add" for "the leather tote bag" here): a WER bound
+    assert "159" not in final["text"]
+    assert heard_wer("How much is the leather tote bag?", final["text"], "en") <= 0.5, final
     first = await _first_audible(buyer, said.end)
     assert first - said.end < 3.0
     end = await _until_quiet(buyer)
@@ -181,7 +184,8 @@ async def test_a_buyer_who_pauses_mid_question_is_not_cut_off(room, clips, pause
         for p in buyer.messages_on("transcript", after=said.start)
         if p["speaker"] == "user" and p["final"]
     ]
-    assert finals and "bag" in finals[-1]["text"].lower()
+    whole = "How much is the leather tote bag?"
+    assert finals and heard_wer(whole, finals[-1]["text"], "en") <= 0.5, finals
     assert len({p["id"] for p in finals}) == 1  # one line on the page
 
 
@@ -275,8 +279,12 @@ async def test_a_click_a_knock_music_and_a_cough_do_not_stop_the_agent(room, cli
     await buyer.say(room_sounds["music"][: WEBRTC_RATE * 3 // 2])
     await buyer.say(room_sounds["cough"])
     await asyncio.sleep(0.8)
-    # still talking well after every noise, and never interrupted
-    assert buyer.audible_between(time.monotonic() - 0.5, time.monotonic())
+    # still talking well after every noise (a loaded CPU may leave a gap between sentences:
+    # look for a while), and never interrupted
+    deadline = time.monotonic() + 2.0
+    while not buyer.audible_between(time.monotonic() - 0.5, time.monotonic()):
+        assert time.monotonic() < deadline, "the agent stopped talking"
+        await asyncio.sleep(0.05)
     interruptions = buyer.messages_on("interruption", after=noise.start)
     assert not [p for p in interruptions if p["kind"] == "barge_in"], interruptions
     states = [p["state"] for p in buyer.messages_on("agent_state", after=noise.start)]
@@ -298,17 +306,27 @@ async def test_a_backchannel_over_the_agent_does_not_stop_it(room, clips, backch
     first = await _first_audible(buyer, said.end)
     await asyncio.sleep(max(0.0, first + 1.0 - time.monotonic()))
     nod = await buyer.say(clips(backchannel))
-    _, resumed = await buyer.wait_message(
-        "interruption", lambda p: p["kind"] in ("backchannel", "barge_in"), after=nod.start
-    )
-    assert resumed["kind"] == "backchannel", resumed
-    assert resumed["paused_ms"] < 2000
-    await asyncio.sleep(0.5)
-    assert buyer.audible_between(time.monotonic() - 0.5, time.monotonic())  # talking again
+    # a pause, if the nod passed barge_in_ms, has begun by now (it starts during the nod) and
+    # lasts until the nod is judged; then the agent talks again
+    await asyncio.sleep(max(0.0, nod.end + 0.8 - time.monotonic()))
+    deadline = time.monotonic() + 3.0
+    while not buyer.audible_between(time.monotonic() - 0.3, time.monotonic()):
+        assert time.monotonic() < deadline, "the agent did not go on after the backchannel"
+        await asyncio.sleep(0.05)
+    interruptions = buyer.messages_on("interruption", after=nod.start)
+    assert not [p for p in interruptions if p["kind"] == "barge_in"], interruptions
+    # the nod either stayed under barge_in_ms (an ignored noise, or nothing) or paused the agent
+    # and was judged a backchannel (or Whisper's "uh uh uh …", a phantom): it went on
+    for p in interruptions:
+        assert p["kind"] in ("backchannel", "ignored_noise"), p
+        assert p.get("paused_ms", 0) < 2000, p
     states = [p["state"] for p in buyer.messages_on("agent_state", after=nod.start)]
     assert "interrupted" not in states
-    end = await _until_quiet(buyer)
     # the whole answer was spoken: nothing after the nod but the rest of it, then listening
+    # (waited for as a message: a loaded CPU may leave gaps between sentences)
+    end, _ = await buyer.wait_message(
+        "agent_state", lambda p: p["state"] == "listening", after=nod.start, timeout=30
+    )
     assert [p["state"] for p in buyer.messages_on("agent_state", after=nod.start)] == ["listening"]
     assert end - first > 3.0 and "10023" in long_answer["text"]
 
