@@ -88,6 +88,11 @@ class VoicePipeline:
         t = config.tts
         tts = build_tts(t.backends, t.espeak_voices, t.espeak_wpm, t.hibari_speed)
         pipeline = cls(config, engine, stt, tts, store)
+        try:
+            pipeline.new_vad()  # a wrong [audio] vad setting or a missing VAD model fails now
+        except Exception:
+            pipeline.close()
+            raise
         if warm_up:
             pipeline.warm_up()
         pipeline.load_ms = (time.perf_counter() - t0) * 1e3

@@ -104,3 +104,18 @@ def test_backends_and_model_paths(tmp_path):
         build_vad("energy")
     with pytest.raises(ValueError):
         SileroVad(threshold=1.5)
+
+
+def test_a_wrong_vad_setting_fails_when_the_pipeline_loads(model_cache, tmp_path):
+    from agent.config import AgentConfig
+    from agent.pipeline import VoicePipeline
+
+    config = AgentConfig()
+    config.stt.cache_dir = str(model_cache)
+    config.tickets.db = str(tmp_path / "t.sqlite3")
+    config.audio.vad = "energy"
+    with pytest.raises(ValueError, match="silero or webrtc"):
+        VoicePipeline.from_config(config, warm_up=False)
+    config.audio.vad, config.audio.vad_model = "silero", str(tmp_path / "none.onnx")
+    with pytest.raises(VadModelNotFound):
+        VoicePipeline.from_config(config, warm_up=False)
