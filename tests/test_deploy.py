@@ -3,18 +3,22 @@ and the shipped systemd unit and Dockerfile."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from sfu.auth import verify_token
+from sfu.auth import Grants, mint_token, verify_token
 from sfu.config import Config, ConfigError
 from sfu.logs import JsonFormatter
 
@@ -124,38 +128,114 @@ def test_json_formatter_writes_one_object_per_record():
     assert "ValueError: boom" in json.loads(line)["exc"]
 
 
-def test_serve_logs_json_lines_with_the_node_id(tmp_path: Path):
+def test_a_regional_node_runs_from_its_file_and_the_environment(tmp_path: Path):
+    """What the systemd unit and the container do: SFU_CONFIG names the file, secrets and
+    per-host values come from the environment; the region file asks for JSON logs and a
+    private metrics port."""
+    port, metrics_port = free_port(), free_port()
+    log_path = tmp_path / "serve.log"
+    env = {
+        **CLEAN_ENV,
+        "PYTHONUNBUFFERED": "1",
+        "SFU_CONFIG": str(ROOT / "configs" / "eu-west.toml"),
+        "SFU_API_KEY": "prod",
+        "SFU_API_SECRET": SECRET,
+        "SFU_NODE_ID": "eu-west-test",
+        "SFU_PORT": str(port),
+        "SFU_METRICS_PORT": str(metrics_port),
+    }
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(PYTHON), "-m", "sfu", "serve"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
+                    assert json.load(r) == {
+                        "status": "ok",
+                        "node_id": "eu-west-test",
+                        "region": "eu-west",
+                    }
+                    break
+            except OSError:
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+        # the secret from the environment signs admin tokens; the file's placeholder does not
+        good = mint_token(
+            Config.load(None, env=env).auth, identity="ops", room="*", grants=Grants(admin=True)
+        )
+        assert _get(f"{base}/api/stats", good)[0] == 200
+        placeholder = mint_token(
+            Config.load(ROOT / "configs" / "eu-west.toml").auth,
+            identity="ops",
+            room="*",
+            grants=Grants(admin=True),
+        )
+        assert _get(f"{base}/api/stats", placeholder)[0] == 401
+        # metrics on the private port, without a token
+        status, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200 and 'sfu_node_info{node_id="eu-west-test",region="eu-west"' in text
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is JSON (logging.format)
+    ready = [e for e in entries if "ready" in e["msg"]]
+    assert ready, lines
+    assert ready[0]["node_id"] == "eu-west-test" and ready[0]["region"] == "eu-west"
+    assert not any("DEVELOPMENT" in e["msg"] for e in entries)
+    assert any("closed" in e["msg"] for e in entries)  # SIGTERM: a graceful shutdown
+
+
+def test_log_format_flag_overrides_the_file(tmp_path: Path):
+    """local.toml says text; `--log-format json` wins, and the dev-key warning is JSON too."""
     port = free_port()
     log_path = tmp_path / "serve.log"
-    env = {**CLEAN_ENV, "PYTHONUNBUFFERED": "1", "SFU_NODE_ID": "json-node"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [str(PYTHON), "-m", "sfu", "--log-format", "json", "serve", "--port", str(port)],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**CLEAN_ENV, "SFU_CONFIG": str(ROOT / "configs" / "local.toml")},
         )
     try:
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    assert json.load(r)["node_id"] == "json-node"
-                    break
-            except OSError:
-                assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+        while _get_status(f"http://127.0.0.1:{port}/healthz") != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
     finally:
         proc.terminate()
         proc.wait(10)
-    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    entries = [json.loads(line) for line in lines]  # every line is JSON
-    ready = [e for e in entries if "ready" in e["msg"]]
-    assert ready, lines
-    assert ready[0]["node_id"] == "json-node" and ready[0]["region"] == "local"
+    entries = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert any(e["level"] == "warning" and "DEVELOPMENT" in e["msg"] for e in entries)
+    assert all(e["region"] == "local" for e in entries)
+
+
+def _get_status(url: str) -> int:
+    try:
+        return _get(url)[0]
+    except OSError:
+        return 0
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
 
 
 # -- check-config --------------------------------------------------------------------------------
@@ -221,3 +301,86 @@ def test_check_config_applies_environment_overrides_unless_told_not_to(tmp_path:
     bad_env = {"SFU_PORT": "not-a-port"}
     assert run_cli("check-config", path, env=bad_env).returncode == 2
     assert run_cli("check-config", "--no-env", path, env=bad_env).returncode == 0
+
+
+# -- the service files ---------------------------------------------------------------------------
+
+
+def _dockerfile_requirements() -> list[str]:
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    install = text[text.index("RUN pip install") : text.index("COPY pyproject.toml")]
+    return re.findall(r'"([^"]+)"', install)
+
+
+def _pyproject_dependencies() -> list[str]:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["dependencies"]
+
+
+def _dist_name(requirement: str) -> str:
+    return re.split(r"[<>=!;\[ ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_dockerfile_pins_the_node_dependencies_as_pyproject_does():
+    pinned = {_dist_name(r): r for r in _pyproject_dependencies()}
+    requirements = _dockerfile_requirements()
+    assert len(requirements) >= 7
+    for requirement in requirements:
+        assert pinned.get(_dist_name(requirement)) == requirement, requirement
+
+
+# modules sfu/ imports -> the distribution (in the Dockerfile) that provides them
+PROVIDED_BY = {
+    "aiohttp": "aiohttp",
+    "aioice": "aioice",
+    "aiortc": "aiortc",
+    "av": "av",
+    "jwt": "pyjwt",
+    "prometheus_client": "prometheus-client",
+    "redis": "redis",
+    "uvloop": "uvloop",
+    # aiortc's own dependencies
+    "OpenSSL": "aiortc",
+    "pylibsrtp": "aiortc",
+    "cryptography": "aiortc",
+    "pyee": "aiortc",
+}
+
+
+def test_dockerfile_installs_everything_the_node_imports():
+    imported: set[str] = set()
+    for path in (ROOT / "sfu").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"sfu", "__future__"}
+    installed = {_dist_name(r) for r in _dockerfile_requirements()}
+    missing = {m for m in third_party if PROVIDED_BY.get(m) not in installed}
+    assert not missing, f"sfu/ imports {sorted(missing)}: add them to deploy/Dockerfile"
+
+
+def test_dockerfile_runs_the_node_from_sfu_config():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "-m", "sfu"]' in text and 'CMD ["serve"]' in text
+    assert "ENV SFU_CONFIG=/etc/crossborder-sfu/node.toml" in text
+    assert "USER sfu" in text  # not root
+    ignore = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().split()
+    for copied in re.findall(r"^COPY (\S+)", text, flags=re.M):
+        assert f"!{copied.rstrip('/')}/" in ignore or f"!{copied}" in ignore, copied
+
+
+def test_systemd_unit_reads_the_instance_files_and_checks_them_first():
+    unit = (ROOT / "deploy" / "sfu@.service").read_text()
+    keys = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            keys.setdefault(key, []).append(value)
+    assert keys["Environment"] == ["PYTHONUNBUFFERED=1", "SFU_CONFIG=/etc/crossborder-sfu/%i.toml"]
+    assert keys["EnvironmentFile"] == ["-/etc/crossborder-sfu/%i.env"]
+    assert keys["ExecStartPre"][0].endswith("-m sfu check-config ${SFU_CONFIG}")
+    assert keys["ExecStart"][0].endswith("-m sfu serve")
+    assert keys["User"] == ["sfu"] and keys["Restart"] == ["on-failure"]
+    assert keys["WantedBy"] == ["multi-user.target"]
