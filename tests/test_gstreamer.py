@@ -87,6 +87,7 @@ def _packets(node, identity: str) -> dict[str, int]:
     return {p["kind"]: p["packets"] for p in seen.get("producers", [])}
 
 
+@pytest.mark.slow
 async def test_gstreamer_whip_publisher_to_websocket_viewer_and_gstreamer_whep_player(sfu_node):
     """webrtcbin publishes VP8 + Opus over WHIP; an aiortc viewer and a webrtcbin WHEP player
     (both RSA-certificate peers of the node) receive and decode it."""
@@ -164,6 +165,7 @@ async def test_gstreamer_whip_publisher_to_websocket_viewer_and_gstreamer_whep_p
         await player.stop()
 
 
+@pytest.mark.slow
 async def test_gstreamer_whep_player_receives_an_aiortc_whip_publisher(sfu_node):
     """The other direction alone: an aiortc WHIP publisher (ECDSA) and a webrtcbin WHEP player
     (RSA) in one room; the player decodes the publisher's 320x240 video and Opus audio."""
