@@ -6,6 +6,7 @@ its default certificate (RSA in 1.22), which is the point: the node must accept 
 
     webrtcbin_client.py whip URL TOKEN [--seconds S]   videotestsrc/vp8enc + audiotestsrc/opusenc
     webrtcbin_client.py whep URL TOKEN [--seconds S]   decodes what arrives, counts frames
+    (--local-address A: ICE host candidates on A only; default 127.0.0.1, '' for all)
 
 What a WHIP/WHEP client does: make a complete (non-trickle) offer, POST it with the bearer
 token, apply the 201 answer, run, DELETE the Location. The last stdout line is a JSON report:
@@ -51,7 +52,9 @@ PROBE_BUFFERS = Gst.PadProbeType.BUFFER | Gst.PadProbeType.BUFFER_LIST
 class Client:
     """One webrtcbin session against a WHIP or WHEP endpoint, driven from a GLib main loop."""
 
-    def __init__(self, mode: str, url: str, token: str, seconds: float) -> None:
+    def __init__(
+        self, mode: str, url: str, token: str, seconds: float, local_address: str = "127.0.0.1"
+    ) -> None:
         self.mode = mode
         self.url = url
         self.token = token
@@ -89,12 +92,13 @@ class Client:
                     Gst.Caps.from_string(caps),
                 )
             self.webrtc.connect("pad-added", self._on_pad_added)
-        # host candidates on loopback only: the node under test listens there. webrtcbin 1.22
-        # hands its ICE agent out with a floating reference that PyGObject would sink and drop
-        # (destroying the agent): keep one reference of our own for the pipeline's lifetime.
-        self.ice_agent = self.webrtc.get_property("ice-agent")
-        self.ice_agent.ref()
-        self.ice_agent.emit("add-local-ip-address", "127.0.0.1")
+        if local_address:
+            # host candidates on that address only (loopback in the tests: the node under test
+            # listens there). webrtcbin 1.22 hands its ICE agent out with a floating reference
+            # that PyGObject would sink and drop (destroying the agent): keep one of our own.
+            self.ice_agent = self.webrtc.get_property("ice-agent")
+            self.ice_agent.ref()
+            self.ice_agent.emit("add-local-ip-address", local_address)
         self.offered = False
         self.webrtc.connect("on-negotiation-needed", self._on_negotiation_needed)
         self.webrtc.connect("notify::connection-state", self._on_state)
@@ -272,9 +276,14 @@ def main() -> int:
     parser.add_argument("url")
     parser.add_argument("token")
     parser.add_argument("--seconds", type=float, default=5.0, help="how long to run")
+    parser.add_argument(
+        "--local-address",
+        default="127.0.0.1",
+        help="the one address for ICE host candidates ('' = every interface, as webrtcbin does)",
+    )
     args = parser.parse_args()
     Gst.init(None)
-    report = Client(args.mode, args.url, args.token, args.seconds).run()
+    report = Client(args.mode, args.url, args.token, args.seconds, args.local_address).run()
     print(json.dumps(report), flush=True)
     return 0 if report["connection_state"] == "connected" else 1
 
