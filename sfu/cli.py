@@ -11,7 +11,7 @@ import sys
 
 from aiohttp.abc import AbstractAccessLogger
 
-from .auth import Grants, mint_token
+from .auth import NODE_WIDE_ROOMS, Grants, mint_token
 from .config import Config, ConfigError
 from .logs import configure_logging, set_static_fields
 
@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def token(args: argparse.Namespace) -> int:
+    """Mint a token; the scope rules (sfu/auth.py) decide which room/grant mixes make sense."""
     config = Config.load(args.config or os.environ.get("SFU_CONFIG"), env=os.environ)
     grants = Grants(
         publish=args.publish, subscribe=args.subscribe, admin=args.admin, agent=args.agent
@@ -80,14 +81,31 @@ def token(args: argparse.Namespace) -> int:
     if not any((grants.publish, grants.subscribe, grants.admin, grants.agent)):
         grants = Grants(publish=True, subscribe=True)
         print("no grant given: granting publish and subscribe", file=sys.stderr)
+    machine = grants.admin or grants.agent
+    room = args.room
+    if room is None:
+        if not machine:
+            print("--room is required for a publish/subscribe token", file=sys.stderr)
+            return 2
+        room = "*"  # admin/agent without a room: node-wide
+    if room in NODE_WIDE_ROOMS and not machine:
+        print(
+            "a node-wide token (--room '*') acts only with --admin or --agent: "
+            "name the room for a publish/subscribe token",
+            file=sys.stderr,
+        )
+        return 2
     value = mint_token(
         config.auth,
         identity=args.identity,
-        room=args.room,
+        room=room,
         grants=grants,
         ttl_s=args.ttl,
         name=args.name or "",
     )
+    scope = "every room (node-wide)" if room in NODE_WIDE_ROOMS else f"room {room!r}"
+    granted = ", ".join(k for k, v in vars(grants).items() if v)
+    print(f"token for {scope}: {granted}", file=sys.stderr)
     print(value)
     return 0
 
@@ -149,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.set_defaults(func=serve)
 
     p_token = sub.add_parser("token", help="print an access token (last line: the token)")
-    p_token.add_argument("--room", required=True, help="room name, or '*' for any room")
+    p_token.add_argument(
+        "--room",
+        help="room name, or '*' for every room (node-wide: only with --admin or --agent; "
+        "the default for those)",
+    )
     p_token.add_argument("--identity", required=True)
     p_token.add_argument("--name", help="display name")
     p_token.add_argument("--publish", action="store_true")

@@ -147,6 +147,10 @@ async def test_metrics_need_an_admin_token_on_the_main_port(sfu_node):
         viewer = {"Authorization": "Bearer " + sfu_node.token("v", subscribe=True)}
         async with http.get(f"{sfu_node.url}/metrics", headers=viewer) as r:
             assert r.status == 403
+        # a room admin sees its room in /api/stats, but not the whole node's metrics
+        room_admin = {"Authorization": "Bearer " + sfu_node.token("a", room="shop", admin=True)}
+        async with http.get(f"{sfu_node.url}/metrics", headers=room_admin) as r:
+            assert r.status == 403
     assert (await scrape(sfu_node)).value("sfu_rooms") == 0
 
 

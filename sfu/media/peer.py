@@ -11,7 +11,8 @@ in this module, so an aiortc upgrade has one place to check:
 * the connection comes up a round trip sooner ("fast connect", see `MediaPeer`): ICE is
   usable on the first authenticated check from the remote side, our offers make us the DTLS
   client (`a=setup:active`), and SRTP keys are taken as soon as our last DTLS 1.2 flight is
-  out (false start) instead of after the peer's Finished comes back.
+  out (false start) instead of after the peer's Finished comes back;
+* DTLS accepts peers whose certificate is RSA (GStreamer's webrtcbin), not only ECDSA ones.
 """
 
 from __future__ import annotations
@@ -45,6 +46,23 @@ from .rtp import is_rtcp
 logger = logging.getLogger(__name__)
 
 NTP_UNIX_OFFSET_S = 2208988800  # 1900-01-01 to 1970-01-01
+
+# aiortc's DTLS context offers only ECDHE-ECDSA suites (its own certificates are ECDSA): as DTLS
+# client that shuts out a server whose certificate is RSA, as GStreamer webrtcbin 1.22's default
+# one is ("no shared cipher"). AEAD suites first (false start needs one), ECDSA preferred; as
+# DTLS server our ECDSA certificate leaves only the ECDSA suites anyway.
+DTLS_CIPHERS = b":".join(
+    (
+        b"ECDHE-ECDSA-AES128-GCM-SHA256",
+        b"ECDHE-ECDSA-CHACHA20-POLY1305",
+        b"ECDHE-RSA-AES128-GCM-SHA256",
+        b"ECDHE-RSA-CHACHA20-POLY1305",
+        b"ECDHE-ECDSA-AES128-SHA",
+        b"ECDHE-ECDSA-AES256-SHA",
+        b"ECDHE-RSA-AES128-SHA",
+        b"ECDHE-RSA-AES256-SHA",
+    )
+)
 
 RtpCallback = Callable[[bytes, int], None]
 RtcpCallback = Callable[[bytes], None]
@@ -163,6 +181,7 @@ class MediaPeer:
             connection = transport.transport.iceGatherer._connection
             connection.gather_candidates = _host_gatherer(connection, self.network)
             connection.connect = _prompt_connect(connection, self._mark, early=self.fast_connect)
+            _accept_rsa_peers(transport)
             if self.fast_connect:
                 _enable_false_start(transport, self._on_early_keys)
             if self._on_rtp is not None or self._on_rtcp is not None:
@@ -321,6 +340,12 @@ class MediaPeer:
         """Our DTLS role once negotiated: "client", "server" (or "auto" before the answer)."""
         return self._dtls._role if self._dtls is not None else None
 
+    @property
+    def dtls_cipher(self) -> str | None:
+        """The DTLS cipher suite in use (OpenSSL's name) once the handshake has chosen one."""
+        ssl = self._dtls._ssl if self._dtls is not None else None
+        return ssl.get_cipher_name() if ssl is not None else None
+
     def _on_early_keys(self, transport: RTCDtlsTransport) -> None:
         """False start: SRTP keys before the peer's Finished; media may flow now."""
         if transport is not self._dtls or self.closed:
@@ -464,6 +489,26 @@ def _connect_finished(connection, task: asyncio.Task) -> None:
         # the transports above fail rather than wait on a path that does not work
         logger.info("ICE failed after the connection was used early: %r", exc)
         asyncio.ensure_future(connection.close())
+
+
+def _accept_rsa_peers(transport: RTCDtlsTransport) -> None:
+    """Widen the transport's DTLS cipher list to DTLS_CIPHERS (see there).
+
+    aiortc builds the SSL context from the connection's certificate object when DTLS starts;
+    the certificate belongs to one RTCPeerConnection, so wrapping it changes only this peer.
+    """
+    certificate = transport._RTCDtlsTransport__local_certificate
+    if getattr(certificate, "_sfu_cipher_list", None) == DTLS_CIPHERS:
+        return  # shared by this connection's transports: wrapped once
+    original = certificate._create_ssl_context
+
+    def create_ssl_context(srtp_profiles):
+        context = original(srtp_profiles)
+        context.set_cipher_list(DTLS_CIPHERS)
+        return context
+
+    certificate._create_ssl_context = create_ssl_context
+    certificate._sfu_cipher_list = DTLS_CIPHERS
 
 
 def _enable_false_start(transport: RTCDtlsTransport, on_keys: Callable[[RTCDtlsTransport], None]):

@@ -3,7 +3,7 @@
 Each application has its own CollectorRegistry (several nodes run in one test process, and a
 shop's own service may have its own metrics): the node's collector plus the process collector
 (CPU, memory, file descriptors). Token: `require_token = "auto"` asks for an admin token
-(Authorization: Bearer) on the main port, where the internet may reach it, and none on a
+(node-wide, Authorization: Bearer) on the main port, where the internet may reach it, and none on a
 separate metrics port, which should be reachable from the scraper's network only.
 """
 
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
 from ..agents import AGENTS_KEY
-from ..auth import AuthError, PermissionDenied
+from ..auth import AUTH_KEY, require_grant
 from ..webhooks.events import WEBHOOKS_KEY
 from .collector import SfuCollector, retire_participant, retire_producer
 from .observers import EventMetrics
@@ -82,14 +82,8 @@ class NodeMetrics:
 
     async def handle(self, request: web.Request, separate_port: bool = False) -> web.Response:
         if self.token_required(separate_port):
-            header = request.headers.get("Authorization", "")
-            token = header[7:].strip() if header.lower().startswith("bearer ") else None
-            try:
-                self.node.authenticate(token).require("admin")
-            except AuthError as exc:
-                return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
-            except PermissionDenied as exc:
-                return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
+            # the whole node's figures: a node-wide admin token, not a room admin's
+            require_grant(request, "admin", node_wide=True)
         body = self.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -101,6 +95,7 @@ class NodeMetrics:
             server = self.node.config.server
             host = self.settings.host or server.host
             app = web.Application()
+            app[AUTH_KEY] = self.node.config.auth
 
             async def metrics(request: web.Request) -> web.Response:
                 return await self.handle(request, separate_port=True)
