@@ -84,7 +84,7 @@ class EventMetrics:
                 self._agent_turn(payload.get("timings_ms"))
         elif topic == "interruption":
             kind = payload.get("kind")
-            if kind in self.interruptions:
+            if isinstance(kind, str) and kind in self.interruptions:
                 self.interruptions[kind] += 1
         elif topic.startswith("captions/") and payload.get("final") is True:
             end = payload.get("end")
