@@ -119,11 +119,13 @@ async def test_metrics_follow_a_live_session(sfu_node):
         assert second.value("sfu_bytes_received_total", kind="video") > 20 * second.value(
             "sfu_packets_received_total", kind="video"
         )
-        # RTT from the viewer's receiver reports: loopback, so well under 100 ms
+        # RTT from the viewer's receiver reports: loopback, so far under 0.5 s even on a
+        # loaded machine; and (next to) no loss
         rtt_tracks = second.value("sfu_subscriber_rtt_seconds_gcount")
-        assert second.bucket("sfu_subscriber_rtt_seconds", "0.1") == rtt_tracks
+        assert second.bucket("sfu_subscriber_rtt_seconds", "0.5") == rtt_tracks
+        assert 0 < second.value("sfu_subscriber_rtt_seconds_gsum") < 0.5 * rtt_tracks
         assert second.value("sfu_subscriber_loss_ratio_gcount") == rtt_tracks
-        assert second.bucket("sfu_subscriber_loss_ratio", "0.01") == rtt_tracks  # no loss
+        assert second.bucket("sfu_subscriber_loss_ratio", "0.05") == rtt_tracks
         assert second.value("sfu_event_loop_lag_seconds_count") >= 2
         assert second.value("process_resident_memory_bytes") > 0
         sent_before_leaving = second.value("sfu_packets_sent_total", kind="video")
