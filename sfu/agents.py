@@ -33,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +162,19 @@ class AgentDispatcher:
         self.workers: dict[str, WorkerLink] = {}
         self._watchdog: asyncio.Task | None = None
         node.rooms.listeners.append(self._on_room_event)
+        # listener(event, job): "agent_job_started" (its worker joined the room) and
+        # "agent_job_ended" (ended or failed for good); webhooks and metrics use them
+        self.job_listeners: list[Callable[[str, AgentJob], None]] = []
+        self.jobs_started = 0
+
+    def _job_event(self, event: str, job: AgentJob) -> None:
+        if event == "agent_job_started":
+            self.jobs_started += 1
+        for listener in self.job_listeners:
+            try:
+                listener(event, job)
+            except Exception:
+                logger.exception("agent job listener failed on %s", event)
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -189,6 +203,7 @@ class AgentDispatcher:
             worker.send({"type": "cancel", "job_id": job.id, "reason": reason})
         job.set_state(state, reason)
         logger.info("agent job %s %s: %s", job.id, state, reason)
+        self._job_event("agent_job_ended", job)
         self._dispatch()  # a slot came free
 
     def _dispatch(self) -> None:
@@ -314,10 +329,13 @@ class AgentDispatcher:
         if job is None or job.worker != worker.id or not job.active:
             return  # late news about a job that ended or moved
         if kind == "job_started":
-            job.set_state("running")
+            if job.state != "running":
+                job.set_state("running")
+                self._job_event("agent_job_started", job)
         elif kind == "job_done":
             worker.jobs.discard(job.id)
             job.set_state("ended", str(msg.get("reason", "done"))[:200])
+            self._job_event("agent_job_ended", job)
             self._dispatch()
         elif kind == "job_failed":
             worker.jobs.discard(job.id)
@@ -328,6 +346,7 @@ class AgentDispatcher:
                 job.set_state("pending", error)
             else:
                 job.set_state("failed", error)
+                self._job_event("agent_job_ended", job)
             self._dispatch()
         else:
             raise ValueError(f"unknown message type {kind!r}")

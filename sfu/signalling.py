@@ -513,6 +513,7 @@ class SignallingConnection:
         for other in list(self.room.participants.values()):
             if other is not participant and (to is None or other.identity in to):
                 other.send_event(event)
+        self.room.data_relayed(participant, topic, msg["payload"])
 
     async def _on_ping(self, msg: dict) -> None:
         await self._reply({"type": "pong", "ts": msg.get("ts")})
