@@ -1,5 +1,6 @@
 """Command line: `python -m sfu serve` runs a node, `python -m sfu token` mints a token,
-`python -m sfu check-config FILE` validates a settings file."""
+`python -m sfu check-config FILE` validates a settings file, `python -m sfu loadtest` loads
+a node with synthetic publishers and viewers."""
 
 from __future__ import annotations
 
@@ -187,7 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     p_check.add_argument("--no-env", action="store_true", help="ignore SFU_* environment overrides")
     p_check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p_check.set_defaults(func=check_config)
+    p_load = sub.add_parser(
+        "loadtest", help="synthetic publishers and counting viewers against a node"
+    )
+    from .loadtest.runner import add_arguments as add_loadtest_arguments
+
+    add_loadtest_arguments(p_load)
+    p_load.set_defaults(func=loadtest)
     return parser
+
+
+def loadtest(args: argparse.Namespace) -> int:
+    """Publishers replaying pre-encoded media and packet-counting viewers (sfu/loadtest/)."""
+    from .loadtest.runner import main as run_loadtest
+
+    return run_loadtest(args)
 
 
 def main(argv: list[str] | None = None) -> int:
