@@ -86,3 +86,38 @@ async def test_loadtest_with_a_wrong_secret_reports_the_failed_joins(tmp_path: P
         assert all(v["error"].startswith("join:") for v in report["viewers"])
     finally:
         await node.runner.cleanup()
+
+
+async def test_loadtest_simulcast_publisher_layers_reach_the_viewers(tmp_path: Path):
+    config = Config()
+    config.auth.api_keys = {KEY: SECRET}
+    node = await start_node(config)
+    try:
+        run = asyncio.ensure_future(run_loadtest(
+            node.url,
+            SECRET,
+            tmp_path / "lt.json",
+            "--simulcast", "--viewers", "2", "--duration", "4", "--processes", "1",
+            "--video-size", "640x360", "--video-bitrate", "900000",
+        ))  # fmt: skip
+        widths: list[int] = []
+        while not run.done() and not widths:
+            await asyncio.sleep(0.2)
+            for room in node.node.stats()["rooms"]:
+                for participant in room["participants"]:
+                    for producer in participant.get("producers", []):
+                        layers = producer["layers"]
+                        if producer["simulcast"] and all(x.get("width") for x in layers):
+                            widths = [x["width"] for x in layers]
+        rc, out = await run
+        assert rc == 0, out
+        assert widths == [160, 320, 640]  # the node received all three layers
+        report = json.loads((tmp_path / "lt.json").read_text())
+        assert report["summary"]["joined"] == 2 and report["command"]["simulcast"], report
+        for viewer in report["viewers"]:
+            # one of the three layers (1/4, 1/2, full size), picked by the node per viewer
+            assert viewer["layer"] in ("160x90", "320x180", "640x360"), viewer
+            assert viewer["video_kbps"] > 50 and viewer["loss_pct"] < 5, viewer
+        assert report["publisher_join_ms"] and report["summary"]["errors"] == 0
+    finally:
+        await node.runner.cleanup()

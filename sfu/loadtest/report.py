@@ -57,6 +57,7 @@ def build_report(
             "duration_s": args.duration,
             "video_bitrate": args.video_bitrate,
             "video_size": args.video_size,
+            "simulcast": args.simulcast,
             "processes": args.processes,
         },
         "elapsed_s": round(elapsed_s, 1),

@@ -25,6 +25,14 @@ from ..auth import Grants, mint_token
 from ..config import AuthSettings
 from ..media.peer import NetworkSettings
 from ..media.vp8 import parse_vp8
+from .simulcast import (
+    encode_layers,
+    keyframe_requests,
+    send_layers,
+    silent_video_track,
+    sim_offer,
+    vp8_payload_type,
+)
 
 FREEZE_S = 0.5  # no video packet for this long, after video started: a freeze
 PROGRESS_S = 1.0
@@ -162,7 +170,8 @@ class Viewer:
         received = sum(s.packets for s in self.streams.values())
         lost = max(0, expected - received)
         tail_freeze = sum(1 for s in video if s.last_at and until - s.last_at > FREEZE_S)
-        layer = max(((s.width, s.height) for s in video), default=(0, 0))
+        newest = max(video, key=lambda s: s.last_at, default=None)
+        layer = (newest.width, newest.height) if newest is not None else (0, 0)
         return {
             "identity": self.identity,
             "join_ms": None if self.join_ms is None else round(self.join_ms, 1),
@@ -269,27 +278,38 @@ async def run_publishers(s: dict[str, Any]) -> None:
     )
 
     width, height = s["video_size"]
-    video = encode_video(s["clip_s"], width, height, s["video_bitrate"])
     audio = encode_audio(s["clip_s"])
+    if s["simulcast"]:
+        layers = encode_layers(width, height, s["video_bitrate"], s["clip_s"])
+        video = layers[-1].frames
+    else:
+        layers = []
+        video = encode_video(s["clip_s"], width, height, s["video_bitrate"])
     emit({"event": "encoded", "video_frames": len(video), "audio_packets": len(audio)})
     network = network_for(s["url"], s["bind"])
     clients, errors, join_ms = [], [], []
+    stop = asyncio.Event()
+    senders = []
     for identity in s["identities"]:
         started = time.monotonic()
         try:
-            client = await RoomClient.connect(
-                s["url"],
-                token(s, identity, publish=True, subscribe=True),
-                network=network,
-                auto_subscribe=False,
-                timeout=s["join_timeout_s"],
-                metadata={"role": "host", "loadtest": True},
-                publish=[
-                    looping_track("video", video, FPS, VIDEO_CLOCK),
-                    looping_track("audio", audio, AUDIO_RATE / AUDIO_FRAME, AUDIO_RATE),
-                ],
-                sources=["camera", "microphone"],
-            )
+            if s["simulcast"]:
+                client, sender = await publish_simulcast(s, identity, network, layers, audio, stop)
+                senders.append(sender)
+            else:
+                client = await RoomClient.connect(
+                    s["url"],
+                    token(s, identity, publish=True, subscribe=True),
+                    network=network,
+                    auto_subscribe=False,
+                    timeout=s["join_timeout_s"],
+                    metadata={"role": "host", "loadtest": True},
+                    publish=[
+                        looping_track("video", video, FPS, VIDEO_CLOCK),
+                        looping_track("audio", audio, AUDIO_RATE / AUDIO_FRAME, AUDIO_RATE),
+                    ],
+                    sources=["camera", "microphone"],
+                )
             clients.append(client)
             join_ms.append(round((time.monotonic() - started) * 1000, 1))
         except Exception as exc:
@@ -297,6 +317,10 @@ async def run_publishers(s: dict[str, Any]) -> None:
     emit({"event": "ready", "published": len(clients), "errors": errors})
     # publish until the orchestrator closes our stdin (viewers done), at most this long
     await until_stdin_closes(s["join_window_s"] + s["duration_s"] + 60)
+    stop.set()
+    for sender in senders:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender, 2)
     emit({"event": "result", "publishers": len(clients), "join_ms": join_ms, "errors": errors})
     for client in clients:
         with contextlib.suppress(Exception):
@@ -315,6 +339,47 @@ async def until_stdin_closes(timeout_s: float) -> None:
     threading.Thread(target=wait, daemon=True).start()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(closed.wait(), timeout_s)
+
+
+async def publish_simulcast(s, identity, network, layers, audio, stop):
+    """Join, then publish simulcast video (raw RTP layers) and Opus; (client, sender task)."""
+    from ..client import RoomClient
+    from ..media.peer import MediaPeer
+    from .media import AUDIO_FRAME, AUDIO_RATE, looping_track
+
+    client = await RoomClient.connect(
+        s["url"],
+        token(s, identity, publish=True, subscribe=True),
+        network=network,
+        auto_subscribe=False,
+        timeout=s["join_timeout_s"],
+        metadata={"role": "host", "loadtest": True},
+    )
+    try:
+        client.publisher = peer = MediaPeer(
+            network, on_rtcp=keyframe_requests(layers), label=f"loadtest-pub:{identity}"
+        )
+        video = peer.pc.addTransceiver(silent_video_track(), direction="sendonly")
+        sound = looping_track("audio", audio, AUDIO_RATE / AUDIO_FRAME, AUDIO_RATE)
+        voice = peer.pc.addTransceiver(sound, direction="sendonly")
+        offer = sim_offer(await peer.offer(), video.mid, layers)
+        reply = await client.request(
+            {
+                "type": "publish",
+                "sdp": offer,
+                "tracks": [
+                    {"mid": video.mid, "kind": "video", "source": "camera"},
+                    {"mid": voice.mid, "kind": "audio", "source": "microphone"},
+                ],
+            },
+            timeout=s["join_timeout_s"],
+        )
+        await peer.accept_answer(reply["sdp"])
+        pt = vp8_payload_type(reply["sdp"])
+    except BaseException:
+        await client.close()
+        raise
+    return client, asyncio.ensure_future(send_layers(peer, layers, pt, stop))
 
 
 def main(argv: list[str] | None = None) -> int:
