@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from ..media.rtp import RtpHeader
     from ..media.vp8 import Vp8Info
 
-LAYER_SILENT_S = 1.0  # a simulcast layer with no packet for this long is not being sent
-LAYER_CHECK_S = 0.5
+LAYER_SILENT_S = 0.5  # a simulcast layer with no packet for this long is not being sent
+LAYER_CHECK_S = 0.25
 
 
 class FrameSink(Protocol):
