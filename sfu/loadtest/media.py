@@ -40,11 +40,17 @@ def encode_video(
         "overshoot-pct": "15",
     }
     rng = np.random.default_rng(7)
-    blocks = rng.integers(0, 256, (height // 8 + 4, width // 8 + 4)).astype(np.uint8)
-    texture = np.kron(blocks, np.ones((8, 8), np.uint8))  # blocky texture: real keyframe sizes
+    # smooth texture (blurred blocks): realistic keyframe sizes, unlike white noise
+    blocks = rng.integers(0, 256, (height // 8 * 2 + 2, width // 8 * 2 + 2)).astype(np.float32)
+    texture = np.kron(blocks, np.ones((8, 8), np.float32))
+    kernel = np.ones(9, np.float32) / 9
+    for axis in (0, 1):
+        texture = np.apply_along_axis(lambda r: np.convolve(r, kernel, "same"), axis, texture)
+    texture = texture.astype(np.uint8)
     frames: list[bytes] = []
     for i in range(int(seconds * FPS)):
-        oy, ox = (i * 2) % 16, (i * 3) % 16
+        oy = int(height / 2 + height / 2 * np.sin(i / 40))
+        ox = (i * 3) % width
         y = texture[oy : oy + height, ox : ox + width].copy()
         by, bx = (i * 4) % max(1, height - 60), (i * 7) % max(1, width - 80)
         y[by : by + 60, bx : bx + 80] = 255
