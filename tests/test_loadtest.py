@@ -97,7 +97,7 @@ async def test_loadtest_simulcast_publisher_layers_reach_the_viewers(tmp_path: P
             node.url,
             SECRET,
             tmp_path / "lt.json",
-            "--simulcast", "--viewers", "2", "--duration", "4", "--processes", "1",
+            "--simulcast", "--publishers", "2", "--viewers", "2", "--duration", "4",
             "--video-size", "640x360", "--video-bitrate", "900000",
         ))  # fmt: skip
         widths: list[int] = []
@@ -113,7 +113,8 @@ async def test_loadtest_simulcast_publisher_layers_reach_the_viewers(tmp_path: P
         assert rc == 0, out
         assert widths == [160, 320, 640]  # the node received all three layers
         report = json.loads((tmp_path / "lt.json").read_text())
-        assert report["summary"]["joined"] == 2 and report["command"]["simulcast"], report
+        s = report["summary"]
+        assert s["joined"] == 2 and s["publishers"] == 2 and report["command"]["simulcast"], s
         for viewer in report["viewers"]:
             # one of the three layers (1/4, 1/2, full size), picked by the node per viewer
             assert viewer["layer"] in ("160x90", "320x180", "640x360"), viewer

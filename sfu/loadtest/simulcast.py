@@ -6,7 +6,8 @@ the layers' packets are built here (RTP header, VP8 payload descriptor per RFC 7
 15-bit picture id and TL0PICIDX) and sent through MediaPeer.send_rtp (SRTP, no encoder).
 Audio goes through aiortc as pre-encoded Opus. Keyframes come every GOP of the clip; keyframe
 requests (PLI, FIR) make the layer jump to the clip's next keyframe, as an encoder would
-send one.
+send one; NACKs are answered from the last packets sent (the same packet again: no RTX
+stream is announced); a frame's packets go out in small paced groups, not one burst.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from .media import FPS, encode_video
 
 MTU_PAYLOAD = 1100
 RTP = struct.Struct("!BBHII")
+HISTORY = 512  # packets per layer kept for NACKs
+PACING_GROUP = 8  # packets sent back to back, then a short pause
+PACING_PAUSE_S = 0.002
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Layer:
     tl0: int = field(default_factory=lambda: random.getrandbits(8))
     offset: int = 0  # frames skipped to answer keyframe requests
     keyframe_wanted: bool = False
+    history: dict[int, bytes] = field(default_factory=dict)  # seq -> packet, for NACKs
+    retransmitted: int = 0
 
     def packets(self, n: int, pt: int) -> list[bytes]:
         """The RTP packets of frame `n` of the loop (every frame is a TL0 frame)."""
@@ -63,7 +69,10 @@ class Layer:
                     0x20,  # TID 0, Y
                 ]
             )
-            out.append(header + descriptor + chunk)
+            packet = header + descriptor + chunk
+            out.append(packet)
+            self.history[self.seq] = packet
+            self.history.pop((self.seq - HISTORY) & 0xFFFF, None)
             self.seq = (self.seq + 1) & 0xFFFF
         return out
 
@@ -120,9 +129,24 @@ def silent_video_track():
     return Silent()
 
 
-def keyframe_requests(layers: list[Layer]):
-    """An RTCP callback for the publisher's MediaPeer: PLI/FIR -> that layer's next keyframe."""
+def feedback_handler(layers: list[Layer], send):
+    """An RTCP callback for the publisher's MediaPeer: PLI/FIR -> that layer's next keyframe,
+    NACK -> the packets again (`send(packet)`)."""
     by_ssrc = {layer.ssrc: layer for layer in layers}
+
+    def on_nack(data: bytes, pos: int, length: int) -> None:
+        layer = by_ssrc.get(int.from_bytes(data[pos + 8 : pos + 12], "big"))
+        if layer is None:
+            return
+        for i in range(pos + 12, min(pos + length, len(data)) - 3, 4):
+            pid = int.from_bytes(data[i : i + 2], "big")
+            blp = int.from_bytes(data[i + 2 : i + 4], "big")
+            for k in range(17):
+                if k == 0 or blp & (1 << (k - 1)):
+                    packet = layer.history.get((pid + k) & 0xFFFF)
+                    if packet is not None:
+                        layer.retransmitted += 1
+                        send(packet)
 
     def on_rtcp(data: bytes) -> None:
         pos = 0
@@ -142,6 +166,8 @@ def keyframe_requests(layers: list[Layer]):
                 for ssrc in targets:
                     if ssrc in by_ssrc:
                         by_ssrc[ssrc].keyframe_wanted = True
+            elif pt == 205 and fmt == 1:  # generic NACK (RFC 4585 6.2.1)
+                on_nack(data, pos, length)
             pos += length
 
     return on_rtcp
@@ -152,8 +178,11 @@ async def send_layers(peer, layers: list[Layer], pt: int, stop: asyncio.Event) -
     start = time.monotonic()
     n = 0
     while not stop.is_set():
-        for layer in layers:
-            for packet in layer.packets(n, pt):
+        packets = [p for layer in layers for p in layer.packets(n, pt)]
+        for i in range(0, len(packets), PACING_GROUP):
+            if i:
+                await asyncio.sleep(PACING_PAUSE_S)
+            for packet in packets[i : i + PACING_GROUP]:
                 peer.send_rtp(packet)
         n += 1
         delay = start + n / FPS - time.monotonic()

@@ -26,8 +26,9 @@ from ..config import AuthSettings
 from ..media.peer import NetworkSettings
 from ..media.vp8 import parse_vp8
 from .simulcast import (
+    Layer,
     encode_layers,
-    keyframe_requests,
+    feedback_handler,
     send_layers,
     silent_video_track,
     sim_offer,
@@ -355,9 +356,16 @@ async def publish_simulcast(s, identity, network, layers, audio, stop):
         timeout=s["join_timeout_s"],
         metadata={"role": "host", "loadtest": True},
     )
+    layers = [Layer(layer.frames) for layer in layers]  # own SSRCs and sequence numbers
     try:
+        peer = None
+
+        def resend(packet: bytes) -> None:
+            if peer is not None:
+                peer.send_rtp(packet)
+
         client.publisher = peer = MediaPeer(
-            network, on_rtcp=keyframe_requests(layers), label=f"loadtest-pub:{identity}"
+            network, on_rtcp=feedback_handler(layers, resend), label=f"loadtest-pub:{identity}"
         )
         video = peer.pc.addTransceiver(silent_video_track(), direction="sendonly")
         sound = looping_track("audio", audio, AUDIO_RATE / AUDIO_FRAME, AUDIO_RATE)
