@@ -11,6 +11,8 @@ from pathlib import Path
 import aiohttp
 import av
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sfu import Config
 from sfu.client import RoomClient
@@ -197,3 +199,63 @@ def test_link_signatures_cover_the_file_and_the_expiry(ttl: int):
     assert not links.check(SECRET, name, str(int(exp) + 1), sig, ttl)
     assert not links.check(SECRET, name, str(int(time.time()) + 10 * ttl), sig, ttl)
     assert not links.check(SECRET, name, exp, None, ttl)
+
+
+async def test_malformed_requests_are_refused_not_crashing(tmp_path: Path):
+    config = recording_config(tmp_path)
+    config.server.demo_tokens = True
+    node = await start_node(config)
+    admin = node.token("ops", room="*", admin=True)
+    bodies = [
+        b"",
+        b"not json",
+        b"[]",
+        b'"start"',
+        b"{}",
+        b'{"action": 1}',
+        b'{"action": "start", "identity": 5}',
+        b'{"action": "start", "identity": "../../etc"}',
+        b'{"action": "start", "identity": "' + b"x" * 200 + b'"}',
+        b'{"action": "stop"}',
+        b'{"action": "start"}',  # the room does not exist
+        b'{"room": "../x", "action": "start"}',
+        b'{"room": {"a": 1}, "action": "start"}',
+        '{"action": "st\u00e4rt"}'.encode(),
+    ]
+    try:
+        async with aiohttp.ClientSession() as session:
+            for body in bodies:
+                for url, headers in (
+                    (
+                        f"{node.url}/api/rooms/{ROOM}/recording",
+                        {"Authorization": f"Bearer {admin}"},
+                    ),
+                    (f"{node.url}/demo/recording", {}),
+                ):
+                    async with session.post(url, data=body, headers=headers) as response:
+                        assert response.status in (400, 404, 409), (url, body, response.status)
+                        assert "error" in await response.json()
+            for name in (
+                "..%2F..%2Fetc/passwd",
+                "shop/..%2Fnode.toml",
+                "shop/x.json",
+                "shop/" + "a" * 300 + ".webm",
+                "%00/x.webm",
+                "shop/x.webm?exp=99999999999999&sig=" + "0" * 64,
+                "shop/x.webm?exp=-1&sig=zz",
+            ):
+                async with session.get(f"{node.url}/recordings/{name}") as response:
+                    assert response.status in (403, 404), (name, response.status)
+            async with session.get(f"{node.url}/api/rooms/{ROOM}/recordings") as response:
+                assert response.status == 401
+    finally:
+        await node.runner.cleanup()
+
+
+@given(
+    st.text(max_size=80),
+    st.one_of(st.none(), st.text(max_size=20)),
+    st.one_of(st.none(), st.text(max_size=80)),
+)
+def test_any_link_fields_never_raise_and_never_pass_unsigned(name, exp, sig):
+    assert links.check(SECRET, name, exp, sig, 3600) is False
