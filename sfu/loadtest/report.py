@@ -59,6 +59,7 @@ def build_report(
             "video_size": args.video_size,
             "simulcast": args.simulcast,
             "processes": args.processes,
+            "batch": args.batch,
         },
         "elapsed_s": round(elapsed_s, 1),
         "summary": summary,

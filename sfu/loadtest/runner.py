@@ -100,6 +100,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "join_timeout_s": args.join_timeout,
         "join_window_s": args.join_window,
         "duration_s": args.duration,
+        "batch": args.batch,
     }
     width, height = (int(v) for v in args.video_size.split("x"))
     started = time.monotonic()
@@ -187,6 +188,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--join-timeout", type=float, default=15.0, help="seconds per join")
     p.add_argument("--bind", action="append", help="local address for media (repeatable)")
     p.add_argument("--progress-every", type=float, default=2.0, help="(non-TTY) seconds")
+    p.add_argument(
+        "--batch",
+        action="store_true",
+        help="run the workers under SCHED_BATCH (when the node runs on this machine too)",
+    )
     p.add_argument("--json", help="write the report as JSON to this path")
 
 
