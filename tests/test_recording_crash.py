@@ -132,7 +132,24 @@ async def test_recording_cut_by_sigkill_still_decodes(tmp_path: Path):
     assert 2.5 < end < 4.5, (video, audio, end)
     assert video > 8 * end and audio > 0.8 * end / 0.02, (video, audio, end)
     sidecar = json.loads(path.with_suffix(".json").read_text())
-    assert sidecar["state"] == "recording"  # never finished: the listing calls it interrupted
+    assert sidecar["state"] == "recording"  # never finished
+    # a node started again on the same directory lists it as interrupted, and serves it
+    proc, base, log = await start_serve(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{base}/api/rooms/{ROOM}/recordings",
+                headers={"Authorization": f"Bearer {token('viewer', subscribe=True)}"},
+            ) as response:
+                listed = (await response.json())["recordings"]
+            assert [r["state"] for r in listed] == ["interrupted"], listed
+            assert 2.0 <= listed[0]["duration_s"] <= end + 0.1, listed  # as of its last update
+            async with session.get(base + listed[0]["url"]) as response:
+                assert response.status == 200
+                assert len(await response.read()) == path.stat().st_size
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _small_files() -> None:

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 KEYFRAME_WAIT_S = 10.0  # no keyframe by then: the recording fails (nothing to write)
+SIDECAR_EVERY_S = 2.0  # the .json is rewritten this often while recording (after a crash it
+# still tells roughly how long the file is)
 
 
 class RecordingError(Exception):
@@ -98,6 +100,7 @@ class Recording:
         self.writer: MkvWriter | None = None
         self._loop = asyncio.get_running_loop()
         self._stopping: asyncio.Task | None = None  # stop_soon()'s task
+        self._refresher: asyncio.Task | None = None
         self._stop_begun = False
         self._stopped = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -169,6 +172,17 @@ class Recording:
             self.settings.max_duration_s, self.stop_soon, "max_duration"
         )
         self._write_sidecar()
+        self._refresher = asyncio.ensure_future(self._refresh_sidecar())
+
+    async def _refresh_sidecar(self) -> None:
+        while self.state == "recording":
+            await asyncio.sleep(SIDECAR_EVERY_S)
+            if self.state != "recording":
+                break
+            try:
+                await asyncio.to_thread(self._write_sidecar)
+            except OSError as exc:  # the disk is full: the writer will say so
+                logger.warning("recording %s: sidecar not updated: %s", self.id, exc)
 
     def on_frame(
         self, tap: RecordingTap, rtp_ts: int, arrival_s: float, data: bytes, keyframe: bool
@@ -217,6 +231,8 @@ class Recording:
         self.end_reason = reason
         if self._timer is not None:
             self._timer.cancel()
+        if self._refresher is not None:
+            self._refresher.cancel()
         for track in self.tracks:
             track.tap.close()
         self.ended_at = time.time()
