@@ -125,6 +125,8 @@ class Viewer:
                 self.first_video_ms = (now - self.joined_at) * 1000
             if s.last_at and now - s.last_at > FREEZE_S:
                 s.freezes += 1
+                if len(s.gaps) < 200:  # (start after join, length) of the first freezes
+                    s.gaps.extend((s.last_at - self.joined_at, now - s.last_at))
             self._layer(s, data)
         s.packets += 1
         s.octets += len(data)
@@ -187,6 +189,11 @@ class Viewer:
             "lost": lost,
             "loss_pct": round(100 * lost / expected, 2) if expected else 0.0,
             "freezes": sum(s.freezes for s in video) + tail_freeze,
+            "freezes_at_s": [
+                [round(st.gaps[i], 2), round(st.gaps[i + 1], 2)]
+                for st in video
+                for i in range(0, min(len(st.gaps), 10), 2)
+            ],
             "error": self.error,
         }
 
