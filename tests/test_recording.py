@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from sfu import Config
 from sfu.client import RoomClient
 from sfu.recording import links
+from sfu.recording.routes import RECORDER_KEY
 from sfu.recording.writer import MkvWriter, StreamSpec
 
 from .conftest import LOOPBACK, start_node
@@ -259,3 +260,52 @@ async def test_malformed_requests_are_refused_not_crashing(tmp_path: Path):
 )
 def test_any_link_fields_never_raise_and_never_pass_unsigned(name, exp, sig):
     assert links.check(SECRET, name, exp, sig, 3600) is False
+
+
+async def test_captions_archived_after_the_stop_still_reach_the_webvtt(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SFU_CAPTIONS_DB", str(tmp_path / "captions.sqlite3"))
+    node = await start_node(recording_config(tmp_path))
+    node.app[RECORDER_KEY].late_captions_s = 1.0
+    admin = node.token("ops", room=ROOM, admin=True)
+    captioner = node.token("captioner", room=ROOM, agent=True)
+    publisher = await RoomClient.connect(node.url, node.token("host"), network=LOOPBACK)
+
+    async def archive(session, seq: int, start: float, text: str, pt: str) -> None:
+        entry = {"track": "TR_a", "seq": seq, "speaker": "host", "start": start,
+                 "end": start + 1.0, "lang": "en", "text": text,
+                 "translations": {"pt": pt}}  # fmt: skip
+        async with session.post(
+            f"{node.url}/api/rooms/{ROOM}/captions",
+            headers={"Authorization": f"Bearer {captioner}"},
+            json={"session": "c1", "started_at": start - 1, "entries": [entry]},
+        ) as response:
+            assert response.status == 201
+
+    try:
+        await publisher.publish([ToneAudioTrack(440)], sources=["microphone"])
+        async with aiohttp.ClientSession() as session:
+            status, started = await control(session, node.url, admin, "start")
+            assert status == 201
+            t0 = time.time()
+            await archive(session, 1, t0 + 0.2, "Welcome to the sale", "Bem-vindos à venda")
+            await asyncio.sleep(2.0)
+            status, stopped = await control(session, node.url, admin, "stop")
+            assert stopped["captions"] == ["en", "pt"], stopped
+            base = tmp_path / "recordings" / ROOM / stopped["file"][: -len(".webm")]
+
+            def vtt(lang: str) -> str:
+                return base.with_name(f"{base.name}.{lang}.vtt").read_text()
+
+            first = vtt("pt")
+            assert "Bem-vindos à venda" in first and "Última" not in first
+            # the final of the last sentence reaches the archive after the stop
+            await archive(session, 2, t0 + 1.5, "Last call", "Última chamada")
+            await wait_for(lambda: "Última chamada" in vtt("pt"), 10)
+            later = vtt("pt")
+            assert later.index("Bem-vindos") < later.index("Última chamada")
+            assert "Last call" in vtt("en")
+            # cue times count from the file's start: the first cue starts about 0.2 s in
+            assert "00:00:00." in later.split("Bem-vindos")[0].splitlines()[-1]
+    finally:
+        await publisher.leave()
+        await node.runner.cleanup()

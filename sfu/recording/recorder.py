@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 KEYFRAME_WAIT_S = 10.0  # no keyframe by then: the recording fails (nothing to write)
+LATE_CAPTIONS_S = 15.0  # captions are written again this long after the end (a caption's
+# final text reaches the archive a few seconds after it was spoken)
 SIDECAR_EVERY_S = 2.0  # the .json is rewritten this often while recording (after a crash it
 # still tells roughly how long the file is)
 
@@ -321,6 +323,8 @@ class Recorder:
         # events(event_name, recording): webhooks; captions(room, t_from, t_to) -> entries
         self.events = events
         self.captions = captions
+        self.late_captions_s = LATE_CAPTIONS_S
+        self._late: set[asyncio.Task] = set()
 
     def _emit(self, event: str, recording: Recording) -> None:
         if self.events is not None:
@@ -386,6 +390,21 @@ class Recorder:
         if self.active.get(recording.room) is recording:
             del self.active[recording.room]
         self._emit("recording_ended", recording)
+        if recording.state == "stopped" and self.captions is not None:
+            task = asyncio.ensure_future(self._late_captions(recording))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    async def _late_captions(self, recording: Recording) -> None:
+        """Write the captions again once the last finals have reached the archive."""
+        await asyncio.sleep(self.late_captions_s)
+        try:
+            langs = await self.write_captions(recording)
+            if langs != recording.captions:
+                recording.captions = langs
+                await asyncio.to_thread(recording._write_sidecar)
+        except Exception:
+            logger.exception("recording %s: late captions not written", recording.id)
 
     async def write_captions(self, recording: Recording) -> list[str]:
         """WebVTT per language of the captions spoken during the recording."""
@@ -431,3 +450,5 @@ class Recorder:
     async def close(self) -> None:
         for recording in list(self.active.values()):
             await recording.stop("node_shutdown")
+        for task in list(self._late):
+            task.cancel()
