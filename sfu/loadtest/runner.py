@@ -170,11 +170,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="the node's base URL, e.g. https://sfu.example.com")
-    p.add_argument("--api-key", required=True)
-    p.add_argument("--api-secret", required=True)
-    p.add_argument("--room", default="loadtest")
-    p.add_argument("--publishers", type=int, default=1)
-    p.add_argument("--viewers", type=int, default=10)
+    p.add_argument("--api-key", required=True, help="one of the node's [auth] API keys")
+    p.add_argument(
+        "--api-secret", required=True, help="its secret: the tester mints the clients' tokens"
+    )
+    p.add_argument("--room", default="loadtest", help="room to load (default: loadtest)")
+    p.add_argument("--publishers", type=int, default=1, help="synthetic hosts (VP8 + Opus)")
+    p.add_argument("--viewers", type=int, default=10, help="packet-counting subscribers")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of measurement")
     p.add_argument("--video-bitrate", type=int, default=800_000, help="publisher video bit/s")
     p.add_argument("--video-size", default="640x360", help="publisher video WxH")
@@ -199,6 +201,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.publishers < 1 or args.viewers < 1 or args.duration <= 0:
         print("loadtest: need --publishers >= 1, --viewers >= 1, --duration > 0", file=sys.stderr)
+        return 2
+    size = args.video_size.split("x")
+    if len(size) != 2 or not all(v.isdigit() and 16 <= int(v) <= 4096 for v in size):
+        print("loadtest: --video-size must be WxH, e.g. 1280x720", file=sys.stderr)
+        return 2
+    if args.processes < 1 or args.video_bitrate < 50_000:
+        print("loadtest: need --processes >= 1 and --video-bitrate >= 50000", file=sys.stderr)
         return 2
     if args.publishers > 50 or args.viewers > 2000 or args.duration > 3600:
         print("loadtest: at most 50 publishers, 2000 viewers, 3600 s", file=sys.stderr)
