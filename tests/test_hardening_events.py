@@ -1,0 +1,191 @@
+"""Issue 12, items 1 and 5: a client that stops reading while someone floods the room with
+`data` messages is dropped once, cleanly, and nobody else notices; `data` floods are cut at
+the sender by a per-participant rate limit.
+
+Before the fix the slow reader's full queue made drop() queue a `dropped` notice, which
+overflowed again, until RecursionError: it was never removed, every later event repeated the
+recursion, the log grew by megabytes and the other viewers' media halved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import aiohttp
+import pytest
+
+from sfu import Config
+
+from .conftest import RunningNode, start_node
+from .hardening_rig import Observer, StalledSocket, captured_logs, healthz_s
+
+PAYLOAD = "x" * 30_000  # ~30 kB per data message, as in the report
+
+
+def config(**limits) -> Config:
+    config = Config()
+    for key, value in limits.items():
+        setattr(config.limits, key, value)
+    return config
+
+
+@pytest.fixture
+async def node(request) -> RunningNode:
+    node = await start_node(config(**getattr(request, "param", {})))
+    try:
+        yield node
+    finally:
+        await node.runner.cleanup()
+
+
+async def flood(
+    node: RunningNode, identity: str, count: int, seconds: float, payload: str = PAYLOAD
+) -> aiohttp.ClientWebSocketResponse:
+    """Join as `identity` and send `count` data messages spread over about `seconds`."""
+    session = aiohttp.ClientSession()
+    ws = await session.ws_connect(node.url.replace("http", "ws", 1) + "/rtc")
+    await ws.send_json({"type": "join", "token": node.token(identity), "auto_subscribe": False})
+    while (await ws.receive_json(timeout=5))["type"] != "joined":
+        pass
+    message = json.dumps({"type": "data", "topic": "chat", "payload": payload})
+    start = time.monotonic()
+    for i in range(count):
+        await ws.send_str(message)
+        due = start + seconds * (i + 1) / count
+        if due > time.monotonic():
+            await asyncio.sleep(due - time.monotonic())
+    ws._test_session = session  # (closed by close_flooder)
+    return ws
+
+
+async def close_flooder(ws) -> None:
+    await ws.close()
+    await ws._test_session.close()
+
+
+# The report's attack needs a flood the default data rate limit would stop at the sender:
+# here that limit is lifted so that the reader's queue really overflows.
+UNLIMITED_DATA = {"data_messages_per_s": 1e6, "data_bytes_per_s": 1 << 30}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("node", [UNLIMITED_DATA], indirect=True)
+async def test_slow_reader_under_data_flood_is_dropped_once(node):
+    observer = Observer(node)
+    stalled = None
+    flooder = None
+    with captured_logs() as logs:
+        try:
+            await observer.start()
+            stalled = await StalledSocket.join(node, "slow")
+            room = node.node.rooms.rooms["shop"]
+            assert "slow" in room.participants
+            slow = room.participants["slow"]
+            before = await observer.rate(3.0)
+            assert before > 30, before  # a 20 ms-framed tone: ~50 packets/s
+
+            attack = asyncio.ensure_future(flood(node, "flooder", count=800, seconds=4.0))
+            during = await observer.rate(4.0)
+            flooder = await attack
+            health = await healthz_s(node)
+
+            # dropped, once, and gone from the room with everything it held
+            assert slow.dropped is not None and "event queue overflow" in slow.dropped
+            assert "slow" not in room.participants
+            assert slow.closed and slow.events.qsize() <= 1 and slow.queued_bytes <= 256
+            dropping = logs.matching("dropping slow")
+            assert len(dropping) == 1, [r.getMessage() for r in dropping]
+            assert logs.errors() == []
+            assert not any("RecursionError" in r.getMessage() for r in logs.records)
+            # the node closed (aborted) its socket, though the client never read
+            await stalled.wait_closed_by_node(timeout=5)
+            # everyone else: the stream kept its rate, the flooder and the node still answer
+            assert during >= 0.8 * before, (before, during)
+            assert health < 0.5, health
+            await flooder.send_json({"type": "ping", "ts": 1})
+            reply = await flooder.receive_json(timeout=5)
+            while reply["type"] != "pong":
+                reply = await flooder.receive_json(timeout=5)
+            assert set(room.participants) == {"observer", "observer-cam", "flooder"}
+        finally:
+            if stalled is not None:
+                stalled.close()
+            if flooder is not None:
+                await close_flooder(flooder)
+            await observer.close()
+
+
+@pytest.mark.parametrize("node", [{"max_event_queue": 5}], indirect=True)
+async def test_queue_overflow_in_a_burst_drops_once(node):
+    """Overflowing a participant's queue in a burst: one drop, one `dropped` notice queued
+    (beyond the limits), no more events taken, nothing logged as an error."""
+    observer_ws = None
+    with captured_logs() as logs:
+        async with aiohttp.ClientSession() as session:
+            observer_ws = await session.ws_connect(node.url.replace("http", "ws", 1) + "/rtc")
+            await observer_ws.send_json({"type": "join", "token": node.token("reader")})
+            assert (await observer_ws.receive_json(timeout=5))["type"] == "joined"
+            participant = node.node.rooms.rooms["shop"].participants["reader"]
+            # (no await between the events: the writer cannot drain any of them)
+            for i in range(50):
+                participant.send_event({"type": "data", "payload": i})
+            assert participant.dropped is not None
+            assert participant.events.qsize() == 1  # only the `dropped` notice
+            messages = []
+            while True:
+                raw = await observer_ws.receive(timeout=5)
+                if raw.type != aiohttp.WSMsgType.TEXT:
+                    break
+                messages.append(raw.json())
+            assert [m.get("code") for m in messages] == ["dropped"]
+            assert observer_ws.close_code == 4000
+            room = node.node.rooms.rooms.get("shop")
+            assert room is None or "reader" not in room.participants
+            assert len(logs.matching("dropping reader", logging.WARNING)) == 1
+            assert logs.errors() == []
+
+
+async def test_data_flood_is_cut_at_the_sender(node):
+    """Default limits: a sender over its data rate loses the excess; readers get at most
+    what the limit lets through, and the sender hears `rate_limited`."""
+    limits = node.config.limits
+    async with aiohttp.ClientSession() as session:
+        reader = await session.ws_connect(node.url.replace("http", "ws", 1) + "/rtc")
+        await reader.send_json({"type": "join", "token": node.token("reader")})
+        assert (await reader.receive_json(timeout=5))["type"] == "joined"
+        flooder = await session.ws_connect(node.url.replace("http", "ws", 1) + "/rtc")
+        await flooder.send_json({"type": "join", "token": node.token("flooder")})
+        while (await flooder.receive_json(timeout=5))["type"] != "joined":
+            pass
+        # small messages: the message rate limits
+        t0 = time.monotonic()
+        for i in range(400):
+            await flooder.send_json({"type": "data", "payload": i})
+        await flooder.send_json({"type": "ping", "ts": "end"})
+        errors = []
+        while True:
+            message = await flooder.receive_json(timeout=5)
+            if message["type"] == "pong":
+                break
+            errors.append(message)
+        elapsed = time.monotonic() - t0
+        assert [e["code"] for e in errors][:1] == ["rate_limited"], errors
+        assert len(errors) <= 1 + elapsed / 1.0  # at most one notice a second
+        received = 0
+        while True:
+            try:
+                message = await reader.receive_json(timeout=0.5)
+            except TimeoutError:
+                break
+            if message["type"] == "data":
+                received += 1
+        allowed = 2 * limits.data_messages_per_s + elapsed * limits.data_messages_per_s
+        assert 0 < received <= allowed + 1, (received, allowed)
+        assert received < 400
+        # the reader is untouched
+        await reader.send_json({"type": "ping", "ts": 2})
+        assert (await reader.receive_json(timeout=5))["type"] == "pong"
+        assert set(node.node.rooms.rooms["shop"].participants) == {"reader", "flooder"}
