@@ -51,9 +51,12 @@ class Participant:
         auto_subscribe: bool = True,
         metadata: dict | None = None,
         limits: LimitSettings | None = None,
+        token_identity: str | None = None,
     ) -> None:
         self.sid = "PA_" + uuid.uuid4().hex[:12]
         self.identity = identity
+        # the identity in the token (a WHEP player's own identity has a suffix)
+        self.token_identity = token_identity or identity
         self.name = name
         self.kind = kind
         self.grants = grants

@@ -27,7 +27,7 @@ from aiohttp import WSMsgType, web
 from .auth import AccessToken, AuthError, PermissionDenied
 from .joins import JoinTimeline
 from .media.publisher import PublisherSession, TrackRequest
-from .media.sdp import SdpError
+from .media.sdp import SdpError, check_offer_size
 from .media.subscriber import SubscriberSession
 from .node import SfuNode
 from .participant import Participant, ParticipantKind
@@ -441,6 +441,13 @@ class SignallingConnection:
         if not participant.grants.publish:
             raise SignallingError("forbidden", "token lacks the 'publish' grant")
         node = self.node
+        limits = node.config.limits
+        try:  # before anything is allocated for it
+            check_offer_size(
+                sdp, max_media=limits.max_media_per_offer, max_rids=limits.max_rids_per_media
+            )
+        except SdpError as exc:
+            raise SignallingError("bad_sdp", str(exc)) from exc
         created = participant.publisher is None
         if created:
             participant.publisher = PublisherSession(
