@@ -169,6 +169,7 @@ class MediaPeer:
             if id(transport) in self._prepared:
                 continue
             self._prepared.add(id(transport))
+            _no_start_after_close(transport.transport)
             connection = transport.transport.iceGatherer._connection
             connection.gather_candidates = _host_gatherer(connection, self.network)
             connection.connect = _prompt_connect(connection, self._mark, early=self.fast_connect)
@@ -593,6 +594,25 @@ def _host_gatherer(connection, network: NetworkSettings):
         connection._local_candidates_end = True
 
     return gather_candidates
+
+
+def _no_start_after_close(ice_transport) -> None:
+    """Make starting a closed ICE transport a no-op instead of an InvalidStateError.
+
+    aiortc's connect task starts the ICE and DTLS transports of each m-line in turn (with
+    BUNDLE, the same ones again). A connection closed while the first m-line's DTLS is still
+    under way (a client that joins and leaves at once) made the next start raise
+    InvalidStateError('RTCIceTransport is closed') in that task, which nobody awaits: asyncio
+    logged "Task exception was never retrieved".
+    """
+    original = ice_transport.start
+
+    async def start(remote_parameters) -> None:
+        if ice_transport.state == "closed":
+            return
+        await original(remote_parameters)
+
+    ice_transport.start = start
 
 
 class GuardedStunProtocol(StunProtocol):
