@@ -175,9 +175,13 @@ class SignallingConnection:
             await self._send_error("internal", "internal server error", request_id)
 
     async def _send(self, message: dict) -> None:
-        """Before join, write directly; after, through the participant's ordered event queue."""
+        """Before join, write directly; after, through the participant's ordered event queue.
+        Once dropped or left, nothing (a dropped client may not read: a direct write would
+        wait on it)."""
         if self.participant is not None and self.state == State.JOINED:
             self.participant.send_event(message)
+        elif self.participant is not None and self.state == State.CLOSED:
+            return
         elif self.ws is not None and not self.ws.closed:
             await self.ws.send_json(message)
 
