@@ -83,6 +83,7 @@ class Participant:
         self.join_timeline: JoinTimeline | None = None
         # events (and their sizes) held back until the join reply is out
         self._held: list[tuple[dict, int]] | None = None
+        self._held_bytes = 0
 
     def info(self) -> dict:
         return {
@@ -106,19 +107,19 @@ class Participant:
         """
         if self.events is None or self.closed or self.dropped is not None:
             return
-        if self._held is not None:
-            self._held.append((message, size))
-            return
-        if (
-            self.events.qsize() >= self.queue_limit
-            or self.queued_bytes + size > self.queue_bytes_limit
-        ):
-            queued, queued_bytes = self.events.qsize(), self.queued_bytes
+        held = self._held
+        queued = self.events.qsize() + (len(held) if held is not None else 0)
+        queued_bytes = self.queued_bytes + self._held_bytes
+        if queued >= self.queue_limit or queued_bytes + size > self.queue_bytes_limit:
             self._clear_events()  # it will never read them: free them now
             self.drop(
                 f"event queue overflow ({queued} events, {queued_bytes} bytes unread)",
                 warning=True,
             )
+            return
+        if held is not None:
+            held.append((message, size))
+            self._held_bytes += size
             return
         self._put(message, size)
 
@@ -150,6 +151,9 @@ class Participant:
     def _clear_events(self) -> None:
         self.take_events()
         self.queued_bytes = 0
+        if self._held is not None:
+            self._held = []
+            self._held_bytes = 0
 
     def hold_events(self) -> None:
         """Keep events back while the join is being answered, so `joined` is the first one."""
@@ -159,6 +163,7 @@ class Participant:
     def release_events(self, first: dict | None = None) -> None:
         """Queue `first`, then every event held back since hold_events()."""
         held, self._held = self._held or [], None
+        self._held_bytes = 0
         if first is not None:
             held.insert(0, (first, _size_of(first)))
         for message, size in held:

@@ -147,7 +147,7 @@ class SignallingConnection:
 
     def _join_timeout(self) -> None:
         if self.state == State.CONNECTED and self.ws is not None:
-            asyncio.ensure_future(self.ws.close(code=4408, message=b"join timeout"))
+            asyncio.ensure_future(_close_or_abort(self.ws, 4408, b"join timeout"))
 
     async def _dispatch(self, text: str) -> None:
         request_id = None
@@ -414,18 +414,8 @@ class SignallingConnection:
         await asyncio.sleep(0.05)  # (the writer's last send)
         if self._writer is not None:
             self._writer.cancel()
-        ws = self.ws
-        if ws is None:  # an HTTP join that never attached: nothing to close
-            return
-        clean = False
-        try:
-            await asyncio.wait_for(ws.close(code=4000, message=b"dropped"), DROP_FLUSH_S)
-            clean = True
-        except (TimeoutError, ConnectionError):
-            pass
-        transport = getattr(ws, "tcp_transport", None)
-        if transport is not None and (not clean or transport.get_write_buffer_size() > 0):
-            transport.abort()  # (what it never read goes with it)
+        if self.ws is not None:  # (an HTTP join that never attached has nothing to close)
+            await _close_or_abort(self.ws, 4000, b"dropped")
 
     async def _on_publish(self, msg: dict) -> None:
         participant = self._joined()
@@ -675,6 +665,19 @@ def _track_requests(value: Any) -> list[TrackRequest]:
             )
         )
     return result
+
+
+async def _close_or_abort(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+    """Close the socket cleanly if the client lets us within DROP_FLUSH_S, else abort it."""
+    clean = False
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), DROP_FLUSH_S)
+        clean = True
+    except (TimeoutError, ConnectionError):
+        pass
+    transport = getattr(ws, "tcp_transport", None)
+    if transport is not None and (not clean or transport.get_write_buffer_size() > 0):
+        transport.abort()  # (what it never read goes with it)
 
 
 class SignallingSocket(web.WebSocketResponse):

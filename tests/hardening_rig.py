@@ -104,6 +104,12 @@ class StalledSocket:
 
     @classmethod
     async def join(cls, node: RunningNode, identity: str, room: str = "shop") -> StalledSocket:
+        token = node.token(identity, room=room, subscribe=True, publish=False)
+        return await cls.open(node, f"/rtc?access_token={token}&join=1&auto_subscribe=0")
+
+    @classmethod
+    async def open(cls, node: RunningNode, target: str = "/rtc") -> StalledSocket:
+        """The WebSocket upgrade for `target`, and then not another byte read."""
         url = urlsplit(node.url)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
@@ -111,10 +117,9 @@ class StalledSocket:
         await asyncio.get_running_loop().sock_connect(sock, (url.hostname, url.port))
         reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
         key = base64.b64encode(os.urandom(16)).decode()
-        token = node.token(identity, room=room, subscribe=True, publish=False)
         writer.write(
             (
-                f"GET /rtc?access_token={token}&join=1&auto_subscribe=0 HTTP/1.1\r\n"
+                f"GET {target} HTTP/1.1\r\n"
                 f"Host: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
             ).encode()

@@ -189,3 +189,62 @@ async def test_data_flood_is_cut_at_the_sender(node):
         await reader.send_json({"type": "ping", "ts": 2})
         assert (await reader.receive_json(timeout=5))["type"] == "pong"
         assert set(node.node.rooms.rooms["shop"].participants) == {"reader", "flooder"}
+
+
+async def test_a_socket_that_never_joins_nor_reads_is_closed_at_the_join_timeout(node, monkeypatch):
+    """It sends junk (each answered with a 30 kB error it never reads, so the node's writes
+    to it back up) and is still shut out: the close cannot get through, so it is aborted,
+    and nothing of it stays on the node."""
+    from sfu import signalling
+
+    monkeypatch.setattr(signalling, "JOIN_TIMEOUT_S", 1.0)
+    with captured_logs() as logs:
+        stalled = await StalledSocket.open(node)
+        try:
+            frame = masked_text_frame(json.dumps({"type": "x" * 30_000}).encode())
+            for _ in range(200):  # (not drained: the node stops reading once it is stuck)
+                stalled.writer.write(frame)
+            await asyncio.sleep(0.5)
+            assert len(node.node.websockets) == 1
+            deadline = time.monotonic() + 5
+            while node.node.websockets:  # (the client still reads nothing)
+                assert time.monotonic() < deadline, "the node kept the socket"
+                await asyncio.sleep(0.1)
+            assert await healthz_s(node) < 0.5
+        finally:
+            stalled.close()
+    assert logs.errors() == []
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client-to-server WebSocket text frame (RFC 6455: clients mask their frames)."""
+    mask = b"\x01\x02\x03\x04"
+    length = len(payload)
+    header = b"\x81" + (
+        bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + length.to_bytes(2, "big")
+    )
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize("node", [{"max_event_queue": 20}], indirect=True)
+async def test_events_held_during_a_join_are_bounded_too(node):
+    """While a join is being answered its events are held back; they count against the
+    same limits, so a flood meanwhile cannot grow the held list without bound."""
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(node.url.replace("http", "ws", 1) + "/rtc")
+        await ws.send_json({"type": "join", "token": node.token("reader")})
+        assert (await ws.receive_json(timeout=5))["type"] == "joined"
+        participant = node.node.rooms.rooms["shop"].participants["reader"]
+        participant.hold_events()  # (as during a join)
+        for i in range(1000):
+            participant.send_event({"type": "data", "payload": i})
+        assert participant.dropped is not None
+        assert participant._held == [] and participant._held_bytes == 0
+        participant.release_events()
+        messages = []
+        while True:
+            raw = await ws.receive(timeout=5)
+            if raw.type != aiohttp.WSMsgType.TEXT:
+                break
+            messages.append(raw.json())
+        assert [m.get("code") for m in messages] == ["dropped"]
