@@ -30,7 +30,7 @@ from .media.publisher import PublisherSession, TrackRequest
 from .media.sdp import SdpError, check_offer_size
 from .media.subscriber import SubscriberSession
 from .node import SfuNode
-from .participant import Participant, ParticipantKind
+from .participant import EVENT_COST, Participant, ParticipantKind
 from .ratelimit import TokenBucket
 from .room import Room, RoomFull, TooManyRooms
 
@@ -384,7 +384,9 @@ class SignallingConnection:
         if pending is not None and not pending.done():
             pending.set_result({"sdp": sdp, "tracks": tracks})  # goes out inside `joined`
             return
-        participant.send_event({"type": "offer", "sdp": sdp, "tracks": tracks}, 256 + len(sdp))
+        participant.send_event(
+            {"type": "offer", "sdp": sdp, "tracks": tracks}, EVENT_COST + len(sdp)
+        )
         if participant.join_timeline is not None:
             participant.join_timeline.mark("offer")
 
