@@ -248,3 +248,44 @@ async def test_events_held_during_a_join_are_bounded_too(node):
                 break
             messages.append(raw.json())
         assert [m.get("code") for m in messages] == ["dropped"]
+
+
+@pytest.mark.slow
+async def test_large_data_flood_at_default_limits_spares_the_stream(node):
+    """The report's flood (30 kB messages, as fast as possible) against default limits: the
+    byte budget lets through what it allows, the rest never reaches a reader, and the
+    observer's stream keeps its rate."""
+    limits = node.config.limits
+    observer = Observer(node)
+    flooder = None
+    try:
+        await observer.start()
+        async with aiohttp.ClientSession() as session:
+            reader = await session.ws_connect(node.url.replace("http", "ws", 1) + "/rtc")
+            await reader.send_json({"type": "join", "token": node.token("reader")})
+            while (await reader.receive_json(timeout=5))["type"] != "joined":
+                pass
+            before = await observer.rate(2.0)
+            t0 = time.monotonic()
+            attack = asyncio.ensure_future(flood(node, "flooder", count=300, seconds=3.0))
+            during = await observer.rate(3.0)
+            flooder = await attack
+            elapsed = time.monotonic() - t0
+            received = 0
+            while True:
+                try:
+                    message = await reader.receive_json(timeout=1.0)
+                except TimeoutError:
+                    break
+                received += message["type"] == "data"
+            size = len(json.dumps({"type": "data", "topic": "chat", "payload": PAYLOAD}))
+            budget = max(2 * limits.data_bytes_per_s, limits.max_message_bytes)
+            allowed = (budget + elapsed * limits.data_bytes_per_s) / size
+            assert 0 < received <= allowed + 1, (received, allowed)
+            assert received < 300 / 2
+            assert during >= 0.8 * before, (before, during)
+            await reader.close()
+    finally:
+        if flooder is not None:
+            await close_flooder(flooder)
+        await observer.close()
