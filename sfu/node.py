@@ -13,10 +13,11 @@ import uuid
 
 from .auth import AccessToken, AuthError, verify_token
 from .config import Config
-from .joins import JoinLog
 from .media.peer import NetworkSettings
-from .participant import Participant
 from .room import RoomRegistry
+from .rooms.joins import JoinService
+from .rooms.participant import Participant
+from .rooms.timeline import JoinLog
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class SfuNode:
         self.closing = False
         self.websockets: set = set()
         self.joins = JoinLog()  # join-time metrics of the recent joins
+        # the one join / publish / subscribe path every surface (sfu/api/) goes through
+        self.join_service = JoinService(self)
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)

@@ -17,13 +17,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..agents import is_agent_participant
-from ..joins import PHASES, JoinLog, JoinTimeline
+from ..rooms.timeline import PHASES, JoinLog, JoinTimeline
 from .histogram import Histogram
 
 if TYPE_CHECKING:
     from ..agents import AgentJob
-    from ..participant import Participant
     from ..room import Room
+    from ..rooms.participant import Participant
 
 JOIN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 AGENT_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from ..agents import AgentJob
     from ..media.producer import Producer
     from ..node import SfuNode
-    from ..participant import Participant
     from ..room import Room
+    from ..rooms.participant import Participant
 
 EVENTS = (
     "room_started",
