@@ -79,6 +79,17 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
 
 
+async def _json_object(request: web.Request) -> dict | web.Response:
+    """The request's JSON object body, or the 400 to answer."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "bad_request", "body must be JSON")
+    if not isinstance(body, dict):
+        return _error(400, "bad_request", "body must be a JSON object")
+    return body
+
+
 def _valid_entry(e: Any) -> str | None:
     """Why `e` is not a caption entry (None if it is)."""
     if not isinstance(e, dict):
@@ -106,12 +117,9 @@ def _valid_entry(e: Any) -> str | None:
 async def _post_captions(request: web.Request) -> web.Response:
     room = request.match_info["room"]
     require_grant(request, "agent", "admin", room=room)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "bad_request", "body must be JSON")
-    if not isinstance(body, dict):
-        return _error(400, "bad_request", "body must be a JSON object")
+    body = await _json_object(request)
+    if isinstance(body, web.Response):
+        return body
     session, started_at, entries = body.get("session"), body.get("started_at"), body.get("entries")
     if not isinstance(session, str) or not _SESSION.match(session):
         return _error(400, "bad_request", "'session' must be 1-64 characters: A-Z a-z 0-9 _ . : -")
@@ -202,12 +210,9 @@ async def _get_vtt(request: web.Request) -> web.Response:
 
 async def _demo_captions(request: web.Request) -> web.Response:
     """{room, enabled} -> {room, enabled, ...}: the host page's captions switch (demo only)."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "bad_request", "body must be JSON")
-    if not isinstance(body, dict):
-        return _error(400, "bad_request", "body must be a JSON object")
+    body = await _json_object(request)
+    if isinstance(body, web.Response):
+        return body
     room, enabled = body.get("room"), body.get("enabled")
     if not isinstance(room, str) or not _ROOM.match(room):
         return _error(
