@@ -9,6 +9,7 @@ from aiohttp import web
 from . import captions_archive, whip
 from .agents import add_agent_routes
 from .auth import AuthError, PermissionDenied
+from .cluster.views import rooms_response
 from .config import Config
 from .demo import add_demo_routes
 from .node import SfuNode
@@ -53,6 +54,7 @@ async def _on_startup(app: web.Application) -> None:
         )
     if node.config.server.demo_tokens:
         logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
+    await node.cluster.start()
     logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
 
 
@@ -83,8 +85,7 @@ def _admin(request: web.Request) -> web.Response | None:
 async def list_rooms(request: web.Request) -> web.Response:
     if (denied := _admin(request)) is not None:
         return denied
-    node = request.app[NODE_KEY]
-    return web.json_response({"rooms": [r.info() for r in node.rooms.rooms.values()]})
+    return await rooms_response(request.app[NODE_KEY], request.query.get("scope", "local"))
 
 
 async def node_stats(request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""Command line: `python -m sfu serve` runs a node, `python -m sfu token` mints a token."""
+"""Command line: `python -m sfu serve` runs a node, `python -m sfu token` mints a token,
+`python -m sfu nodes` lists the cluster's live nodes."""
 
 from __future__ import annotations
 
@@ -82,6 +83,12 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
+def nodes(args: argparse.Namespace) -> int:
+    from .cluster.cli import list_nodes
+
+    return list_nodes(Config.load(args.config), as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sfu", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -104,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_token.add_argument("--ttl", type=int, help="lifetime in seconds")
     p_token.add_argument("--config", help="TOML settings file (for the API key and secret)")
     p_token.set_defaults(func=token)
+
+    p_nodes = sub.add_parser("nodes", help="list the cluster's live nodes and their load")
+    p_nodes.add_argument("--config", help="TOML settings file (for [cluster] redis_url)")
+    p_nodes.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_nodes.set_defaults(func=nodes)
     return parser
 
 

@@ -73,6 +73,7 @@ class Room:
         """Announce a new track and give it to everyone who subscribes automatically."""
         self.producers[producer.id] = producer
         producer.on_close(self._unpublished)
+        self.registry.notify_track("published", self, producer)
         self.broadcast(
             {"type": "track_published", "track": producer.info.to_json()}, exclude=participant
         )
@@ -85,6 +86,7 @@ class Room:
     def _unpublished(self, producer: Producer) -> None:
         if self.producers.pop(producer.id, None) is None:
             return
+        self.registry.notify_track("unpublished", self, producer)
         for other in self.participants.values():
             if other.subscriber is not None:
                 other.subscriber.drop_producer(producer)
@@ -122,6 +124,9 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         # listener(event, room, participant) for "joined" and "left" (agent dispatch uses it)
         self.listeners: list[Callable[[str, Room, Participant], None]] = []
+        # listener(event, room, producer) for "published" and "unpublished" (the cluster's
+        # room directory uses it)
+        self.track_listeners: list[Callable[[str, Room, Producer], None]] = []
 
     def notify(self, event: str, room: Room, participant: Participant) -> None:
         for listener in self.listeners:
@@ -129,6 +134,13 @@ class RoomRegistry:
                 listener(event, room, participant)
             except Exception:  # a listener's bug must not break joins and leaves
                 logger.exception("room listener failed on %s", event)
+
+    def notify_track(self, event: str, room: Room, producer: Producer) -> None:
+        for listener in self.track_listeners:
+            try:
+                listener(event, room, producer)
+            except Exception:  # a listener's bug must not break publishing
+                logger.exception("track listener failed on %s", event)
 
     def get_or_create(self, name: str) -> Room:
         room = self.rooms.get(name)
