@@ -143,6 +143,22 @@ def test_message_decoding_accepts_or_refuses_never_crashes(data: bytes):
         assert isinstance(message.kind, MessageKind) and isinstance(message.body, dict)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(list(MessageKind)),
+    origin=st.text(max_size=20),
+    room=st.text(max_size=20),
+    body=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
+    seq=st.integers(min_value=1, max_value=2**53),
+)
+def test_every_valid_message_survives_the_wire(kind, origin, room, body, seq):
+    bus = RedisBus.__new__(RedisBus)
+    bus.dropped = 0
+    message = ClusterMessage(kind, origin, room=room, body=body)
+    decoded = bus._decode(f"{seq} ".encode() + message.dumps().encode())
+    assert decoded == (seq, message)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.dictionaries(
