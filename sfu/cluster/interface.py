@@ -8,11 +8,12 @@ reached; the in-process implementation never does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .records import (
     ClusterMessage,
+    DirectoryChange,
     NodeInfo,
     NodeSnapshot,
     ParticipantRecord,
@@ -74,6 +75,10 @@ class RoomDirectory(Protocol):
     async def add_track(self, record: TrackRecord) -> None: ...
 
     async def remove_track(self, room: str, track_id: str) -> bool: ...
+
+    async def apply(self, changes: Sequence[DirectoryChange]) -> None:
+        """Several changes in their order, as the single calls would make them (add or
+        remove a participant or a track), in one round trip."""
 
     async def participants(self, room: str) -> list[ParticipantRecord]:
         """Sorted by identity."""

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import ClusterError, ClusterUnavailable
@@ -23,12 +22,15 @@ from .interface import ClusterBackend, MessageHandler
 from .load import LoadSampler
 from .records import (
     ClusterMessage,
+    DirectoryChange,
     MessageKind,
     NodeInfo,
     NodeLoad,
     NodeSnapshot,
+    ParticipantLeft,
     ParticipantRecord,
     TrackRecord,
+    TrackRemoved,
 )
 
 if TYPE_CHECKING:
@@ -43,17 +45,8 @@ logger = logging.getLogger(__name__)
 QUEUE_LIMIT = 10_000
 
 
-@dataclass(frozen=True)
-class _Left:
-    room: str
-    identity: str
-    sid: str
-
-
-@dataclass(frozen=True)
-class _Unpublished:
-    room: str
-    track_id: str
+# Room changes applied in one round trip at most.
+BATCH_LIMIT = 256
 
 
 class _Resync:
@@ -61,7 +54,7 @@ class _Resync:
 
 
 _RESYNC = _Resync()
-_Op = ParticipantRecord | _Left | TrackRecord | _Unpublished | _Resync
+_Op = DirectoryChange | _Resync
 
 
 def participant_record(room: str, participant: Participant, node_id: str) -> ParticipantRecord:
@@ -183,13 +176,13 @@ class ClusterMembership:
         if event == "joined":
             self._enqueue(participant_record(room.name, participant, self.node_id))
         elif event == "left":
-            self._enqueue(_Left(room.name, participant.identity, participant.sid))
+            self._enqueue(ParticipantLeft(room.name, participant.identity, participant.sid))
 
     def _on_track_event(self, event: str, room: Room, producer: Producer) -> None:
         if event == "published":
             self._enqueue(track_record(room.name, producer, self.node_id))
         elif event == "unpublished":
-            self._enqueue(_Unpublished(room.name, producer.id))
+            self._enqueue(TrackRemoved(room.name, producer.id))
 
     def _enqueue(self, op: _Op) -> None:
         if self._out_of_step:
@@ -215,43 +208,56 @@ class ClusterMembership:
     # -- applying changes -----------------------------------------------------------------------
 
     async def _apply_loop(self) -> None:
+        carried: _Op | None = None  # a resync met while batching: it goes next, alone
         while True:
-            op = await self._ops.get()
-            try:
+            first = carried if carried is not None else await self._ops.get()
+            carried = None
+            batch = [first]
+            # what queued up meanwhile goes in the same round trip
+            while (
+                not isinstance(first, _Resync)
+                and len(batch) < BATCH_LIMIT
+                and not self._ops.empty()
+            ):
+                op = self._ops.get_nowait()
                 if isinstance(op, _Resync):
+                    carried = op
+                    break
+                batch.append(op)
+            try:
+                if isinstance(batch[0], _Resync):
                     self._resync_queued = False
                     # changes from now on queue behind the snapshot _catch_up takes first
                     self._out_of_step = False
                     await self._catch_up()
                 elif not self._out_of_step:
-                    await self._apply(op)
+                    await self._apply(batch)  # type: ignore[arg-type]
             except ClusterUnavailable:
                 self._out_of_step = True  # the heartbeat asks for a resync once Redis answers
             except ClusterError as exc:
                 logger.warning("cluster: %s", exc)
             except Exception:
-                logger.exception("cluster: applying a room change failed")
+                logger.exception("cluster: applying room changes failed")
             finally:
-                self._ops.task_done()
+                for _ in batch:
+                    self._ops.task_done()
 
-    async def _apply(self, op: _Op) -> None:
-        directory = self.backend.directory
-        if isinstance(op, ParticipantRecord):
-            await directory.add_participant(op)
-            await self._follow(op.room)
-            self._announce(MessageKind.PARTICIPANT_JOINED, op.room, op.to_json())
-        elif isinstance(op, _Left):
-            await directory.remove_participant(op.room, op.identity, op.sid)
-            await self._follow(op.room)
-            self._announce(
-                MessageKind.PARTICIPANT_LEFT, op.room, {"identity": op.identity, "sid": op.sid}
-            )
-        elif isinstance(op, TrackRecord):
-            await directory.add_track(op)
-            self._announce(MessageKind.TRACK_PUBLISHED, op.room, op.to_json())
-        elif isinstance(op, _Unpublished):
-            await directory.remove_track(op.room, op.track_id)
-            self._announce(MessageKind.TRACK_UNPUBLISHED, op.room, {"track_id": op.track_id})
+    async def _apply(self, changes: list[DirectoryChange]) -> None:
+        """Write the changes, follow the rooms they touch, then tell the rooms' nodes."""
+        await self.backend.directory.apply(changes)
+        for room in dict.fromkeys(change.room for change in changes):
+            await self._follow(room)
+        for change in changes:
+            if isinstance(change, ParticipantRecord):
+                kind, body = MessageKind.PARTICIPANT_JOINED, change.to_json()
+            elif isinstance(change, ParticipantLeft):
+                kind = MessageKind.PARTICIPANT_LEFT
+                body = {"identity": change.identity, "sid": change.sid}
+            elif isinstance(change, TrackRecord):
+                kind, body = MessageKind.TRACK_PUBLISHED, change.to_json()
+            else:
+                kind, body = MessageKind.TRACK_UNPUBLISHED, {"track_id": change.track_id}
+            self._announce(kind, change.room, body)
 
     async def _follow(self, room: str) -> None:
         """Subscribe to the room's channel while this node has participants in it."""

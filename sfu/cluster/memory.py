@@ -11,18 +11,21 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import RoomNotFound
 from .interface import MessageHandler
 from .records import (
     ClusterMessage,
+    DirectoryChange,
     NodeInfo,
     NodeSnapshot,
+    ParticipantLeft,
     ParticipantRecord,
     RoomRecord,
     TrackRecord,
+    TrackRemoved,
 )
 
 logger = logging.getLogger(__name__)
@@ -124,6 +127,17 @@ class MemoryDirectory:
             return False
         self._drop_if_empty(room)
         return True
+
+    async def apply(self, changes: Sequence[DirectoryChange]) -> None:
+        for change in changes:
+            if isinstance(change, ParticipantRecord):
+                await self.add_participant(change)
+            elif isinstance(change, ParticipantLeft):
+                await self.remove_participant(change.room, change.identity, change.sid)
+            elif isinstance(change, TrackRecord):
+                await self.add_track(change)
+            elif isinstance(change, TrackRemoved):
+                await self.remove_track(change.room, change.track_id)
 
     async def participants(self, room: str) -> list[ParticipantRecord]:
         return sorted(self._participants.get(room, {}).values(), key=lambda p: p.identity)

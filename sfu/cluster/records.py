@@ -184,6 +184,27 @@ class ClusterMessage(_Record):
 
 
 @dataclass(frozen=True)
+class ParticipantLeft:
+    """A directory change: the connection `sid` of `identity` left `room`."""
+
+    room: str
+    identity: str
+    sid: str
+
+
+@dataclass(frozen=True)
+class TrackRemoved:
+    """A directory change: a track is no longer published."""
+
+    room: str
+    track_id: str
+
+
+# What RoomDirectory.apply takes: a record adds (or replaces) an entry.
+DirectoryChange = ParticipantRecord | ParticipantLeft | TrackRecord | TrackRemoved
+
+
+@dataclass(frozen=True)
 class NodeSnapshot:
     """Everything one node holds, for re-synchronising the directory after Redis was away."""
 

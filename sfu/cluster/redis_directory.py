@@ -6,11 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from . import redis_scripts as lua
 from .errors import RoomNotFound
-from .records import NodeSnapshot, ParticipantRecord, RecordError, RoomRecord, TrackRecord
+from .records import (
+    DirectoryChange,
+    NodeSnapshot,
+    ParticipantLeft,
+    ParticipantRecord,
+    RecordError,
+    RoomRecord,
+    TrackRecord,
+    TrackRemoved,
+)
 from .redis_keys import RedisKeys
 from .redis_link import RedisLink
 
@@ -99,6 +109,35 @@ class RedisDirectory:
             "remove track", self._remove_track(args=self._args(room, track_id))
         )
         return bool(done)
+
+    async def apply(self, changes: Sequence[DirectoryChange]) -> None:
+        if changes:
+            await self.link.run("update directory", self._apply_pipelined(changes))
+
+    async def _apply_pipelined(self, changes: Sequence[DirectoryChange]) -> None:
+        """One pipeline: Redis runs the scripts in this order, one round trip for all."""
+        async with self.link.client.pipeline(transaction=False) as pipe:
+            for change in changes:
+                if isinstance(change, ParticipantRecord):
+                    script, args = (
+                        self._add_participant,
+                        (change.room, change.node_id, change.identity, change.dumps()),
+                    )
+                elif isinstance(change, ParticipantLeft):
+                    script, args = (
+                        self._remove_participant,
+                        (change.room, change.identity, change.sid),
+                    )
+                elif isinstance(change, TrackRecord):
+                    script, args = (
+                        self._add_track,
+                        (change.room, change.node_id, change.track_id, change.dumps()),
+                    )
+                else:
+                    assert isinstance(change, TrackRemoved)
+                    script, args = self._remove_track, (change.room, change.track_id)
+                await script(args=self._args(*args), client=pipe)  # queues on the pipeline
+            await pipe.execute()
 
     async def participants(self, room: str) -> list[ParticipantRecord]:
         raw = await self.link.run(

@@ -18,6 +18,7 @@ from sfu.cluster import (
     RoomNotFound,
     TrackRecord,
 )
+from sfu.cluster.records import ParticipantLeft, TrackRemoved
 
 from .conftest import TEST_TTL_S
 
@@ -219,6 +220,29 @@ async def test_concurrent_first_joins_share_one_room(store):
     rooms = await asyncio.gather(*joins)
     assert all(room == rooms[0] for room in rooms)
     assert len(await clients[0].directory.participants("sale")) == 12
+
+
+async def test_a_batch_of_changes_applies_in_its_order(backend):
+    directory = backend.directory
+    await directory.apply(
+        [
+            member("show", "host", "sa-1"),
+            track("show", "TR_1", "sa-1"),
+            member("show", "brief", "sa-1"),
+            ParticipantLeft("show", "brief", "PA_brief"),  # joined and left in one batch
+            ParticipantLeft("show", "late", "PA_late"),  # left before it joined: no effect...
+            member("show", "late", "sa-1"),  # ...so it is in
+            TrackRemoved("show", "TR_1"),
+            track("show", "TR_2", "sa-1"),
+            member("gone", "solo", "sa-1"),
+            ParticipantLeft("gone", "solo", "PA_solo"),  # its room goes with it
+        ]
+    )
+    assert [p.identity for p in await directory.participants("show")] == ["host", "late"]
+    assert [t.track_id for t in await directory.tracks("show")] == ["TR_2"]
+    assert await directory.list_rooms() == ["show"]
+    await directory.apply([])  # nothing to do is fine
+    assert await directory.list_rooms() == ["show"]
 
 
 async def test_prune_node_removes_only_that_nodes_entries(backend):
