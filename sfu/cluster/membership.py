@@ -131,6 +131,7 @@ class ClusterMembership:
         self.rooms.listeners.append(self._on_room_event)
         self.rooms.track_listeners.append(self._on_track_event)
         try:  # registered before the node takes joins, when Redis is there
+            await self._warn_if_id_taken()
             await self._heartbeat()
             await self._catch_up()
         except ClusterError:  # logged once by the link; the loops retry
@@ -165,6 +166,17 @@ class ClusterMembership:
             except (ClusterError, TimeoutError) as exc:
                 logger.warning("cluster: node %s could not deregister: %s", self.node_id, exc)
         await self.backend.close()
+
+    async def _warn_if_id_taken(self) -> None:
+        other = await self.backend.registry.get_node(self.node_id)
+        if other is not None:
+            logger.warning(
+                "cluster: node id %s is already live (%s, heartbeat %.1f s ago): this is a quick "
+                "restart, or another node has the same [server] node_id; ids must be unique",
+                self.node_id,
+                other.public_url,
+                max(0.0, time.time() - other.heartbeat_at),
+            )
 
     async def _leave(self) -> None:
         await self.backend.registry.deregister(self.node_id)

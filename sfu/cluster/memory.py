@@ -186,10 +186,14 @@ class MemoryBus:
 
     async def publish(self, message: ClusterMessage) -> int:
         channel = f"node:{message.target}" if message.target else f"room:{message.room}"
-        seq = self.hub.seq[channel] = self.hub.seq.get(channel, 0) + 1
+        subscribers = self.hub.subscribers.get(channel)
+        seq = self.hub.seq.get(channel, 0) + 1
+        if not subscribers:  # nobody to number it for: keep no counter (rooms come and go)
+            return seq
+        self.hub.seq[channel] = seq
         numbered = message.with_seq(seq)
         loop = asyncio.get_running_loop()
-        for handler in self.hub.subscribers.get(channel, {}).values():
+        for handler in subscribers.values():
             # call_soon runs callbacks first in, first out: delivery keeps the publish order
             loop.call_soon(_deliver, handler, numbered)
         return seq
@@ -201,20 +205,21 @@ class MemoryBus:
         self._subscribe(f"room:{room}", handler)
 
     async def unsubscribe_room(self, room: str) -> None:
-        channel = f"room:{room}"
+        self._unsubscribe(f"room:{room}")
+
+    def _unsubscribe(self, channel: str) -> None:
         subscribers = self.hub.subscribers.get(channel, {})
         subscribers.pop(self, None)
-        if not subscribers:
+        if not subscribers:  # numbering restarts, which receivers take as a restart
             self.hub.subscribers.pop(channel, None)
+            self.hub.seq.pop(channel, None)
 
     async def subscribe_node(self, node_id: str, handler: MessageHandler) -> None:
         self._subscribe(f"node:{node_id}", handler)
 
     def unsubscribe_all(self) -> None:
         for channel in list(self.hub.subscribers):
-            self.hub.subscribers[channel].pop(self, None)
-            if not self.hub.subscribers[channel]:
-                del self.hub.subscribers[channel]
+            self._unsubscribe(channel)
 
 
 def _deliver(handler: MessageHandler, message: ClusterMessage) -> None:

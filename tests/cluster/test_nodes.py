@@ -354,3 +354,20 @@ def test_a_node_without_redis_url_never_imports_redis():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.redis
+async def test_a_second_node_with_the_same_id_is_warned_about(
+    redis_server, observer, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="sfu.cluster")
+    prefix = observer.keys.prefix
+    a = await start_node(cluster_config(redis_server.url, prefix, "sa-east", "sa-1"))
+    try:
+        assert not [r for r in caplog.records if "already live" in r.getMessage()]
+        twin = await start_node(cluster_config(redis_server.url, prefix, "sa-east", "sa-1"))
+        await twin.runner.cleanup()
+        [warning] = [r for r in caplog.records if "already live" in r.getMessage()]
+        assert a.url in warning.getMessage() and "must be unique" in warning.getMessage()
+    finally:
+        await a.runner.cleanup()
