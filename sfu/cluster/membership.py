@@ -1,7 +1,7 @@
 """A node's membership of the cluster: register, heartbeat with its load, keep its directory
 entries in step with its rooms, follow its rooms' messages, leave on shutdown.
 
-Room events reach it through the room registry's listeners (synchronous, from the join and
+Room events reach it through the room registry's observers (synchronous, from the join and
 publish paths); they are queued and applied in order by one task, so a join never waits for
 Redis. When Redis is unreachable the node keeps serving its own rooms: the queued changes are
 dropped and the node is marked out of step; when Redis answers again one catch-up re-registers
@@ -128,8 +128,7 @@ class ClusterMembership:
         self._started = True
         await self.backend.start()
         self.backend.on_recovered(self._request_resync)
-        self.rooms.listeners.append(self._on_room_event)
-        self.rooms.track_listeners.append(self._on_track_event)
+        self.rooms.observers.append(self._on_room_event)
         try:  # registered before the node takes joins, when Redis is there
             await self._warn_if_id_taken()
             await self._heartbeat()
@@ -147,9 +146,7 @@ class ClusterMembership:
     async def stop(self) -> None:
         """Leave: let queued changes go out (bounded), deregister, remove this node's entries."""
         with contextlib.suppress(ValueError):
-            self.rooms.listeners.remove(self._on_room_event)
-        with contextlib.suppress(ValueError):
-            self.rooms.track_listeners.remove(self._on_track_event)
+            self.rooms.observers.remove(self._on_room_event)
         timeout = self.settings.redis_timeout_s
         if self.backend.available and self._tasks:
             with contextlib.suppress(TimeoutError):
@@ -184,16 +181,20 @@ class ClusterMembership:
 
     # -- room events (synchronous, from the join and publish paths) ----------------------------
 
-    def _on_room_event(self, event: str, room: Room, participant: Participant) -> None:
-        if event == "joined":
+    def _on_room_event(
+        self,
+        event: str,
+        room: Room,
+        participant: Participant | None = None,
+        producer: Producer | None = None,
+    ) -> None:
+        if event == "participant_joined" and participant is not None:
             self._enqueue(participant_record(room.name, participant, self.node_id))
-        elif event == "left":
+        elif event == "participant_left" and participant is not None:
             self._enqueue(ParticipantLeft(room.name, participant.identity, participant.sid))
-
-    def _on_track_event(self, event: str, room: Room, producer: Producer) -> None:
-        if event == "published":
+        elif event == "track_published" and producer is not None:
             self._enqueue(track_record(room.name, producer, self.node_id))
-        elif event == "unpublished":
+        elif event == "track_unpublished" and producer is not None:
             self._enqueue(TrackRemoved(room.name, producer.id))
 
     def _enqueue(self, op: _Op) -> None:

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 SCOPES = ("local", "cluster")
 
 
-def local_rooms(node: SfuNode) -> list[dict[str, Any]]:
-    rooms = [room.info() for room in node.rooms.rooms.values()]
+def local_rooms(node: SfuNode, only: str | None = None) -> list[dict[str, Any]]:
+    rooms = [room.info() for room in node.rooms.rooms.values() if only is None or room.name == only]
     for room in rooms:
         for participant in room["participants"]:
             participant["node_id"] = node.node_id
@@ -26,11 +26,12 @@ def local_rooms(node: SfuNode) -> list[dict[str, Any]]:
     return rooms
 
 
-async def cluster_rooms(directory: RoomDirectory) -> list[dict[str, Any]]:
+async def cluster_rooms(directory: RoomDirectory, only: str | None = None) -> list[dict[str, Any]]:
     rooms = []
-    for name in await directory.list_rooms():
+    names = [only] if only is not None else await directory.list_rooms()
+    for name in names:
         record = await directory.get_room(name)
-        if record is None:  # went while we were listing
+        if record is None:  # no such room, or it went while we were listing
             continue
         room = record.to_json()
         room["participants"] = [p.to_json() for p in await directory.participants(name)]
@@ -39,16 +40,17 @@ async def cluster_rooms(directory: RoomDirectory) -> list[dict[str, Any]]:
     return rooms
 
 
-async def rooms_response(node: SfuNode, scope: str) -> web.Response:
+async def rooms_response(node: SfuNode, scope: str, only: str | None = None) -> web.Response:
+    """`only`: the one room a room admin may see (None: a node-wide admin sees all)."""
     if scope not in SCOPES:
         return web.json_response(
             {"error": "bad_request", "message": f"scope must be one of {', '.join(SCOPES)}"},
             status=400,
         )
     if scope == "local":
-        return web.json_response({"rooms": local_rooms(node)})
+        return web.json_response({"rooms": local_rooms(node, only)})
     try:
-        rooms = await cluster_rooms(node.cluster.backend.directory)
+        rooms = await cluster_rooms(node.cluster.backend.directory, only)
     except ClusterUnavailable as exc:
         return web.json_response({"error": "cluster_unavailable", "message": str(exc)}, status=503)
     return web.json_response({"node_id": node.node_id, "scope": "cluster", "rooms": rooms})

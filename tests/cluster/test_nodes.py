@@ -337,6 +337,20 @@ async def test_single_node_without_redis_is_unchanged(sfu_node):
         assert status == 200 and [r["name"] for r in body["rooms"]] == [ROOM]
         status, _ = await get_json(sfu_node, "/api/rooms?scope=everywhere")
         assert status == 400
+        # a room admin sees its own room only, on this node and in the directory
+        for room, seen in (("other", []), (ROOM, [ROOM])):
+            token = mint_token(
+                sfu_node.config.auth, identity="ops", room=room, grants=Grants(admin=True)
+            )
+            for scope in ("local", "cluster"):
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(
+                        f"{sfu_node.url}/api/rooms?scope={scope}",
+                        headers={"Authorization": f"Bearer {token}"},
+                    ) as response:
+                        assert response.status == 200
+                        body = await response.json()
+                assert [r["name"] for r in body["rooms"]] == seen, (room, scope)
     finally:
         for client in (host, viewer):
             if client is not None:
