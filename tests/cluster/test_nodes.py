@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -385,3 +387,62 @@ async def test_a_second_node_with_the_same_id_is_warned_about(
         assert a.url in warning.getMessage() and "must be unique" in warning.getMessage()
     finally:
         await a.runner.cleanup()
+
+
+@pytest.mark.redis
+async def test_a_hung_redis_times_out_and_stale_entries_are_removed_on_catch_up(
+    private_redis: RedisServer,
+):
+    """Redis stops answering (SIGSTOP: connections open, no replies) rather than going away:
+    calls time out into ClusterUnavailable; a participant who leaves meanwhile is gone from
+    the directory once Redis answers again (the catch-up replaces the node's entries)."""
+    prefix = unique_prefix()
+    a = await start_node(cluster_config(private_redis.url, prefix, "sa-east", "sa-1"))
+    check = RedisCluster(private_redis.url, node_ttl_s=1.0, key_prefix=prefix)
+    await check.start()
+    clients: list[RoomClient] = []
+    assert private_redis.process is not None
+    pid = private_redis.process.pid
+    try:
+        for identity in ("host", "viewer"):
+            clients.append(await RoomClient.connect(a.url, a.token(identity), network=LOOPBACK))
+
+        async def identities() -> list[str]:
+            return [p.identity for p in await check.directory.participants(ROOM)]
+
+        await eventually(lambda: _equals(identities(), ["host", "viewer"]))
+
+        os.kill(pid, signal.SIGSTOP)
+        try:
+
+            async def unavailable() -> bool:
+                _, stats = await get_json(a, "/api/stats")
+                return stats["cluster"]["available"] is False
+
+            await eventually(unavailable, timeout_s=15)
+            with pytest.raises(ClusterUnavailable):
+                await a.node.cluster.backend.directory.list_rooms()
+            viewer = clients.pop()
+            await viewer.leave()  # the node's own room goes on without Redis
+            await eventually(
+                lambda: _true_if("viewer" not in a.node.rooms.rooms[ROOM].participants)
+            )
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+        await eventually(lambda: _equals(identities(), ["host"]), timeout_s=15)
+
+        async def in_step() -> bool:
+            _, stats = await get_json(a, "/api/stats")
+            return stats["cluster"]["available"] and stats["cluster"]["in_step"]
+
+        await eventually(in_step)
+    finally:
+        for client in clients:
+            await client.close()
+        await check.close()
+        await a.runner.cleanup()
+
+
+async def _equals(value, expected) -> bool:
+    return await value == expected
