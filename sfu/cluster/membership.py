@@ -132,7 +132,7 @@ class ClusterMembership:
         try:  # registered before the node takes joins, when Redis is there
             await self._warn_if_id_taken()
             await self._heartbeat()
-            await self._catch_up()
+            await self._catch_up(quiet=True)
         except ClusterError:  # logged once by the link; the loops retry
             self._out_of_step = True
         self._tasks = [
@@ -298,7 +298,7 @@ class ClusterMembership:
                     tracks.append(track_record(room.name, producer, self.node_id))
         return NodeSnapshot(self.node_id, participants, tracks)
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, quiet: bool = False) -> None:
         """After a start or an outage: the directory gets this node's present state (the
         snapshot is taken before the first await, so no change falls between it and the
         changes queued after it)."""
@@ -307,7 +307,10 @@ class ClusterMembership:
         await self.backend.bus.subscribe_node(self.node_id, self._on_message)
         for room in set(self.rooms.rooms) | self._following:
             await self._follow(room)
-        logger.info("cluster: node %s in step with %s", self.node_id, self.backend.description)
+        if not quiet:  # after an outage; the start is logged on its own
+            logger.info(
+                "cluster: node %s in step with %s again", self.node_id, self.backend.description
+            )
 
     # -- heartbeat ------------------------------------------------------------------------------
 
