@@ -13,11 +13,12 @@ A join, in order (each step raises JoinError with a code the surface translates)
    `announce()` tells the room about newly published tracks.
 5. The surface answers (a `joined` message, a 201 with an SDP answer, ...).
 
-**Where the cluster plugs in.** `open_room()` is the one call site that decides where a room
-lives: a room directory (sfu/cluster/) is asked there whether this node serves the room (or
-which node does), and a refusal is a JoinError the surfaces already know how to answer.
-`relay_data()` is the one place a data message fans out to a room's participants, so messages
-for participants on other nodes leave from there too.
+**Where the cluster plugs in.** The node's cluster membership (node.cluster, sfu/cluster/)
+records who joined and what they publish from the rooms' events. `open_room()` is the one call
+site that decides where a room lives: routing asks the room directory there whether this node
+serves the room (or which node does), and a refusal is a JoinError the surfaces already know
+how to answer. `relay_data()` is the one place a data message fans out to a room's
+participants, so messages for participants on other nodes leave from there too.
 """
 
 from __future__ import annotations
