@@ -401,6 +401,8 @@ async def junk_sdp(ctx: Ctx) -> dict:
         )
         reply = await ws.receive_json(timeout=5)
         ws_answer = reply.get("code") or reply.get("type")
+        if "publish_error" in reply:  # joined, the offer refused: what a client should get
+            ws_answer = f"joined, publish_error {reply['publish_error'].get('code')}"
     except Exception as exc:
         ws_answer = type(exc).__name__
     finally:
