@@ -321,12 +321,14 @@ async def token_matrix(ctx: Ctx) -> dict:
     rounds = ctx.scale(3, 10)
     seen: dict[str, Counter] = {name: Counter() for name, _, _ in cases}
     accepted: list[str] = []
+    unanswered = 0
     for _ in range(rounds):
         for name, call, expected in cases:
             try:
                 answer = await call()
             except Exception as exc:
                 seen[name][type(exc).__name__] += 1
+                unanswered += 1
                 continue
             if isinstance(answer, tuple):  # (status, location) of WHIP/WHEP
                 status, location = answer
@@ -342,8 +344,10 @@ async def token_matrix(ctx: Ctx) -> dict:
                 accepted.append(name)
     return {
         "summary": f"{len(accepted)} of {len(cases)} cases answered wrongly"
-        + (f": {'; '.join(accepted)}" if accepted else ""),
+        + (f": {'; '.join(accepted)}" if accepted else "")
+        + (f"; {unanswered} requests got no answer" if unanswered else ""),
         "requests": rounds * len(cases),
+        "unanswered": unanswered,
         "wrong": accepted,
         "answers": {name: dict(c) for name, c in seen.items()},
     }
@@ -360,6 +364,7 @@ async def junk_sdp(ctx: Ctx) -> dict:
     rng = random.Random(5)
     results: dict[str, Counter] = {}
     wrong: list[str] = []
+    unanswered = 0
     for kind, grant in (("whep", "subscribe"), ("whip", "publish")):
         offer = ctx.offers[kind]
         bearer = ctx.token(f"junk-{kind}", **{grant: True})
@@ -382,6 +387,7 @@ async def junk_sdp(ctx: Ctx) -> dict:
                     status, location = await ctx.post_sdp(kind, body, bearer, ctype)
                 except Exception as exc:
                     counter[type(exc).__name__] += 1
+                    unanswered += 1
                     continue
                 counter[status] += 1
                 if location:
@@ -410,8 +416,10 @@ async def junk_sdp(ctx: Ctx) -> dict:
     return {
         "summary": f"{len(wrong)} of {len(results)} bodies answered wrongly"
         + (f": {'; '.join(wrong)}" if wrong else "")
+        + (f"; {unanswered} requests got no answer" if unanswered else "")
         + f"; junk publish offer in a join: {ws_answer}",
         "wrong": wrong,
+        "unanswered": unanswered,
         "answers": {k: dict(v) for k, v in results.items()},
         "ws_join_with_junk_offer": ws_answer,
     }

@@ -284,10 +284,15 @@ class Soak:
             ]
             tasks = [asyncio.ensure_future(c) for c in loops]
             progress = t0
+            silent = 0  # health checks in a row without an answer
             while time.monotonic() - t0 < self.args.seconds:
                 await asyncio.sleep(1.0)
                 if not node.alive:
                     self.tally.problems.append("the node exited during the churn")
+                    break
+                silent = 0 if await node.healthz_ms(5.0) is not None else silent + 1
+                if silent >= 3:
+                    self.tally.problems.append("the node stopped answering /healthz")
                     break
                 if time.monotonic() - progress >= 30:
                     progress = time.monotonic()
@@ -303,6 +308,8 @@ class Soak:
             log("churn over; waiting for the room to empty")
             quiet_end = await self.quiet() if node.alive else False
             alive = node.alive
+            state = "ok" if alive and await node.healthz_ms(5.0) is not None else "hung"
+            state = state if alive else "died"
             rss1 = node.rss_mb() if alive else None
             fds1 = node.fds() if alive else None
             left = await node.participants() if alive else None
@@ -327,6 +334,7 @@ class Soak:
             "observer_min_pkts_per_s": node.observer_min_rate(t0, t1),
             "observer_pkts_per_s": round(node.observer_rate(t0, t1) or 0.0, 1),
             "node_alive_at_end": alive,
+            "node": state,
             "quiet_before_start": quiet_start,
             "quiet_at_end": quiet_end,
             "participants_left": left,
@@ -342,6 +350,7 @@ def check_targets(result: dict) -> dict:
         "rss": rss1 is not None and rss1 <= rss_limit,
         "fds": result["fds_end"] is not None and result["fds_end"] <= result["fds_start"],
         "errors": result["errors"] == 0,
+        "node": result.get("node", "ok") == "ok",
     }
     return {"rss_mb_end_max": rss_limit, "fds_end_max": result["fds_start"], "errors": 0,
             "met_each": met, "met": all(met.values())}  # fmt: skip
@@ -352,6 +361,7 @@ def print_table(result: dict) -> None:
     churn = result["churn"]
     rows = [
         ("churn (minutes)", result["minutes"], "", ""),
+        ("node at the end", result["node"], "ok", mark(result["node"] == "ok")),
         ("viewer joins (graceful + vanishing)",
          f"{result['joins']} ({churn['graceful_leaves']} + {churn['vanished']})", "", ""),
         ("join failures", churn["join_failures"], "", ""),

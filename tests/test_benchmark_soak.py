@@ -30,6 +30,7 @@ def test_targets_rss_within_factor_and_slack_fds_back_no_errors() -> None:
     assert not check_targets({**base, "rss_mb_end": 140.2, "errors": 0})["met_each"]["rss"]
     assert not check_targets({**base, "fds_end": 21, "errors": 0})["met_each"]["fds"]
     assert not check_targets({**base, "errors": 1})["met"]
+    assert not check_targets({**base, "errors": 0, "node": "hung"})["met"]
     # a node that died has no end figures: nothing is met
     dead = check_targets({**base, "rss_mb_end": None, "fds_end": None, "errors": 0})
     assert not dead["met_each"]["rss"] and not dead["met_each"]["fds"]
