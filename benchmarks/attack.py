@@ -44,7 +44,6 @@ import re
 import socket
 import struct
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -61,13 +60,11 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     format_table,
     machine,
-    print_log_tail,
-    sigterm_as_interrupt,
     token,
     until,
     write_json,
 )
-from benchmarks.livenode import ROOM, LiveNode, auth, loopback  # noqa: E402
+from benchmarks.livenode import ROOM, LiveNode, auth, loopback, run_bench  # noqa: E402
 
 log = Log("attack")
 BASELINE_S = 4.0
@@ -867,8 +864,7 @@ def print_table(result: dict) -> None:
     )
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> dict:
-    node = LiveNode(workdir, log)
+async def run(args: argparse.Namespace, node: LiveNode) -> dict:
     attacks: dict[str, dict] = {}
     try:
         offers = await template_offers()
@@ -902,19 +898,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sigterm_as_interrupt()
     started = time.monotonic()
     budget = 60 + sum(a.budget_s + BASELINE_S + MIN_WINDOW_S + 45 for a in ATTACKS)
-    with tempfile.TemporaryDirectory(prefix="attack-") as tmp:
-        try:
-            result = asyncio.run(asyncio.wait_for(run(args, Path(tmp)), budget))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except Exception:
-            print_log_tail(Path(tmp) / "node.log")
-            print_log_tail(Path(tmp) / "stage.log")
-            raise
+    result = run_bench("attack-", lambda node: run(args, node), budget, log)
+    if result is None:
+        return 130
     result["wall_s"] = round(time.monotonic() - started, 1)
     print_table(result)
     if args.json:

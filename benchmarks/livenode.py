@@ -21,7 +21,9 @@ import contextlib
 import json
 import re
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,12 @@ from benchmarks.common import (  # noqa: E402
     Child,
     Log,
     SfuProcess,
+    print_log_tail,
     proc_cpu_s,
     proc_fds,
     proc_rss_mb,
     proc_udp_ports,
+    sigterm_as_interrupt,
     token,
     until,
 )
@@ -259,6 +263,29 @@ class LiveNode:
 
     def observer_min_rate(self, t0: float, t1: float, bucket_s: float = 1.0) -> float | None:
         return min_rate(self.samples(), t0, t1, bucket_s)
+
+
+def run_bench(
+    prefix: str, body: Callable[[LiveNode], Awaitable[dict]], budget_s: float, log: Log
+) -> dict | None:
+    """Run `body(node)` with a LiveNode in a temporary folder, bounded by `budget_s`.
+
+    Ctrl-C and SIGTERM stop it cleanly (None); a failure prints the tails of the node's and
+    the stage's logs and raises. The node and its stage are stopped either way."""
+    sigterm_as_interrupt()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        node = LiveNode(Path(tmp), log)
+        try:
+            return asyncio.run(asyncio.wait_for(body(node), budget_s))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return None
+        except Exception:
+            print_log_tail(node.log_path)
+            print_log_tail(node.stage_log)
+            raise
+        finally:
+            node.stop()
 
 
 def _count_at(samples: list[dict], t: float) -> tuple[float, int] | None:

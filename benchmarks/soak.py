@@ -30,7 +30,6 @@ import contextlib
 import itertools
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +45,6 @@ from benchmarks.common import (  # noqa: E402
     machine,
     mark,
     metric_table,
-    print_log_tail,
-    sigterm_as_interrupt,
     token,
     until,
     write_json,
@@ -60,6 +57,7 @@ from benchmarks.livenode import (  # noqa: E402
     auth,
     loopback,
     result_of,
+    run_bench,
     spawn_viewers,
 )
 
@@ -407,22 +405,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sigterm_as_interrupt()
     started = time.monotonic()
     budget = args.seconds + 300  # start, warm-up, the loops' last rounds, the room emptying
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        node = LiveNode(Path(tmp), log)
-        try:
-            result = asyncio.run(asyncio.wait_for(Soak(node, args).run(), budget))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except Exception:
-            print_log_tail(Path(tmp) / "node.log")
-            print_log_tail(Path(tmp) / "stage.log")
-            raise
-        finally:
-            node.stop()
+    result = run_bench("soak-", lambda node: Soak(node, args).run(), budget, log)
+    if result is None:
+        return 130
     result["targets"] = check_targets(result)
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["command"] = command_line()
