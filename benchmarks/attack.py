@@ -573,8 +573,12 @@ async def slow_reader_data_flood(ctx: Ctx) -> dict:
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.setblocking(False)
     loop = asyncio.get_running_loop()
-    await asyncio.wait_for(loop.sock_connect(raw, (host, port)), 5)
-    reader, writer = await asyncio.open_connection(sock=raw)
+    try:
+        await asyncio.wait_for(loop.sock_connect(raw, (host, port)), 5)
+        reader, writer = await asyncio.open_connection(sock=raw)
+    except BaseException:
+        raw.close()
+        raise
     sent = 0
     b_dropped = False
     try:
