@@ -581,6 +581,8 @@ async def slow_reader_data_flood(ctx: Ctx) -> dict:
         raise
     sent = 0
     b_dropped = False
+    told: Counter = Counter()
+    draining: asyncio.Future | None = None
     try:
         writer.write(ws_upgrade_request(host, port))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -596,6 +598,15 @@ async def slow_reader_data_flood(ctx: Ctx) -> dict:
             await ws.send_json({"type": "join", "token": ctx.token("data-flooder", subscribe=True),
                                 "auto_subscribe": False, "request_id": 0})  # fmt: skip
             await ws.receive(timeout=5)
+
+            async def drain() -> None:  # what the node tells the flooder (rate limits...)
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        with contextlib.suppress(ValueError, AttributeError):
+                            reply = msg.json()
+                            told[reply.get("code") or reply.get("type") or "?"] += 1
+
+            draining = asyncio.ensure_future(drain())
             payload = "x" * size
             t_end = time.monotonic() + seconds
             while sent < messages and time.monotonic() < t_end:
@@ -612,8 +623,11 @@ async def slow_reader_data_flood(ctx: Ctx) -> dict:
                 sent += 1
                 if sent % 50 == 0:
                     await asyncio.sleep(0)
+            await asyncio.sleep(0.5)  # the node's last answers
         finally:
             await ws.close()
+            if draining is not None:
+                draining.cancel()
         left = await ctx.node.participants()
     finally:
         writer.transport.abort()
@@ -621,8 +635,10 @@ async def slow_reader_data_flood(ctx: Ctx) -> dict:
     return {
         "summary": f"{sent} data messages of {size // 1000} kB; slow reader "
         + ("still in the room" if still_in else "dropped" if still_in is False else "unknown")
-        + ("; the flooder was disconnected" if b_dropped else ""),
+        + ("; the flooder was disconnected" if b_dropped else "")
+        + (f"; the node told the flooder: {dict(told)}" if told else ""),
         "sent": sent,
+        "flooder_told": dict(told),
         "slow_reader_still_in_room": still_in,
         "flooder_disconnected": b_dropped,
     }

@@ -170,6 +170,43 @@ def proc_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def proc_fd_targets(pid: int) -> dict[int, str]:
+    """What each open descriptor of a process points at (`socket:[inode]`, a path, ...)."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return out
+
+
+TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}
+
+
+def proc_sockets(pid: int) -> dict[str, str]:
+    """socket inode -> "tcp 127.0.0.1:port STATE" / "udp port" / "unix", for a process's
+    network namespace (IPv4 addresses; IPv6 and others by protocol only)."""
+    out: dict[str, str] = {}
+    for proto in ("tcp", "tcp6", "udp", "udp6", "unix"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{proto}") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if proto == "unix":
+                    if len(parts) > 6:
+                        out[parts[6]] = "unix"
+                    continue
+                if len(parts) <= 9:
+                    continue
+                port = int(parts[1].rsplit(":", 1)[1], 16)
+                if proto.startswith("tcp"):
+                    state = TCP_STATES.get(parts[3], parts[3])
+                    remote = int(parts[2].rsplit(":", 1)[1], 16)
+                    out[parts[9]] = f"{proto} :{port}->:{remote} {state}"
+                else:
+                    out[parts[9]] = f"{proto} :{port}"
+    return out
+
+
 def proc_udp_ports(pid: int) -> list[int]:
     """The UDP ports (IPv4) a process has bound: its sockets' inodes matched in /proc/net/udp."""
     inodes = set()

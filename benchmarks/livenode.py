@@ -38,8 +38,10 @@ from benchmarks.common import (  # noqa: E402
     SfuProcess,
     print_log_tail,
     proc_cpu_s,
+    proc_fd_targets,
     proc_fds,
     proc_rss_mb,
+    proc_sockets,
     proc_udp_ports,
     sigterm_as_interrupt,
     token,
@@ -201,6 +203,16 @@ class LiveNode:
 
     def fds(self) -> int:
         return proc_fds(self.pid)
+
+    def fd_targets(self) -> dict[int, str]:
+        """Each open descriptor's target; sockets as `socket tcp :port->:port STATE` etc."""
+        sockets = proc_sockets(self.pid)
+        out = {}
+        for fd, target in proc_fd_targets(self.pid).items():
+            if target.startswith("socket:["):
+                target = f"socket {sockets.get(target[8:-1], '?')}"
+            out[fd] = target
+        return out
 
     def udp_ports(self) -> list[int]:
         return proc_udp_ports(self.pid)

@@ -270,7 +270,7 @@ class Soak:
                 except Exception as exc:
                     self.tally.note(f"warm-up {step.__name__}", exc)
             quiet_start = await self.quiet()
-            rss0, fds0 = node.rss_mb(), node.fds()
+            rss0, fds0, targets0 = node.rss_mb(), node.fds(), node.fd_targets()
             warmup_s = time.monotonic() - t_warm
             log(f"warmed up in {warmup_s:.0f} s: RSS {rss0:.1f} MB, {fds0} fds; churning")
             t0 = time.monotonic()
@@ -310,6 +310,7 @@ class Soak:
             state = state if alive else "died"
             rss1 = node.rss_mb() if alive else None
             fds1 = node.fds() if alive else None
+            targets1 = node.fd_targets() if alive else {}
             left = await node.participants() if alive else None
         finally:
             self.stop.set()
@@ -325,6 +326,7 @@ class Soak:
             "rss_mb_end": None if rss1 is None else round(rss1, 1),
             "fds_start": fds0,
             "fds_end": fds1,
+            "fds_new_at_end": new_fds(targets0, targets1),
             "errors": problems.errors,
             "tracebacks": problems.tracebacks,
             "error_samples": problems.samples,
@@ -339,6 +341,17 @@ class Soak:
             "churn": {k: v for k, v in vars(self.tally).items() if k != "problems"},
             "client_problems": self.tally.problems,
         }
+
+
+def new_fds(before: dict[int, str], after: dict[int, str]) -> dict[str, int]:
+    """Descriptors open at the end that were not at the start, by what they point at
+    (a socket's protocol, ports and state; pipes and anonymous inodes by kind; paths)."""
+    kinds: dict[str, int] = {}
+    for fd, target in after.items():
+        if before.get(fd) != target:
+            kind = target.split(":[", 1)[0] if ":[" in target else target
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def check_targets(result: dict) -> dict:
@@ -384,6 +397,8 @@ def print_table(result: dict) -> None:
         print(f"  log: {line[:160]}")
     for line in result["client_problems"][:5]:
         print(f"  client: {line}")
+    if result["fds_new_at_end"]:
+        print(f"  descriptors new at the end: {result['fds_new_at_end']}")
     if not result["quiet_at_end"]:
         print(f"  the room did not empty in {QUIET_TIMEOUT_S:g} s: {result['participants_left']}")
     print(f"targets met: {mark(t['met'])}")

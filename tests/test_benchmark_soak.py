@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.soak import check_targets
+from benchmarks.soak import check_targets, new_fds
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = (
@@ -34,6 +34,15 @@ def test_targets_rss_within_factor_and_slack_fds_back_no_errors() -> None:
     # a node that died has no end figures: nothing is met
     dead = check_targets({**base, "rss_mb_end": None, "fds_end": None, "errors": 0})
     assert not dead["met_each"]["rss"] and not dead["met_each"]["fds"]
+
+
+def test_new_fds_names_what_was_left_open() -> None:
+    before = {0: "/dev/null", 5: "socket tcp :8080->:0 LISTEN", 7: "anon_inode:[eventpoll]"}
+    after = {**before, 9: "socket udp :40001", 10: "socket udp :40002", 11: "pipe:[123]"}
+    assert new_fds(before, after) == {"socket udp :40001": 1, "socket udp :40002": 1, "pipe": 1}
+    assert new_fds(before, dict(before)) == {}
+    # a descriptor number reused for something else counts as new
+    assert new_fds(before, {**before, 0: "/tmp/x"}) == {"/tmp/x": 1}
 
 
 @pytest.mark.slow
