@@ -1,7 +1,9 @@
-"""Inputs that once broke something, replayed by every run: tests/fuzz/corpus/<target>/<name>.
+"""Inputs replayed by every run: tests/fuzz/corpus/<target>/<name>.
 
-Files are raw bytes (RTP, RTCP, payloads) or UTF-8 text (SDP, signalling messages, tokens);
-each name says what it broke. Add one with every parser fix a fuzzer led to.
+Inputs that once broke something (the transport-cc bombs, the RTP extension element that
+raised IndexError), and a few edge cases and seeds worth keeping. Files are raw bytes (RTP,
+RTCP, payloads) or UTF-8 text (SDP, signalling messages, tokens); each name says what it is.
+Add one with every parser fix a fuzzer led to.
 """
 
 from __future__ import annotations
