@@ -1,12 +1,14 @@
 """Agent dispatch: jobs ("join room R as the agent") handed to agent workers over a WebSocket.
 
 The node keeps a job registry in memory. A job is created by an admin call
-(`POST /api/rooms/{room}/agents`) or when the first buyer joins a room listed in
-`[agents] auto_rooms`; it ends when the room's last non-agent participant leaves, when an admin
-deletes it, or when its worker reports it done. Workers (`python -m agent worker`) connect to
-`GET /api/agent-workers/ws` with a token carrying the `agent` grant, say which job kinds they
-take and how many at once, and heartbeat. A worker whose socket closes, or that stays silent
-for `worker_timeout_s`, loses its jobs to the other workers at once.
+(`POST /api/rooms/{room}/agents`: a node-wide admin token, or a room admin token for its own
+room) or when the first buyer joins a room listed in `[agents] auto_rooms`; it ends when the
+room's last non-agent participant leaves, when an admin deletes it, or when its worker reports
+it done. A room admin sees and deletes only its room's jobs. Workers (`python -m agent worker`)
+connect to `GET /api/agent-workers/ws` with a node-wide token (room "*") carrying the `agent`
+grant (a worker receives job tokens for any room, so a room's token cannot register one), say
+which job kinds they take and how many at once, and heartbeat. A worker whose socket closes,
+or that stays silent for `worker_timeout_s`, loses its jobs to the other workers at once.
 
 Worker protocol (JSON text messages):
 
@@ -31,12 +33,13 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from .auth import AuthError, Grants, PermissionDenied, mint_token
+from .auth import Grants, mint_token, require_grant
 
 if TYPE_CHECKING:
     from .node import SfuNode
@@ -159,6 +162,19 @@ class AgentDispatcher:
         self.workers: dict[str, WorkerLink] = {}
         self._watchdog: asyncio.Task | None = None
         node.rooms.listeners.append(self._on_room_event)
+        # listener(event, job): "agent_job_started" (its worker joined the room) and
+        # "agent_job_ended" (ended or failed for good); webhooks and metrics use them
+        self.job_listeners: list[Callable[[str, AgentJob], None]] = []
+        self.jobs_started = 0
+
+    def _job_event(self, event: str, job: AgentJob) -> None:
+        if event == "agent_job_started":
+            self.jobs_started += 1
+        for listener in self.job_listeners:
+            try:
+                listener(event, job)
+            except Exception:
+                logger.exception("agent job listener failed on %s", event)
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -187,6 +203,7 @@ class AgentDispatcher:
             worker.send({"type": "cancel", "job_id": job.id, "reason": reason})
         job.set_state(state, reason)
         logger.info("agent job %s %s: %s", job.id, state, reason)
+        self._job_event("agent_job_ended", job)
         self._dispatch()  # a slot came free
 
     def _dispatch(self) -> None:
@@ -312,10 +329,13 @@ class AgentDispatcher:
         if job is None or job.worker != worker.id or not job.active:
             return  # late news about a job that ended or moved
         if kind == "job_started":
-            job.set_state("running")
+            if job.state != "running":
+                job.set_state("running")
+                self._job_event("agent_job_started", job)
         elif kind == "job_done":
             worker.jobs.discard(job.id)
             job.set_state("ended", str(msg.get("reason", "done"))[:200])
+            self._job_event("agent_job_ended", job)
             self._dispatch()
         elif kind == "job_failed":
             worker.jobs.discard(job.id)
@@ -326,6 +346,7 @@ class AgentDispatcher:
                 job.set_state("pending", error)
             else:
                 job.set_state("failed", error)
+                self._job_event("agent_job_ended", job)
             self._dispatch()
         else:
             raise ValueError(f"unknown message type {kind!r}")
@@ -359,17 +380,8 @@ class AgentDispatcher:
                     asyncio.ensure_future(worker.ws.close(code=4408, message=b"heartbeat timeout"))
 
     async def serve_worker(self, request: web.Request) -> web.StreamResponse:
-        """GET /api/agent-workers/ws: a worker's socket (token with the `agent` grant)."""
-        header = request.headers.get("Authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else None
-        token = token or request.query.get("access_token")
-        try:
-            access = self.node.authenticate(token)
-            access.require("agent")
-        except AuthError as exc:
-            return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
-        except PermissionDenied as exc:
-            return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
+        """GET /api/agent-workers/ws: a worker's socket (node-wide token, `agent` grant)."""
+        access = require_grant(request, "agent", node_wide=True, query_token=True)
         ws = web.WebSocketResponse(max_msg_size=self.node.config.limits.max_message_bytes)
         await ws.prepare(request)
         if self._watchdog is None or self._watchdog.done():
@@ -392,10 +404,13 @@ class AgentDispatcher:
             self._worker_gone(worker, "disconnected")
         return ws
 
-    def info(self) -> dict[str, Any]:
+    def info(self, room: str | None = None) -> dict[str, Any]:
+        """Workers and jobs; with `room`, that room's jobs only and no workers (a room admin's
+        view: workers serve every room)."""
+        jobs = sorted(self.jobs.values(), key=lambda j: j.created_at)
         return {
-            "workers": [w.to_json() for w in self.workers.values()],
-            "jobs": [j.to_json() for j in sorted(self.jobs.values(), key=lambda j: j.created_at)],
+            "workers": [w.to_json() for w in self.workers.values()] if room is None else [],
+            "jobs": [j.to_json() for j in jobs if room is None or j.room == room],
         }
 
     async def close(self) -> None:
@@ -412,9 +427,8 @@ def add_agent_routes(app: web.Application, node: SfuNode) -> AgentDispatcher:
     app[AGENTS_KEY] = dispatcher
 
     async def create(request: web.Request) -> web.Response:
-        if (denied := _admin(request)) is not None:
-            return denied
         room = request.match_info["room"]
+        require_grant(request, "admin", room=room)
         kind = DEFAULT_KIND
         if request.can_read_body:
             try:
@@ -433,15 +447,13 @@ def add_agent_routes(app: web.Application, node: SfuNode) -> AgentDispatcher:
         return web.json_response(job.to_json() | {"job_id": job.id}, status=201)
 
     async def listing(request: web.Request) -> web.Response:
-        if (denied := _admin(request)) is not None:
-            return denied
-        return web.json_response(dispatcher.info())
+        access = require_grant(request, "admin")
+        return web.json_response(dispatcher.info(None if access.node_wide else access.room))
 
     async def delete(request: web.Request) -> web.Response:
-        if (denied := _admin(request)) is not None:
-            return denied
+        access = require_grant(request, "admin")
         job = dispatcher.jobs.get(request.match_info["job_id"])
-        if job is None:
+        if job is None or not access.allows_room(job.room):  # another room's job: not shown
             return web.json_response({"error": "not_found"}, status=404)
         dispatcher.end_job(job, "ended by an admin")
         return web.json_response(job.to_json())
@@ -455,19 +467,6 @@ def add_agent_routes(app: web.Application, node: SfuNode) -> AgentDispatcher:
     app.router.add_get("/api/agent-workers/ws", dispatcher.serve_worker)
     app.on_shutdown.append(on_shutdown)
     return dispatcher
-
-
-def _admin(request: web.Request) -> web.Response | None:
-    """None for a valid admin token, else the 401/403 answer."""
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    try:
-        request.app[AGENTS_KEY].node.authenticate(token).require("admin")
-    except AuthError as exc:
-        return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
-    except PermissionDenied as exc:
-        return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
-    return None
 
 
 def _bad_request(message: str) -> web.Response:

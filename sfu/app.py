@@ -8,11 +8,13 @@ from aiohttp import web
 
 from . import captions_archive, whip
 from .agents import add_agent_routes
-from .auth import AuthError, PermissionDenied
+from .auth import AUTH_KEY, require_grant
 from .config import Config
 from .demo import add_demo_routes
+from .metrics.routes import add_metrics
 from .node import SfuNode
 from .signalling import NODE_KEY, add_http_join_routes, websocket_handler
+from .webhooks.events import add_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ def create_app(config: Config | None = None) -> web.Application:
     node = SfuNode(config)
     app = web.Application(client_max_size=config.limits.max_message_bytes)
     app[NODE_KEY] = node
+    app[AUTH_KEY] = config.auth
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/rtc", websocket_handler)
     add_http_join_routes(app)  # POST /rtc/join (the fast join), /rtc/answer, /rtc/leave
@@ -38,6 +41,8 @@ def create_app(config: Config | None = None) -> web.Application:
     add_demo_routes(app, node)
     add_agent_routes(app, node)
     captions_archive.add_routes(app, node)
+    add_webhooks(app, node)  # [webhooks] urls: signed events to the shop's backend
+    add_metrics(app, node)  # GET /metrics ([metrics]); after the agents and webhooks
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -67,27 +72,22 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def _admin(request: web.Request) -> web.Response | None:
-    node = request.app[NODE_KEY]
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    try:
-        node.authenticate(token).require("admin")
-    except AuthError as exc:
-        return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
-    except PermissionDenied as exc:
-        return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
-    return None
-
-
 async def list_rooms(request: web.Request) -> web.Response:
-    if (denied := _admin(request)) is not None:
-        return denied
-    node = request.app[NODE_KEY]
-    return web.json_response({"rooms": [r.info() for r in node.rooms.rooms.values()]})
+    """Rooms and participants: all of them for a node-wide admin, its own for a room admin."""
+    access = require_grant(request, "admin")
+    rooms = request.app[NODE_KEY].rooms.rooms
+    if access.node_wide:
+        return web.json_response({"rooms": [r.info() for r in rooms.values()]})
+    room = rooms.get(access.room)
+    return web.json_response({"rooms": [room.info()] if room is not None else []})
 
 
 async def node_stats(request: web.Request) -> web.Response:
-    if (denied := _admin(request)) is not None:
-        return denied
-    return web.json_response(request.app[NODE_KEY].stats())
+    """Per-participant statistics; a room admin gets its room's only (and no node-wide join
+    summary)."""
+    access = require_grant(request, "admin")
+    stats = request.app[NODE_KEY].stats()
+    if not access.node_wide:
+        stats["rooms"] = [r for r in stats["rooms"] if r["name"] == access.room]
+        stats.pop("joins", None)
+    return web.json_response(stats)

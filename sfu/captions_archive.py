@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from .auth import AuthError, Grants, PermissionDenied, mint_token
+from .auth import Grants, mint_token, require_grant
 from .node import SfuNode
 
 logger = logging.getLogger(__name__)
@@ -251,29 +251,8 @@ def add_routes(
     app.on_cleanup.append(cleanup)
 
 
-def _node(request: web.Request) -> SfuNode:
-    from .signalling import NODE_KEY
-
-    return request.app[NODE_KEY]
-
-
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
-
-
-def _check(request: web.Request, room: str, grants: tuple[str, ...]) -> web.Response | None:
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    try:
-        access = _node(request).authenticate(token)
-        if not any(getattr(access.grants, g) for g in grants):
-            raise PermissionDenied(f"token lacks the {' or '.join(map(repr, grants))} grant")
-        access.require_room(room)
-    except AuthError as exc:
-        return _error(401, "unauthorized", str(exc))
-    except PermissionDenied as exc:
-        return _error(403, "forbidden", str(exc))
-    return None
 
 
 def _valid_entry(e: Any) -> str | None:
@@ -302,8 +281,7 @@ def _valid_entry(e: Any) -> str | None:
 
 async def _post_captions(request: web.Request) -> web.Response:
     room = request.match_info["room"]
-    if (denied := _check(request, room, ("agent", "admin"))) is not None:
-        return denied
+    require_grant(request, "agent", "admin", room=room)
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -327,8 +305,7 @@ async def _post_captions(request: web.Request) -> web.Response:
 
 async def _load(request: web.Request) -> tuple[dict[str, Any], list[dict]] | web.Response:
     room = request.match_info["room"]
-    if (denied := _check(request, room, ("admin",))) is not None:
-        return denied
+    require_grant(request, "admin", room=room)
     lang = request.query.get("lang")
     if lang is not None and not _LANG.match(lang.split("-")[0].lower()):
         return _error(400, "bad_request", "'lang' must be a language code such as pt or en")

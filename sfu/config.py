@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,22 @@ class LimitSettings:
     max_message_bytes: int = 64 * 1024
     # A peer that has not connected ICE+DTLS within this time is dropped.
     connect_timeout_s: float = 30.0
+    # WHEP players one identity (one token) may hold at once on this node: each is its own
+    # participant, so without a cap one viewer token could fill a room.
+    max_whep_sessions_per_identity: int = 4
+    # Media sections (m-lines) in one offer and rids (simulcast layers) per m-line: checked
+    # before anything is allocated (each layer has its own packet cache).
+    max_media_per_offer: int = 16
+    max_rids_per_media: int = 4
+    # Events waiting for one WebSocket client, in messages and (estimated) bytes: a client
+    # that does not read them is dropped, once, and everything it held is freed.
+    max_event_queue: int = 1000
+    max_event_queue_bytes: int = 4 * 1024 * 1024
+    # `data` messages one participant may send (a token bucket holding two seconds' worth;
+    # the byte bucket always holds at least one max_message_bytes message). Excess is dropped
+    # at the sender, never at the readers; the sender gets a `rate_limited` error.
+    data_messages_per_s: float = 50.0
+    data_bytes_per_s: int = 256 * 1024
 
 
 @dataclass
@@ -106,6 +123,7 @@ class RtcSettings:
 
 
 LAYER_PREFERENCES = ("frame-rate", "resolution")
+MAX_RIDS = 4  # simulcast layers an m-line may offer (browsers send 3)
 
 
 @dataclass
@@ -117,6 +135,62 @@ class AgentSettings:
 
 
 @dataclass
+class MetricsSettings:
+    # GET /metrics in the Prometheus text format.
+    enabled: bool = True
+    # 0: on the main HTTP port; else a separate listener (a private port for the scraper).
+    port: int = 0
+    # Bind address of the separate metrics port; "" = server.host.
+    host: str = ""
+    # "auto": an admin token is required on the main port, none on a separate metrics port;
+    # "always" / "never" force it either way.
+    require_token: str = "auto"
+
+
+METRICS_TOKEN_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class WebhookSettings:
+    # Endpoints that receive every event (POST, JSON, signed); [] turns webhooks off.
+    urls: list[str] = field(default_factory=list)
+    # The [auth] API key whose secret signs the webhooks; "" = the first key.
+    api_key: str = ""
+    # One delivery attempt may take this long.
+    timeout_s: float = 5.0
+    # An event is retried (with backoff) for at most this long, then dropped with a log line.
+    retry_for_s: float = 60.0
+    # Events waiting per room; when full, new events of that room are dropped (counted).
+    queue_size: int = 500
+
+
+@dataclass
+class LoggingSettings:
+    # "text" (human readable) or "json" (one JSON object per line, for log collectors).
+    format: str = "text"
+    # debug, info, warning or error (`--log-level` overrides it).
+    level: str = "info"
+
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Environment variables that override the file (secrets stay out of it): name -> setting.
+# SFU_API_KEY and SFU_API_SECRET go together and replace [auth] api_keys with that one pair.
+ENV_SETTINGS: dict[str, tuple[str, str]] = {
+    "SFU_HOST": ("server", "host"),
+    "SFU_PORT": ("server", "port"),
+    "SFU_REGION": ("server", "region"),
+    "SFU_NODE_ID": ("server", "node_id"),
+    "SFU_ANNOUNCED_IP": ("media", "announced_ip"),
+    "SFU_REDIS_URL": ("cluster", "redis_url"),
+    "SFU_METRICS_PORT": ("metrics", "port"),
+    "SFU_LOG_FORMAT": ("logging", "format"),
+    "SFU_LOG_LEVEL": ("logging", "level"),
+}
+
+
+@dataclass
 class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
@@ -124,6 +198,9 @@ class Config:
     limits: LimitSettings = field(default_factory=LimitSettings)
     rtc: RtcSettings = field(default_factory=RtcSettings)
     agents: AgentSettings = field(default_factory=AgentSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property
     def uses_dev_credentials(self) -> bool:
@@ -157,17 +234,46 @@ class Config:
         return config
 
     @classmethod
-    def load(cls, path: str | Path | None) -> Config:
+    def load(cls, path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+        """Settings from `path` (None: the defaults), then the overrides found in `env`
+        (the command line passes os.environ; see ENV_SETTINGS)."""
         if path is None:
-            return cls()
+            config = cls()
+        else:
+            try:
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: {exc}") from exc
+            config = cls.from_dict(data)
+        if env is not None:
+            config.apply_env(env)
+        return config
+
+    def apply_env(self, env: Mapping[str, str]) -> None:
+        """Override settings from environment variables (secrets, per-host values), then
+        validate again; a bad value is a ConfigError naming the variable."""
+        key, secret = env.get("SFU_API_KEY"), env.get("SFU_API_SECRET")
+        if (key is None) != (secret is None):
+            raise ConfigError("SFU_API_KEY and SFU_API_SECRET must be set together")
+        if key is not None and secret is not None:
+            if not key:
+                raise ConfigError("SFU_API_KEY must not be empty")
+            self.auth.api_keys = {key: secret}
+        for name, (section, setting) in ENV_SETTINGS.items():
+            raw = env.get(name)
+            if raw is None:
+                continue
+            target = getattr(self, section, None)
+            if target is None or not hasattr(target, setting):
+                raise ConfigError(f"{name}: this build has no {section}.{setting} setting")
+            setattr(target, setting, _env_value(name, getattr(target, setting), raw))
         try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        return cls.from_dict(data)
+            self.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (after environment overrides)") from exc
 
     def validate(self) -> None:
         if not (0 <= self.server.port <= 65535):
@@ -189,9 +295,74 @@ class Config:
                 raise ConfigError(f"auth.api_keys.{key}: secret must be a string")
             if len(secret) < 32:
                 raise ConfigError(f"auth.api_keys.{key}: secret must be at least 32 characters")
-        if self.limits.max_message_bytes < 1024:
-            raise ConfigError("limits.max_message_bytes must be at least 1024")
+        self._validate_limits()
         if not all(isinstance(r, str) and r for r in self.agents.auto_rooms):
             raise ConfigError("agents.auto_rooms must be a list of room names")
         if self.agents.worker_timeout_s <= 0:
             raise ConfigError("agents.worker_timeout_s must be positive")
+        self._validate_ops()
+
+    def _validate_ops(self) -> None:
+        """[metrics], [webhooks], [logging]."""
+        if not (0 <= self.metrics.port <= 65535):
+            raise ConfigError("metrics.port must be within 0..65535 (0: the main HTTP port)")
+        if self.metrics.port and self.metrics.port == self.server.port:
+            raise ConfigError("metrics.port must differ from server.port (or be 0 to share it)")
+        if self.metrics.require_token not in METRICS_TOKEN_MODES:
+            raise ConfigError(
+                f"metrics.require_token must be one of {', '.join(METRICS_TOKEN_MODES)}"
+            )
+        hooks = self.webhooks
+        for url in hooks.urls:
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhooks.urls: {url!r} is not an http(s) URL")
+        if hooks.api_key and hooks.api_key not in self.auth.api_keys:
+            raise ConfigError(f"webhooks.api_key {hooks.api_key!r} is not one of auth.api_keys")
+        if hooks.timeout_s <= 0 or hooks.retry_for_s <= 0:
+            raise ConfigError("webhooks.timeout_s and webhooks.retry_for_s must be positive")
+        if hooks.queue_size < 1:
+            raise ConfigError("webhooks.queue_size must be at least 1")
+        if self.logging.format not in LOG_FORMATS:
+            raise ConfigError(f"logging.format must be one of {', '.join(LOG_FORMATS)}")
+        if self.logging.level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"logging.level must be one of {', '.join(LOG_LEVELS)}")
+
+
+    def _validate_limits(self) -> None:
+        lim = self.limits
+        if lim.max_message_bytes < 1024:
+            raise ConfigError("limits.max_message_bytes must be at least 1024")
+        for key in (
+            "max_rooms",
+            "max_participants_per_room",
+            "max_tracks_per_participant",
+            "max_whep_sessions_per_identity",
+            "max_media_per_offer",
+            "max_event_queue",
+        ):
+            if getattr(lim, key) < 1:
+                raise ConfigError(f"limits.{key} must be at least 1")
+        if lim.connect_timeout_s <= 0:
+            raise ConfigError("limits.connect_timeout_s must be positive")
+        if not 1 <= lim.max_rids_per_media <= MAX_RIDS:
+            raise ConfigError(f"limits.max_rids_per_media must be within 1..{MAX_RIDS}")
+        if lim.max_event_queue_bytes < lim.max_message_bytes:
+            raise ConfigError("limits.max_event_queue_bytes must be at least max_message_bytes")
+        if lim.data_messages_per_s <= 0 or lim.data_bytes_per_s <= 0:
+            raise ConfigError("limits.data_messages_per_s and data_bytes_per_s must be positive")
+
+
+def _env_value(name: str, default: Any, raw: str) -> Any:
+    """An environment string as the type of the setting it overrides."""
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {type(default).__name__}, got {raw!r}") from None
+    return raw

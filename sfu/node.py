@@ -88,6 +88,7 @@ class SfuNode:
             "uptime_s": round(time.time() - self.started_at, 1),
             "rooms": rooms,
             "joins": self.joins.summary(),
+            "dropped": {"malformed_stun": self.network.drops.malformed_stun},
         }
 
     async def close(self) -> None:

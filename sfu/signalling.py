@@ -27,10 +27,11 @@ from aiohttp import WSMsgType, web
 from .auth import AccessToken, AuthError, PermissionDenied
 from .joins import JoinTimeline
 from .media.publisher import PublisherSession, TrackRequest
-from .media.sdp import SdpError
+from .media.sdp import SdpError, check_offer_size
 from .media.subscriber import SubscriberSession
 from .node import SfuNode
-from .participant import Participant, ParticipantKind
+from .participant import EVENT_COST, Participant, ParticipantKind
+from .ratelimit import TokenBucket
 from .room import Room, RoomFull, TooManyRooms
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 30.0
 INLINE_OFFER_TIMEOUT_S = 5.0
 ATTACH_TIMEOUT_S = 10.0  # an HTTP join's WebSocket must attach within this
+# A dropped client's socket: this long for its writer to flush the `dropped` notice, then as
+# long again for a clean close before the connection is aborted (a client that reads nothing
+# would otherwise hold its socket and buffers for ever).
+DROP_FLUSH_S = 1.0
+RATE_LIMITED_NOTICE_S = 1.0  # at most one `rate_limited` error a second to a flooding sender
 
 
 class State(enum.Enum):
@@ -85,6 +91,16 @@ class SignallingConnection:
         self._inline_offer: asyncio.Future | None = None  # the first offer, for `joined`
         self.joined_reply: dict | None = None  # an HTTP join's `joined` (the HTTP response)
         self.on_leave: Callable[[], None] | None = None  # (the HTTP session's bookkeeping)
+        self._message_bytes = 0  # length of the message being handled
+        limits = node.config.limits
+        self._data_messages = TokenBucket(
+            limits.data_messages_per_s, max(1.0, 2 * limits.data_messages_per_s)
+        )
+        self._data_bytes = TokenBucket(
+            limits.data_bytes_per_s, max(2 * limits.data_bytes_per_s, limits.max_message_bytes)
+        )
+        self._rate_notice_at = -RATE_LIMITED_NOTICE_S
+        self.data_dropped = 0  # data messages refused by the rate limit
         self._handlers: dict[str, Callable[[dict], Awaitable[None]]] = {
             "join": self._on_join,
             "publish": self._on_publish,
@@ -131,7 +147,7 @@ class SignallingConnection:
 
     def _join_timeout(self) -> None:
         if self.state == State.CONNECTED and self.ws is not None:
-            asyncio.ensure_future(self.ws.close(code=4408, message=b"join timeout"))
+            asyncio.ensure_future(_close_or_abort(self.ws, 4408, b"join timeout"))
 
     async def _dispatch(self, text: str) -> None:
         request_id = None
@@ -150,6 +166,7 @@ class SignallingConnection:
             if kind not in ("join", "ping") and self.state != State.JOINED:
                 raise SignallingError("not_joined", "send 'join' first")
             self._request_id = request_id
+            self._message_bytes = len(text)
             await handler(msg)
         except SignallingError as exc:
             await self._send_error(exc.code, exc.message, request_id)
@@ -158,9 +175,13 @@ class SignallingConnection:
             await self._send_error("internal", "internal server error", request_id)
 
     async def _send(self, message: dict) -> None:
-        """Before join, write directly; after, through the participant's ordered event queue."""
+        """Before join, write directly; after, through the participant's ordered event queue.
+        Once dropped or left, nothing (a dropped client may not read: a direct write would
+        wait on it)."""
         if self.participant is not None and self.state == State.JOINED:
             self.participant.send_event(message)
+        elif self.participant is not None and self.state == State.CLOSED:
+            return
         elif self.ws is not None and not self.ws.closed:
             await self.ws.send_json(message)
 
@@ -176,10 +197,9 @@ class SignallingConnection:
         await self._send(message)
 
     async def _write_events(self, participant: Participant) -> None:
-        queue = participant.events
         try:
             while True:
-                message = await queue.get()
+                message = await participant.next_event()
                 if self.ws.closed:
                     return
                 await self.ws.send_json(message)
@@ -249,6 +269,7 @@ class SignallingConnection:
             room=room,
             auto_subscribe=auto_subscribe,
             metadata=metadata,
+            limits=node.config.limits,
         )
         timeline = JoinTimeline(access.identity, room_name, started=received)
         timeline.flags = {
@@ -363,7 +384,9 @@ class SignallingConnection:
         if pending is not None and not pending.done():
             pending.set_result({"sdp": sdp, "tracks": tracks})  # goes out inside `joined`
             return
-        participant.send_event({"type": "offer", "sdp": sdp, "tracks": tracks})
+        participant.send_event(
+            {"type": "offer", "sdp": sdp, "tracks": tracks}, EVENT_COST + len(sdp)
+        )
         if participant.join_timeline is not None:
             participant.join_timeline.mark("offer")
 
@@ -377,14 +400,24 @@ class SignallingConnection:
             )
 
     def _on_dropped(self, reason: str) -> None:
-        if self.participant is not None:
-            self.participant.send_event({"type": "error", "code": "dropped", "message": reason})
+        """The participant was dropped (it has queued its `dropped` notice): close the socket."""
+        if self.participant is not None and self.state != State.CLOSED:
             self.state = State.CLOSED
-            asyncio.get_running_loop().call_later(0.2, self._close_socket)
+            asyncio.ensure_future(self._close_dropped(self.participant))
 
-    def _close_socket(self) -> None:
-        if self.ws is not None:
-            asyncio.ensure_future(self.ws.close(code=4000, message=b"dropped"))
+    async def _close_dropped(self, participant: Participant) -> None:
+        """Let the writer flush the notice, then close; abort a socket nobody reads."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DROP_FLUSH_S
+        while self.ws is None or not participant.events.empty():
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # (the writer's last send)
+        if self._writer is not None:
+            self._writer.cancel()
+        if self.ws is not None:  # (an HTTP join that never attached has nothing to close)
+            await _close_or_abort(self.ws, 4000, b"dropped")
 
     async def _on_publish(self, msg: dict) -> None:
         participant = self._joined()
@@ -404,6 +437,13 @@ class SignallingConnection:
         if not participant.grants.publish:
             raise SignallingError("forbidden", "token lacks the 'publish' grant")
         node = self.node
+        limits = node.config.limits
+        try:  # before anything is allocated for it
+            check_offer_size(
+                sdp, max_media=limits.max_media_per_offer, max_rids=limits.max_rids_per_media
+            )
+        except SdpError as exc:
+            raise SignallingError("bad_sdp", str(exc)) from exc
         created = participant.publisher is None
         if created:
             participant.publisher = PublisherSession(
@@ -504,6 +544,10 @@ class SignallingConnection:
         to = msg.get("to")
         if to is not None and not (isinstance(to, list) and all(isinstance(t, str) for t in to)):
             raise SignallingError("bad_request", "'to' must be a list of identities")
+        size = self._message_bytes
+        if not (self._data_messages.take() and self._data_bytes.take(size)):
+            await self._rate_limited()
+            return
         event = {
             "type": "data",
             "from": participant.identity,
@@ -512,7 +556,25 @@ class SignallingConnection:
         }
         for other in list(self.room.participants.values()):
             if other is not participant and (to is None or other.identity in to):
-                other.send_event(event)
+                other.send_event(event, size)
+        self.room.data_relayed(participant, topic, msg["payload"])
+
+    async def _rate_limited(self) -> None:
+        """A data message over the sender's rate: dropped here, before any reader pays for it.
+        The sender hears of it at most once a second (one error per message would let a
+        flood fill its own queue just as fast)."""
+        self.data_dropped += 1
+        now = time.monotonic()
+        if now - self._rate_notice_at < RATE_LIMITED_NOTICE_S:
+            return
+        self._rate_notice_at = now
+        limits = self.node.config.limits
+        await self._send_error(
+            "rate_limited",
+            f"data messages over {limits.data_messages_per_s:g}/s or "
+            f"{limits.data_bytes_per_s} bytes/s are dropped ({self.data_dropped} so far)",
+            self._request_id,
+        )
 
     async def _on_ping(self, msg: dict) -> None:
         await self._reply({"type": "pong", "ts": msg.get("ts")})
@@ -568,12 +630,9 @@ class SignallingConnection:
     def queued_errors(self) -> list[dict]:
         """The `error` events still queued (why a detached participant ended, e.g. replaced)."""
         participant = self.participant
-        if participant is None or participant.events is None:
+        if participant is None:
             return []
-        events = []
-        while not participant.events.empty():
-            events.append(participant.events.get_nowait())
-        return [e for e in events if e.get("type") == "error"]
+        return [e for e in participant.take_events() if e.get("type") == "error"]
 
     async def attach(self, ws: web.WebSocketResponse) -> None:
         """The HTTP-joined participant's WebSocket: `attached`, then every queued event."""
@@ -611,9 +670,33 @@ def _track_requests(value: Any) -> list[TrackRequest]:
     return result
 
 
+async def _close_or_abort(ws: web.WebSocketResponse, code: int, message: bytes) -> None:
+    """Close the socket cleanly if the client lets us within DROP_FLUSH_S, else abort it."""
+    clean = False
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=message), DROP_FLUSH_S)
+        clean = True
+    except (TimeoutError, ConnectionError):
+        pass
+    transport = getattr(ws, "tcp_transport", None)
+    if transport is not None and (not clean or transport.get_write_buffer_size() > 0):
+        transport.abort()  # (what it never read goes with it)
+
+
+class SignallingSocket(web.WebSocketResponse):
+    """A WebSocketResponse that keeps its TCP transport, to abort a connection whose client
+    reads nothing (a clean close would wait for ever behind the unread data)."""
+
+    tcp_transport: asyncio.Transport | None = None
+
+    async def prepare(self, request: web.BaseRequest):
+        self.tcp_transport = request.transport
+        return await super().prepare(request)
+
+
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     node: SfuNode = request.app[NODE_KEY]
-    ws = web.WebSocketResponse(
+    ws = SignallingSocket(
         max_msg_size=node.config.limits.max_message_bytes, heartbeat=20.0, autoping=True
     )
     await ws.prepare(request)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from .auth import AccessToken, AuthError, PermissionDenied
 from .media.publisher import PublisherSession
-from .media.sdp import SdpError
+from .media.sdp import SdpError, check_offer_size
 from .media.subscriber import QUALITY_LAYERS, SubscriberSession
 from .node import SfuNode
 from .participant import Participant, ParticipantKind
@@ -75,6 +75,21 @@ async def _read_offer(request: web.Request) -> str | web.Response:
         return _problem(400, "offer is not UTF-8 text")
 
 
+def short_id(resource_id: str) -> str:
+    """A resource id as logged: its start only (the whole id lets anyone DELETE the session)."""
+    return resource_id[:6] + "…"
+
+
+def whep_sessions(app: web.Application, token_identity: str) -> int:
+    """WHEP players (started or being started) this node holds for one token identity."""
+    started = sum(
+        1
+        for p in app[NODE_KEY].http_sessions.values()
+        if p.kind == ParticipantKind.WHEP and p.token_identity == token_identity
+    )
+    return started + app[WHEP_STARTING_KEY].get(token_identity, 0)
+
+
 async def _start(request: web.Request, kind: ParticipantKind) -> web.Response:
     node: SfuNode = request.app[NODE_KEY]
     grant = "publish" if kind == ParticipantKind.WHIP else "subscribe"
@@ -85,6 +100,39 @@ async def _start(request: web.Request, kind: ParticipantKind) -> web.Response:
     offer = await _read_offer(request)
     if isinstance(offer, web.Response):
         return offer
+    limits = node.config.limits
+    try:  # before anything is allocated for it
+        check_offer_size(
+            offer, max_media=limits.max_media_per_offer, max_rids=limits.max_rids_per_media
+        )
+    except SdpError as exc:
+        return _problem(400, str(exc))
+    if kind != ParticipantKind.WHEP:
+        return await _start_session(request, kind, access, room_name, offer)
+    # Each WHEP player is its own participant: without a cap, one viewer token fills a room.
+    held = whep_sessions(request.app, access.identity)
+    if held >= limits.max_whep_sessions_per_identity:
+        return _problem(
+            429,
+            f"too many WHEP sessions for {access.identity!r}: at most "
+            f"{limits.max_whep_sessions_per_identity}; DELETE one first",
+            {"Retry-After": "5", **CORS_HEADERS},
+        )
+    starting = request.app[WHEP_STARTING_KEY]  # (the answer takes a while: count them too)
+    starting[access.identity] = starting.get(access.identity, 0) + 1
+    try:
+        return await _start_session(request, kind, access, room_name, offer)
+    finally:
+        left = starting.pop(access.identity) - 1
+        if left:
+            starting[access.identity] = left
+
+
+async def _start_session(
+    request: web.Request, kind: ParticipantKind, access: AccessToken, room_name: str, offer: str
+) -> web.Response:
+    node: SfuNode = request.app[NODE_KEY]
+    limits = node.config.limits
     try:
         room = node.rooms.get_or_create(room_name)
     except TooManyRooms as exc:
@@ -94,9 +142,13 @@ async def _start(request: web.Request, kind: ParticipantKind) -> web.Response:
     if kind == ParticipantKind.WHEP:
         identity = f"{access.identity}#whep-{resource_id[:6]}"  # many players may share a token
     participant = Participant(
-        identity=identity, name=access.name, kind=kind, grants=access.grants, room=room
+        identity=identity,
+        name=access.name,
+        kind=kind,
+        grants=access.grants,
+        room=room,
+        token_identity=access.identity,
     )
-    limits = node.config.limits
     try:
         if kind == ParticipantKind.WHIP:
             session = PublisherSession(
@@ -139,7 +191,9 @@ async def _start(request: web.Request, kind: ParticipantKind) -> web.Response:
     participant.on_dropped = lambda reason: node.http_sessions.pop(resource_id, None)
     # Built from the request's own path so it keeps any prefix the app is mounted under.
     location = f"{request.rel_url.raw_path.rstrip('/')}/{resource_id}"
-    logger.info("%s session %s for %s in %s", kind.value, resource_id, identity, room_name)
+    logger.info(
+        "%s session %s for %s in %s", kind.value, short_id(resource_id), identity, room_name
+    )
     return web.Response(
         status=201,
         text=answer,
@@ -156,11 +210,25 @@ async def whep_post(request: web.Request) -> web.Response:
     return await _start(request, ParticipantKind.WHEP)
 
 
-async def session_delete(request: web.Request) -> web.Response:
+async def whip_delete(request: web.Request) -> web.Response:
+    return await _delete(request, ParticipantKind.WHIP)
+
+
+async def whep_delete(request: web.Request) -> web.Response:
+    return await _delete(request, ParticipantKind.WHEP)
+
+
+async def _delete(request: web.Request, kind: ParticipantKind) -> web.Response:
+    """DELETE the session at its own Location only (not a WHIP one under /whep/, or another
+    room's)."""
     node: SfuNode = request.app[NODE_KEY]
     resource_id = request.match_info["resource"]
     participant = node.http_sessions.get(resource_id)
-    if participant is None or participant.room.name != request.match_info["room"]:
+    if (
+        participant is None
+        or participant.kind != kind
+        or participant.room.name != request.match_info["room"]
+    ):
         return _problem(404, "no such session", CORS_HEADERS)
     token = _bearer(request)
     if token is not None:  # clients usually send the token again; if they do, it must be good
@@ -172,6 +240,7 @@ async def session_delete(request: web.Request) -> web.Response:
             return _problem(403, str(exc), CORS_HEADERS)
     del node.http_sessions[resource_id]
     await participant.room.remove(participant)
+    logger.info("%s session %s deleted", kind.value, short_id(resource_id))
     return web.Response(status=200, headers=CORS_HEADERS)
 
 
@@ -184,12 +253,16 @@ async def options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, **CORS_HEADERS})
 
 
+# token identity -> WHEP sessions being answered right now
+WHEP_STARTING_KEY: web.AppKey[dict[str, int]] = web.AppKey("sfu_whep_starting", dict)
+
+
 def add_routes(app: web.Application) -> None:
-    for kind in ("whip", "whep"):
-        handler = whip_post if kind == "whip" else whep_post
-        app.router.add_post(f"/{kind}/{{room}}", handler)
+    app[WHEP_STARTING_KEY] = {}
+    for kind, post, delete in (("whip", whip_post, whip_delete), ("whep", whep_post, whep_delete)):
+        app.router.add_post(f"/{kind}/{{room}}", post)
         app.router.add_route("OPTIONS", f"/{kind}/{{room}}", options)
-        app.router.add_delete(f"/{kind}/{{room}}/{{resource}}", session_delete)
+        app.router.add_delete(f"/{kind}/{{room}}/{{resource}}", delete)
         app.router.add_patch(f"/{kind}/{{room}}/{{resource}}", session_patch)
         app.router.add_route("OPTIONS", f"/{kind}/{{room}}/{{resource}}", options)
 

@@ -118,6 +118,8 @@ class DownTrack:
         self.recent_keyframe_switches = 0  # moves down started on a keyframe just gone by
         self.layer_switches = 0
         self.probe_packets = 0
+        self.nacks_received = 0  # RTCP NACK packets from the subscriber (metrics)
+        self.keyframe_requests_received = 0  # PLI/FIR from the subscriber (metrics)
         # payload bitrate sent lately: media + retransmissions + probes (what loads the link),
         # smoothed over a few BandwidthController ticks; octets_sent counts media alone
         self.bitrate_bps = 0

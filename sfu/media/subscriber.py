@@ -482,15 +482,18 @@ class SubscriberSession:
             elif isinstance(packet, Nack):
                 dt = self._by_ssrc.get(packet.media_ssrc)
                 if dt is not None and dt.forwarder is not None:
+                    dt.nacks_received += 1
                     dt.forwarder.on_nack(packet.lost)
             elif isinstance(packet, Pli):
                 dt = self._by_ssrc.get(packet.media_ssrc)
                 if dt is not None and dt.forwarder is not None:
+                    dt.keyframe_requests_received += 1
                     dt.forwarder.on_keyframe_request()
             elif isinstance(packet, Fir):
                 for ssrc, _ in packet.entries:
                     dt = self._by_ssrc.get(ssrc)
                     if dt is not None and dt.forwarder is not None:
+                        dt.keyframe_requests_received += 1
                         dt.forwarder.on_keyframe_request()
             elif isinstance(packet, ReceiverReport | SenderReport):
                 for block in packet.reports:
