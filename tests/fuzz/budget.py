@@ -21,7 +21,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-LONG_FACTOR = 8
+LONG_FACTOR = 6
 DEADLINE_MS = 2000
 
 _long = os.environ.get("SFU_FUZZ_BUDGET", "") == "long"
