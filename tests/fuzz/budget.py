@@ -3,7 +3,7 @@
 * Default (`pytest`, `make test`): every fuzz test runs `examples` inputs, derandomized (the
   same inputs each run, so CI is reproducible); the whole tests/fuzz set takes ~20 s.
 * Long (`make fuzz`, i.e. `pytest -m fuzz tests/fuzz`, or SFU_FUZZ_BUDGET=long): LONG_FACTOR
-  times as many inputs, fresh random ones each run; ~3 minutes in all.
+  times as many inputs, fresh random ones each run; ~2 minutes in all.
 
 SFU_FUZZ_BUDGET=short|long overrides the choice either way. A failure prints the
 `@reproduce_failure` blob (and the input); add the input to tests/fuzz/corpus/ with the fix.
