@@ -241,7 +241,7 @@ class SfuCollector(Collector):
         )
         family = HistogramMetricFamily(
             "sfu_join_phase_seconds",
-            "time from the join request to each phase (sfu/joins.py)",
+            "time from the join request to each phase (sfu/rooms/timeline.py)",
             labels=[*names, "phase"],
         )
         for phase, histogram in self.events.join_phases.items():
