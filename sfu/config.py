@@ -70,6 +70,22 @@ class LimitSettings:
     max_message_bytes: int = 64 * 1024
     # A peer that has not connected ICE+DTLS within this time is dropped.
     connect_timeout_s: float = 30.0
+    # WHEP players one identity (one token) may hold at once on this node: each is its own
+    # participant, so without a cap one viewer token could fill a room.
+    max_whep_sessions_per_identity: int = 4
+    # Media sections (m-lines) in one offer and rids (simulcast layers) per m-line: checked
+    # before anything is allocated (each layer has its own packet cache).
+    max_media_per_offer: int = 16
+    max_rids_per_media: int = 4
+    # Events waiting for one WebSocket client, in messages and (estimated) bytes: a client
+    # that does not read them is dropped, once, and everything it held is freed.
+    max_event_queue: int = 1000
+    max_event_queue_bytes: int = 4 * 1024 * 1024
+    # `data` messages one participant may send (a token bucket holding two seconds' worth;
+    # the byte bucket always holds at least one max_message_bytes message). Excess is dropped
+    # at the sender, never at the readers; the sender gets a `rate_limited` error.
+    data_messages_per_s: float = 50.0
+    data_bytes_per_s: int = 256 * 1024
 
 
 @dataclass
@@ -107,6 +123,7 @@ class RtcSettings:
 
 
 LAYER_PREFERENCES = ("frame-rate", "resolution")
+MAX_RIDS = 4  # simulcast layers an m-line may offer (browsers send 3)
 
 
 @dataclass
@@ -192,6 +209,31 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
 
 
 @dataclass
+class ClusterSettings:
+    """Several nodes as one service (see docs/cluster.md). The node's id and region are
+    [server] node_id and region."""
+
+    # Redis holding the node registry, room directory and node-to-node messages, e.g.
+    # "redis://:password@10.0.0.5:6379/0" or "rediss://..." (TLS). Empty: this node alone,
+    # with the same interfaces kept in memory (no Redis at all).
+    redis_url: str = ""
+    # URL clients use to reach this node (joins are sent here by other nodes). Empty:
+    # http://<server.host>:<server.port>.
+    public_url: str = ""
+    # Seconds between heartbeats (load figures included) ...
+    heartbeat_s: float = 2.0
+    # ... and the age at which a node's last heartbeat means it is gone.
+    node_ttl_s: float = 5.0
+    # Prefix of every Redis key and channel, so one Redis can hold several clusters.
+    key_prefix: str = "sfu"
+    # Longest wait for one Redis call (connect or command) before it counts as a failure.
+    redis_timeout_s: float = 2.0
+
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass
 class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
@@ -202,6 +244,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
 
     @property
@@ -297,13 +340,13 @@ class Config:
                 raise ConfigError(f"auth.api_keys.{key}: secret must be a string")
             if len(secret) < 32:
                 raise ConfigError(f"auth.api_keys.{key}: secret must be at least 32 characters")
-        if self.limits.max_message_bytes < 1024:
-            raise ConfigError("limits.max_message_bytes must be at least 1024")
+        self._validate_limits()
         if not all(isinstance(r, str) and r for r in self.agents.auto_rooms):
             raise ConfigError("agents.auto_rooms must be a list of room names")
         if self.agents.worker_timeout_s <= 0:
             raise ConfigError("agents.worker_timeout_s must be positive")
         self._validate_ops()
+        self._validate_cluster()
         self._validate_recording()
 
     def _validate_recording(self) -> None:
@@ -343,6 +386,46 @@ class Config:
             raise ConfigError(f"logging.format must be one of {', '.join(LOG_FORMATS)}")
         if self.logging.level.lower() not in LOG_LEVELS:
             raise ConfigError(f"logging.level must be one of {', '.join(LOG_LEVELS)}")
+
+    def _validate_cluster(self) -> None:
+        c = self.cluster
+        if c.redis_url and not c.redis_url.startswith(REDIS_URL_SCHEMES):
+            raise ConfigError(
+                "cluster.redis_url must be empty or start with " + ", ".join(REDIS_URL_SCHEMES)
+            )
+        if c.public_url and not c.public_url.startswith(("http://", "https://")):
+            raise ConfigError("cluster.public_url must be empty or an http:// or https:// URL")
+        if c.heartbeat_s <= 0:
+            raise ConfigError("cluster.heartbeat_s must be positive")
+        if c.node_ttl_s < 2 * c.heartbeat_s:
+            raise ConfigError("cluster.node_ttl_s must be at least twice cluster.heartbeat_s")
+        if not c.key_prefix or not all(ch.isalnum() or ch in "_-.:" for ch in c.key_prefix):
+            raise ConfigError("cluster.key_prefix must be letters, digits, _ - . or :")
+        if c.redis_timeout_s <= 0:
+            raise ConfigError("cluster.redis_timeout_s must be positive")
+
+    def _validate_limits(self) -> None:
+        lim = self.limits
+        if lim.max_message_bytes < 1024:
+            raise ConfigError("limits.max_message_bytes must be at least 1024")
+        for key in (
+            "max_rooms",
+            "max_participants_per_room",
+            "max_tracks_per_participant",
+            "max_whep_sessions_per_identity",
+            "max_media_per_offer",
+            "max_event_queue",
+        ):
+            if getattr(lim, key) < 1:
+                raise ConfigError(f"limits.{key} must be at least 1")
+        if lim.connect_timeout_s <= 0:
+            raise ConfigError("limits.connect_timeout_s must be positive")
+        if not 1 <= lim.max_rids_per_media <= MAX_RIDS:
+            raise ConfigError(f"limits.max_rids_per_media must be within 1..{MAX_RIDS}")
+        if lim.max_event_queue_bytes < lim.max_message_bytes:
+            raise ConfigError("limits.max_event_queue_bytes must be at least max_message_bytes")
+        if lim.data_messages_per_s <= 0 or lim.data_bytes_per_s <= 0:
+            raise ConfigError("limits.data_messages_per_s and data_bytes_per_s must be positive")
 
 
 def _env_value(name: str, default: Any, raw: str) -> Any:

@@ -12,11 +12,14 @@ import time
 import uuid
 
 from .auth import AccessToken, AuthError, verify_token
+from .cluster import create_backend
+from .cluster.membership import ClusterMembership
 from .config import Config
-from .joins import JoinLog
 from .media.peer import NetworkSettings
-from .participant import Participant
 from .room import RoomRegistry
+from .rooms.joins import JoinService
+from .rooms.participant import Participant
+from .rooms.timeline import JoinLog
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,12 @@ class SfuNode:
         self.closing = False
         self.websockets: set = set()
         self.joins = JoinLog()  # join-time metrics of the recent joins
+        # registry, room directory, messages between nodes (in-process without Redis)
+        self.cluster = ClusterMembership(
+            self.node_id, config, self.rooms, create_backend(config.cluster)
+        )
+        # the one join / publish / subscribe path every surface (sfu/api/) goes through
+        self.join_service = JoinService(self)
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)
@@ -88,6 +97,8 @@ class SfuNode:
             "uptime_s": round(time.time() - self.started_at, 1),
             "rooms": rooms,
             "joins": self.joins.summary(),
+            "dropped": {"malformed_stun": self.network.drops.malformed_stun},
+            "cluster": self.cluster.status(),
         }
 
     async def close(self) -> None:
@@ -100,6 +111,7 @@ class SfuNode:
                 pass
         await self.rooms.close()
         self.http_sessions.clear()
+        await self.cluster.stop()
         logger.info("node %s closed", self.node_id)
 
 

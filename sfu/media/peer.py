@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pylibsrtp
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
@@ -68,6 +68,13 @@ RtpCallback = Callable[[bytes, int], None]
 RtcpCallback = Callable[[bytes], None]
 
 
+@dataclass
+class DropCounters:
+    """Datagrams the media sockets of one node dropped as malformed (shown in /api/stats)."""
+
+    malformed_stun: int = 0
+
+
 @dataclass(frozen=True)
 class NetworkSettings:
     """Where a peer's ICE host candidates live and which address is announced for them."""
@@ -77,6 +84,8 @@ class NetworkSettings:
     port_max: int = 0
     announced_ip: str = ""
     ice_servers: tuple[dict, ...] = ()
+    # shared by every peer made with these settings (one node's)
+    drops: DropCounters = field(default_factory=DropCounters, compare=False, repr=False)
 
 
 def _ntp_ms() -> int:
@@ -178,6 +187,7 @@ class MediaPeer:
             if id(transport) in self._prepared:
                 continue
             self._prepared.add(id(transport))
+            _no_start_after_close(transport.transport)
             connection = transport.transport.iceGatherer._connection
             connection.gather_candidates = _host_gatherer(connection, self.network)
             connection.connect = _prompt_connect(connection, self._mark, early=self.fast_connect)
@@ -248,7 +258,7 @@ class MediaPeer:
     def _set_route(self, pair) -> None:
         """Cache how to reach a nominated pair: the socket's sendto, or TURN's coroutine."""
         protocol = pair.protocol
-        if type(protocol) is StunProtocol:
+        if type(protocol) in (GuardedStunProtocol, StunProtocol):
             self._route_send = protocol.transport.sendto
         else:  # a TURN allocation: its send path is a coroutine
 
@@ -631,6 +641,47 @@ def _host_gatherer(connection, network: NetworkSettings):
     return gather_candidates
 
 
+def _no_start_after_close(ice_transport) -> None:
+    """Make starting a closed ICE transport a no-op instead of an InvalidStateError.
+
+    aiortc's connect task starts the ICE and DTLS transports of each m-line in turn (with
+    BUNDLE, the same ones again). A connection closed while the first m-line's DTLS is still
+    under way (a client that joins and leaves at once) made the next start raise
+    InvalidStateError('RTCIceTransport is closed') in that task, which nobody awaits: asyncio
+    logged "Task exception was never retrieved".
+    """
+    original = ice_transport.start
+
+    async def start(remote_parameters) -> None:
+        if ice_transport.state == "closed":
+            return
+        await original(remote_parameters)
+
+    ice_transport.start = start
+
+
+class GuardedStunProtocol(StunProtocol):
+    """aioice's socket protocol, minus its one unguarded path: a STUN message with a malformed
+    attribute (e.g. a 2-byte PRIORITY) makes aioice's parser raise something other than the
+    ValueError it catches, and the event loop logs a traceback per datagram, unauthenticated.
+    Such datagrams are dropped and counted. Media (first byte >= 4, RFC 7983) goes straight
+    through: one extra call, nothing more, on the packet path."""
+
+    def __init__(self, connection, drops: DropCounters) -> None:
+        super().__init__(connection)
+        self.drops = drops
+
+    def datagram_received(self, data: bytes | str, addr: tuple) -> None:
+        if data and data[0] < 4:  # STUN
+            try:
+                StunProtocol.datagram_received(self, data, addr)
+            except Exception as exc:
+                self.drops.malformed_stun += 1
+                logger.debug("malformed STUN from %s dropped: %r", addr, exc)
+            return
+        StunProtocol.datagram_received(self, data, addr)
+
+
 async def _bind_in_range(loop, connection, address: str, network: NetworkSettings) -> StunProtocol:
     if not network.port_min:
         ports: Iterable[int] = [0]
@@ -642,7 +693,7 @@ async def _bind_in_range(loop, connection, address: str, network: NetworkSetting
     for port in ports:
         try:
             _, protocol = await loop.create_datagram_endpoint(
-                lambda: StunProtocol(connection), local_addr=(address, port)
+                lambda: GuardedStunProtocol(connection, network.drops), local_addr=(address, port)
             )
             return protocol
         except OSError as exc:

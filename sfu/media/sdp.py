@@ -26,6 +26,28 @@ class OfferedMedia:
     rtx_pairs: dict[int, int] = field(default_factory=dict)  # rtx ssrc -> media ssrc
 
 
+def check_offer_size(sdp: str, *, max_media: int, max_rids: int) -> None:
+    """Refuse an offer with more m-lines or more simulcast layers per m-line than allowed.
+
+    A plain scan of the text, before aiortc parses it or anything is allocated: each m-line
+    costs a transceiver, each rid (or SIM group member) a layer with its own packet cache,
+    so a 64 kB offer could otherwise cost tens of MB. Raises SdpError.
+    """
+    media = rids = 0
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            media += 1
+            rids = 0
+            if media > max_media:
+                raise SdpError(f"too many m-lines: at most {max_media} per offer")
+        elif line.startswith("a=rid:"):
+            rids += 1
+            if rids > max_rids:
+                raise SdpError(f"too many rids: at most {max_rids} per m-line")
+        elif line.startswith("a=ssrc-group:SIM") and len(line.split()) - 1 > max_rids:
+            raise SdpError(f"too many simulcast SSRCs: at most {max_rids} per m-line")
+
+
 def parse_offer(sdp: str) -> list[OfferedMedia]:
     """Parse an offer well enough to reject junk early and learn the SSRCs it announces."""
     if not isinstance(sdp, str) or not sdp.strip():
@@ -44,6 +66,10 @@ def parse_offer(sdp: str) -> list[OfferedMedia]:
             continue
         if m.dtls is None or m.ice is None:
             raise SdpError(f"m={m.kind} section lacks ICE or DTLS parameters")
+        if not m.dtls.fingerprints:
+            raise SdpError(f"m={m.kind} section has no a=fingerprint (DTLS cannot be verified)")
+        if not m.ice.usernameFragment or not m.ice.password:
+            raise SdpError(f"m={m.kind} section lacks a=ice-ufrag or a=ice-pwd")
         offered = OfferedMedia(
             mid=m.rtp.muxId or "", kind=m.kind, direction=m.direction or "sendrecv"
         )

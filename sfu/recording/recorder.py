@@ -414,7 +414,7 @@ class Recorder:
         entries = await self.captions(recording.room, start, end)
         if not entries:
             return []
-        from ..captions_archive import to_vtt
+        from ..captions.vtt import to_vtt
 
         langs = sorted(
             {e["lang"] for e in entries} | {k for e in entries for k in e["translations"]}

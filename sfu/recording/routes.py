@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..api.keys import NODE_KEY
 from ..auth import require_grant
-from ..signalling import NODE_KEY
 from . import links
 from .recorder import Recorder, Recording, RecordingError, safe_name
 
@@ -41,7 +41,7 @@ def add_recording(app: web.Application, node: SfuNode) -> Recorder | None:
     settings = node.config.recording
     if not settings.enabled:
         return None
-    from ..captions_archive import ARCHIVE_KEY
+    from ..api.captions import ARCHIVE_KEY
     from ..webhooks.events import WEBHOOKS_KEY
 
     def events(event: str, recording: Recording) -> None:

@@ -12,21 +12,25 @@ import enum
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .auth import Grants
-from .joins import JoinTimeline
-from .media.peer import MediaPeer
-from .media.publisher import PublisherSession
-from .media.subscriber import SubscriberSession
+from ..auth import Grants
+from ..config import LimitSettings
+from ..media.peer import MediaPeer
+from ..media.publisher import PublisherSession
+from ..media.subscriber import SubscriberSession
+from .timeline import JoinTimeline
 
 if TYPE_CHECKING:
-    from .room import Room
+    from ..room import Room
 
 logger = logging.getLogger(__name__)
 
-EVENT_QUEUE_LIMIT = 1000
+# What an event is taken to cost in the outbound queue when the sender does not say (most
+# events are a few hundred bytes of JSON; `data` and `offer` events pass their real size).
+EVENT_COST = 256
 
 
 class ParticipantKind(enum.StrEnum):
@@ -46,9 +50,13 @@ class Participant:
         room: Room,
         auto_subscribe: bool = True,
         metadata: dict | None = None,
+        limits: LimitSettings | None = None,
+        token_identity: str | None = None,
     ) -> None:
         self.sid = "PA_" + uuid.uuid4().hex[:12]
         self.identity = identity
+        # the identity in the token (a WHEP player's own identity has a suffix)
+        self.token_identity = token_identity or identity
         self.name = name
         self.kind = kind
         self.grants = grants
@@ -58,14 +66,24 @@ class Participant:
         self.publisher: PublisherSession | None = None
         self.subscriber: SubscriberSession | None = None
         self.joined_at = time.time()
+        limits = limits or LimitSettings()
+        self.queue_limit = limits.max_event_queue
+        self.queue_bytes_limit = limits.max_event_queue_bytes
+        # Outbound events for a WebSocket client, drained by its writer. Unbounded as a queue:
+        # send_event() enforces the limits (so the final `dropped` notice always fits).
         self.events: asyncio.Queue[dict] | None = (
-            asyncio.Queue(EVENT_QUEUE_LIMIT) if kind == ParticipantKind.WEBSOCKET else None
+            asyncio.Queue() if kind == ParticipantKind.WEBSOCKET else None
         )
+        self.queued_bytes = 0
+        self._sizes: deque[int] = deque()  # cost of each queued event, in queue order
         self.closed = False
+        self.dropped: str | None = None  # why, once drop() was called
         self._watchdogs: list[asyncio.Task] = []
         self.on_dropped: Callable[[str], None] | None = None
         self.join_timeline: JoinTimeline | None = None
-        self._held: list[dict] | None = None  # events held back until the join reply is out
+        # events (and their sizes) held back until the join reply is out
+        self._held: list[tuple[dict, int]] | None = None
+        self._held_bytes = 0
 
     def info(self) -> dict:
         return {
@@ -80,18 +98,62 @@ class Participant:
     def published(self):
         return list(self.publisher.producers.values()) if self.publisher else []
 
-    def send_event(self, message: dict) -> None:
-        """Queue an event for the client; a client too slow to drain its queue is dropped."""
-        if self.events is None or self.closed:
+    def send_event(self, message: dict, size: int = EVENT_COST) -> None:
+        """Queue an event for the client; a client too slow to drain its queue is dropped.
+
+        `size`: what the event costs in the queue's byte budget (its JSON length, roughly).
+        Once dropped, a participant takes no more events (its queue is not refilled while
+        the room is still removing it).
+        """
+        if self.events is None or self.closed or self.dropped is not None:
             return
+        held = self._held
+        queued = self.events.qsize() + (len(held) if held is not None else 0)
+        queued_bytes = self.queued_bytes + self._held_bytes
+        if queued >= self.queue_limit or queued_bytes + size > self.queue_bytes_limit:
+            self._clear_events()  # it will never read them: free them now
+            self.drop(
+                f"event queue overflow ({queued} events, {queued_bytes} bytes unread)",
+                warning=True,
+            )
+            return
+        if held is not None:
+            held.append((message, size))
+            self._held_bytes += size
+            return
+        self._put(message, size)
+
+    def _put(self, message: dict, size: int) -> None:
+        assert self.events is not None
+        self.events.put_nowait(message)
+        self._sizes.append(size)
+        self.queued_bytes += size
+
+    async def next_event(self) -> dict:
+        """The next queued event (for the socket's writer)."""
+        assert self.events is not None
+        message = await self.events.get()
+        self._took_one()
+        return message
+
+    def take_events(self) -> list[dict]:
+        """Everything still queued, emptying the queue."""
+        events = []
+        while self.events is not None and not self.events.empty():
+            events.append(self.events.get_nowait())
+            self._took_one()
+        return events
+
+    def _took_one(self) -> None:
+        if self._sizes:
+            self.queued_bytes -= self._sizes.popleft()
+
+    def _clear_events(self) -> None:
+        self.take_events()
+        self.queued_bytes = 0
         if self._held is not None:
-            self._held.append(message)
-            return
-        try:
-            self.events.put_nowait(message)
-        except asyncio.QueueFull:
-            logger.warning("%s: event queue full, dropping the participant", self.identity)
-            self.drop("event queue overflow")
+            self._held = []
+            self._held_bytes = 0
 
     def hold_events(self) -> None:
         """Keep events back while the join is being answered, so `joined` is the first one."""
@@ -101,8 +163,11 @@ class Participant:
     def release_events(self, first: dict | None = None) -> None:
         """Queue `first`, then every event held back since hold_events()."""
         held, self._held = self._held or [], None
-        for message in ([first] if first is not None else []) + held:
-            self.send_event(message)
+        self._held_bytes = 0
+        if first is not None:
+            held.insert(0, (first, _size_of(first)))
+        for message, size in held:
+            self.send_event(message, size)
 
     def probe_join(self, timeline: JoinTimeline) -> None:
         """Read the join's connection phases and first packets from the live sessions."""
@@ -142,11 +207,21 @@ class Participant:
             if not peer.closed:
                 self.drop(f"{peer.label}: ICE/DTLS not connected within {timeout_s:g} s")
 
-    def drop(self, reason: str) -> None:
-        """Remove the participant from its room (from any context, without awaiting)."""
-        if self.closed:
+    def drop(self, reason: str, *, warning: bool = False) -> None:
+        """Remove the participant from its room (from any context, without awaiting).
+
+        Idempotent: the first call logs one line, queues one `dropped` error for the client
+        (beyond the queue limits, so it always fits), tells `on_dropped` and schedules the
+        removal; later calls (e.g. every event that would overflow the queue meanwhile) do
+        nothing.
+        """
+        if self.closed or self.dropped is not None:
             return
-        logger.info("dropping %s from %s: %s", self.identity, self.room.name, reason)
+        self.dropped = reason
+        log = logger.warning if warning else logger.info
+        log("dropping %s from %s: %s", self.identity, self.room.name, reason)
+        if self.events is not None:
+            self._put({"type": "error", "code": "dropped", "message": reason}, EVENT_COST)
         if self.on_dropped is not None:
             self.on_dropped(reason)
         asyncio.ensure_future(self.room.remove(self))
@@ -166,3 +241,15 @@ class Participant:
             await self.publisher.close()
         if self.subscriber is not None:
             await self.subscriber.close()
+
+
+def _size_of(message: dict) -> int:
+    """An event's cost when its sender gave none: its SDPs (top level or in `offer` or
+    `publish_answer`) and the fixed EVENT_COST; no serialising."""
+    size = EVENT_COST
+    for value in message.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, dict) and isinstance(value.get("sdp"), str):
+            size += len(value["sdp"])
+    return size
