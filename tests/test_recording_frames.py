@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sfu.recording.frames import Vp8FrameAssembler
@@ -109,15 +109,25 @@ packet = st.tuples(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(packet, max_size=300))
+@example(  # RTP clock jumping by half its range and back (found by this test)
+    [(0, 0, False, False, False, b"", 0.0)] * 3
+    + [
+        (0, 3, True, True, True, b"", 0.0),
+        (0, 2_147_483_650, False, False, False, b"", 0.0),
+        (32768, 1, False, False, False, b"", 0.0),
+        (0, 0, False, False, False, b"", 1.0),
+        (0, 2, True, True, True, b"", 0.0),
+    ]
+)
 def test_any_packets_never_raise_and_memory_stays_bounded(packets):
     a = Vp8FrameAssembler(max_frames=16)
     last_ts = None
     for p in packets:
         for frame in a.push(*p):
-            assert frame.data is not None
-            if last_ts is not None:  # frames come out in RTP time order (modulo wrap)
-                assert ((frame.rtp_ts - last_ts) & 0xFFFFFFFF) < 0x80000000
-            last_ts = frame.rtp_ts
+            assert frame.data is not None and frame.ext_ts & 0xFFFFFFFF == frame.rtp_ts
+            if last_ts is not None:  # frames come out in (unwrapped) RTP time order
+                assert frame.ext_ts > last_ts
+            last_ts = frame.ext_ts
         assert len(a._pending) <= 16
 
 

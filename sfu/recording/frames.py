@@ -22,6 +22,7 @@ class Vp8Frame:
     keyframe: bool
     data: bytes
     arrival_s: float  # when its first packet arrived
+    ext_ts: int = 0  # RTP timestamp unwrapped across 32-bit wraps (frames come out in its order)
 
 
 @dataclass
@@ -136,7 +137,7 @@ class Vp8FrameAssembler:
             parts = frame.parts
             data = b"".join(parts[s] for s in range(frame.start_seq, frame.end_seq + 1))
             self.frames_emitted += 1
-            out.append(Vp8Frame(frame.rtp_ts, frame.keyframe, data, frame.first_arrival_s))
+            out.append(Vp8Frame(frame.rtp_ts, frame.keyframe, data, frame.first_arrival_s, ts))
         return out
 
     def _drop_oldest(self) -> None:
