@@ -16,6 +16,10 @@ receiver's clock or None if lost, size), plus REMB and RTT when known. Output: a
 4. Overuse detector: the trend is compared with an adaptive threshold; above it for > 10 ms (and
    not falling) = overuse, below its negative = underuse, else normal. The threshold follows the
    trend slowly so that it tolerates what competing flows do, but not sudden spikes.
+   Jitter-aware (not in the draft): where the delay's local slope keeps changing sign (a link
+   whose delay wanders, e.g. +/- 50 ms on a mobile link) the window grows up to 120 groups, so
+   a line fitted through the wander is flat, and a trend must stand clear of the scatter
+   around it; a queue that keeps growing still shows, however long the window.
 5. AIMD rate control: overuse -> decrease to 0.85 x the acknowledged (received) bitrate; normal ->
    increase, multiplicatively (8 %/s) while far from the link capacity seen at earlier decreases,
    additively (about one packet per response time) near it; underuse -> hold (queues drain).
@@ -24,6 +28,9 @@ receiver's clock or None if lost, size), plus REMB and RTT when known. Output: a
 6. Loss-based bound, per >= 20 reported packets: loss > 10 % -> x (1 - 0.5 loss) (at most once
    per 300 ms + RTT); loss < 2 % -> may rise 8 %/s; in between -> hold. A collapse (loss >=
    25 % in one window, or > 10 % in two windows running) also caps it at what got through.
+   Random loss (not in the draft): the link's own loss rate is learnt (up to 5 %) from windows
+   that do not look congested, and a window is heavy only when its loss is also far beyond
+   what that rate gives a window of its size, so 3 % random loss does not cut the estimate.
 7. Probes: a cluster of packets sent at a target rate; the rate it achieved, min(send rate,
    receive rate), lifts the estimate at once (how the estimate climbs faster than AIMD allows).
 
@@ -81,6 +88,17 @@ class BweConfig:
     max_burst_s: float = 0.1
     # trendline filter and detector
     trendline_window: int = 20
+    # Jitter: how far the delay's local slope (per-group delay variation over send spacing)
+    # strays from its own average; the window starts to grow (in proportion) above this. On a
+    # jittery link a short window fits a line through a random wander and calls it a queue;
+    # a longer one averages it out, while a real queue keeps growing however long the window
+    # is. (A queue that grows steadily moves the average, not the spread: it is not jitter.)
+    # The measure rises at once and decays over ~10 s, so the window does not flap.
+    jitter_window_from: float = 0.05
+    trendline_window_max: int = 120
+    # A trend must also stand this many standard errors of the fitted slope above zero
+    # (the jitter's share of the noise model): a line through noise is no trend.
+    trend_significance: float = 2.0
     trendline_smoothing: float = 0.9
     trendline_gain: float = 4.0
     threshold_initial_ms: float = 12.5
@@ -103,6 +121,16 @@ class BweConfig:
     # alone is common on a link with 2 % random loss (3 of 22), and is only noise.
     loss_collapse: float = 0.25
     loss_min_packets: int = 20
+    # Random loss: the long-run loss of windows that do not look like congestion (at most
+    # this much is learnt). A window then counts as heavy only if its loss is also clearly
+    # beyond what that random loss gives a window of its size (binomial, this many standard
+    # deviations), and the bound may rise at up to one deviation above it: loss the link
+    # always has is not a congestion signal (mobile-3g: 3 % loss in 20-30 packet windows
+    # gives > 10 % every few seconds).
+    random_loss_max: float = 0.05
+    random_loss_sigmas: float = 3.0
+    # A collapse caps the bound at the acked rate only if we sent at least this much more.
+    collapse_sent_ratio: float = 1.15
     # acknowledged bitrate
     acked_window_s: float = 0.5
     # REMB
@@ -216,11 +244,22 @@ class InterArrival:
 
 
 class TrendlineDetector:
-    """Trendline filter over smoothed accumulated delay, with an adaptive overuse threshold."""
+    """Trendline filter over smoothed accumulated delay, with an adaptive overuse threshold.
+
+    Jitter-aware: how much the delay's local slope scatters around its own average
+    (`jitter`) is the noise the link adds. The more of it, the longer the window (up to
+    `trendline_window_max` points), and a trend counts only where it stands clear of the
+    scatter around the fitted line (`trend_significance` standard errors of the slope). On a
+    clean link both are near zero and the detector is the plain GCC one. The fit is kept as
+    running sums, so a long window costs no more per point than a short one.
+    """
 
     def __init__(self, cfg: BweConfig) -> None:
         self._cfg = cfg
-        self._window: deque[tuple[float, float]] = deque(maxlen=cfg.trendline_window)
+        self._window: deque[tuple[float, float]] = deque()
+        self._size = cfg.trendline_window
+        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # x, y, xx, xy, yy over the window
+        self._since_rebuild = 0
         self._first_arrival_ms: float | None = None
         self._accumulated = 0.0
         self._smoothed = 0.0
@@ -230,24 +269,79 @@ class TrendlineDetector:
         self._overuse_count = 0
         self._last_threshold_update: float | None = None
         self.trend = 0.0
+        self.trend_error = 0.0  # standard error of the fitted slope
+        self.jitter = 0.0  # spread of the delay's local slope around its average (ms/ms)
+        self._mean_slope = 0.0
         self.modified_trend = 0.0
         self.threshold = cfg.threshold_initial_ms
         self.state = BandwidthUsage.NORMAL
 
+    @property
+    def window_size(self) -> int:
+        return self._size
+
     def update(self, send_delta_ms: float, arrival_delta_ms: float, arrival_ms: float) -> None:
         cfg = self._cfg
         self._deltas = min(self._deltas + 1, 1000)
-        self._accumulated += arrival_delta_ms - send_delta_ms
+        variation = arrival_delta_ms - send_delta_ms
+        self._accumulated += variation
+        if send_delta_ms > 1.0:
+            local = min(max(variation / send_delta_ms, -2.0), 2.0)
+            self._mean_slope += 0.25 * (local - self._mean_slope)
+            spread = abs(local - self._mean_slope)
+            self.jitter += (0.03 if spread > self.jitter else 0.002) * (spread - self.jitter)
         a = cfg.trendline_smoothing
         self._smoothed = a * self._smoothed + (1 - a) * self._accumulated
         if self._first_arrival_ms is None:
             self._first_arrival_ms = arrival_ms
-        self._window.append((arrival_ms - self._first_arrival_ms, self._smoothed))
-        if len(self._window) == self._window.maxlen:
-            slope = _slope(self._window)
-            if slope is not None:
-                self.trend = slope
+        self._push(arrival_ms - self._first_arrival_ms, self._smoothed)
+        if len(self._window) >= cfg.trendline_window:
+            self._fit()
         self._detect(send_delta_ms, arrival_ms)
+
+    def _push(self, x: float, y: float) -> None:
+        window, sums = self._window, self._sums
+        window.append((x, y))
+        sums[0] += x
+        sums[1] += y
+        sums[2] += x * x
+        sums[3] += x * y
+        sums[4] += y * y
+        while len(window) > self._size:
+            ox, oy = window.popleft()
+            sums[0] -= ox
+            sums[1] -= oy
+            sums[2] -= ox * ox
+            sums[3] -= ox * oy
+            sums[4] -= oy * oy
+        self._since_rebuild += 1
+        if self._since_rebuild >= 1000:  # bound the rounding the running sums collect
+            self._since_rebuild = 0
+            sums[:] = [
+                sum(p[0] for p in window),
+                sum(p[1] for p in window),
+                sum(p[0] * p[0] for p in window),
+                sum(p[0] * p[1] for p in window),
+                sum(p[1] * p[1] for p in window),
+            ]
+
+    def _fit(self) -> None:
+        """Slope, its standard error and the residual spread; then size the next window."""
+        cfg = self._cfg
+        n = len(self._window)
+        sx, sy, sxx, sxy, syy = self._sums
+        vxx = sxx - sx * sx / n
+        if vxx <= 1e-9:
+            return
+        vxy = sxy - sx * sy / n
+        vyy = max(syy - sy * sy / n, 0.0)
+        slope = vxy / vxx
+        residual = max(vyy - slope * vxy, 0.0) / max(n - 2, 1)
+        self.trend = slope
+        self.trend_error = math.sqrt(residual / vxx)
+        base = cfg.trendline_window
+        grow = self.jitter / cfg.jitter_window_from
+        self._size = int(min(max(base * grow, base), max(cfg.trendline_window_max, base)))
 
     def _detect(self, send_delta_ms: float, now_ms: float) -> None:
         cfg = self._cfg
@@ -256,7 +350,8 @@ class TrendlineDetector:
             return
         m = min(self._deltas, 60) * self.trend * cfg.trendline_gain
         self.modified_trend = m
-        if m > self.threshold:
+        significant = self.trend > cfg.trend_significance * self.trend_error
+        if m > self.threshold and significant:
             if self._time_over < 0:
                 self._time_over = send_delta_ms / 2
             else:
@@ -270,7 +365,7 @@ class TrendlineDetector:
                 self._time_over = 0.0
                 self._overuse_count = 0
                 self.state = BandwidthUsage.OVERUSE
-        elif m < -self.threshold:
+        elif m < -self.threshold and -self.trend > cfg.trend_significance * self.trend_error:
             self._time_over = -1.0
             self._overuse_count = 0
             self.state = BandwidthUsage.UNDERUSE
@@ -293,16 +388,6 @@ class TrendlineDetector:
         self.threshold += k * (abs(m) - self.threshold) * dt
         self.threshold = min(max(self.threshold, cfg.threshold_min_ms), cfg.threshold_max_ms)
         self._last_threshold_update = now_ms
-
-
-def _slope(points: Iterable[tuple[float, float]]) -> float | None:
-    pts = list(points)
-    n = len(pts)
-    mean_x = sum(p[0] for p in pts) / n
-    mean_y = sum(p[1] for p in pts) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in pts)
-    den = sum((x - mean_x) ** 2 for x, _ in pts)
-    return num / den if den > 0 else None
 
 
 class AimdRateControl:
@@ -421,6 +506,7 @@ class LossBasedControl:
         self._last_update: float | None = None
         self._last_decrease: float | None = None
         self._heavy_before = False  # the previous window's loss was above loss_high
+        self.random_loss = 0.0  # the link's own loss, learnt from windows that look random
         self._received_bytes = 0
         self._first_size = 0
         self._sent_bytes = 0
@@ -476,7 +562,12 @@ class LossBasedControl:
         return receive if send >= 1.25 * receive else None
 
     def update(
-        self, reference_bps: float, now: float, rtt_s: float, acked_bps: float | None = None
+        self,
+        reference_bps: float,
+        now: float,
+        rtt_s: float,
+        acked_bps: float | None = None,
+        sent_bps: float | None = None,
     ) -> float | None:
         """Apply the loss seen since the last update once enough packets were reported.
 
@@ -484,11 +575,15 @@ class LossBasedControl:
         loss-based value never runs far ahead of what the delay-based part allows. On heavy
         loss the bound also drops to what actually got through (`acked_bps`): a full queue
         at a bottleneck keeps the delay flat, so only loss and throughput show the overload.
+        With `sent_bps` (what we sent over the acked rate's window), the acked rate counts as
+        what got through only if clearly less got through than was sent: an application-
+        limited sender's acked rate on a link with random loss says nothing of the link.
         """
         cfg = self._cfg
         if self._expected < cfg.loss_min_packets:
             return self.estimate
-        loss = self._lost / self._expected
+        expected = self._expected
+        loss = self._lost / expected
         self.loss_fraction = loss
         receive_rate = self._window_receive_rate()
         self._lost = self._expected = self._received_bytes = self._sent_bytes = 0
@@ -497,10 +592,16 @@ class LossBasedControl:
         dt = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
         self._last_update = now
         base = reference_bps if self.estimate is None else min(self.estimate, reference_bps)
-        heavy = loss > cfg.loss_high
-        collapse = heavy and (loss >= cfg.loss_collapse or self._heavy_before)
+        expected = max(expected, 1)
+        p0 = self.random_loss
+        spread = math.sqrt(p0 * (1 - p0) / expected)
+        heavy = loss > max(cfg.loss_high, p0 + cfg.random_loss_sigmas * spread)
+        collapse_at = max(cfg.loss_collapse, p0 + 2 * cfg.random_loss_sigmas * spread)
+        collapse = heavy and (loss >= collapse_at or self._heavy_before)
         self._heavy_before = heavy
-        if loss < cfg.loss_low:
+        if not heavy:
+            self.random_loss += 0.05 * (min(loss, cfg.random_loss_max) - p0)
+        if loss < max(cfg.loss_low, p0 + spread):
             self.estimate = max(base * (1 + cfg.increase_per_s) ** dt + 1000 * dt, base)
         elif heavy:
             if self._last_decrease is None or now - self._last_decrease >= 0.3 + rtt_s:
@@ -508,6 +609,9 @@ class LossBasedControl:
                 self._last_decrease = now
             if collapse:
                 # a measurement, not a step: applies at once, whenever a window shows it
+                if sent_bps is not None and acked_bps is not None:
+                    if sent_bps < cfg.collapse_sent_ratio * acked_bps:
+                        acked_bps = None  # (about all we sent got through)
                 through = [r for r in (acked_bps, receive_rate) if r is not None]
                 if through:
                     cap = max(min(through), cfg.min_bps)
@@ -678,7 +782,9 @@ class BandwidthEstimator:
             self.sent.bitrate(),
         )
         self.loss.add_results(results)
-        self.loss.update(self._delay_based(now), now, self.rtt_s, self.acked.bitrate())
+        self.loss.update(
+            self._delay_based(now), now, self.rtt_s, self.acked.bitrate(), self.sent.bitrate()
+        )
         self._finish_probes(now)
         return self._update_target(now)
 
@@ -778,6 +884,9 @@ class BandwidthEstimator:
             "loss_fraction": round(self.loss.loss_fraction, 4),
             "trend": round(self.detector.modified_trend, 3),
             "threshold": round(self.detector.threshold, 3),
+            "delay_jitter": round(self.detector.jitter, 3),
+            "trend_window": self.detector.window_size,
+            "random_loss": round(self.loss.random_loss, 4),
             "rtt_ms": round(self.rtt_s * 1000, 1),
             "overuse_events": self.overuse_events,
             "overuse_forgiven": self.overuse_forgiven,
