@@ -384,3 +384,27 @@ def test_publisher_reports_its_viewers_audio_loss_capped() -> None:
     blocks[0].fraction_lost = 40  # the uplink's own loss is never lowered
     PublisherSession._report_viewer_loss(blocks, producer, cap=25)
     assert blocks[0].fraction_lost == 40
+
+
+def test_red_audio_comes_off_the_top_of_the_estimate_before_video() -> None:
+    """Audio first: what RED audio sends (about twice plain Opus) is taken off the estimate
+    before the video layers share the rest, so congestion drops video layers, not audio."""
+    from sfu.media.bandwidth import BandwidthController
+
+    producer = _red_producer()
+    audio, _ = _viewer(red=True)
+    video = DownTrack(kind="video", mid="v", ssrc=0x5151, send=lambda _: True)
+    bind(producer, audio)
+    ctrl = BandwidthController([video, audio], start_bps=400_000)
+    big = {seq: bytes(150) for seq in range(0, 200)}  # 150-byte frames: ~60 kbit/s each
+    now = 10.0
+    ctrl.tick(now)
+    for seq in range(1, 200):  # 4 s of 20 ms packets, a primary and one redundant frame
+        data = _red_packet(seq, seq * 960, big, redundancy=1)
+        producer.on_rtp(data, RtpHeader.parse(data), now)
+        now += 0.02
+        if seq % 5 == 0:
+            ctrl.tick(now)
+    assert audio.bitrate_bps > 100_000  # RED: ~2 x 60 kbit/s
+    share = ctrl._video_share(now)
+    assert share == pytest.approx(ctrl.estimator.estimate_bps - audio.bitrate_bps)
