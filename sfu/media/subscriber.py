@@ -377,6 +377,8 @@ class SubscriberSession:
         try:
             while not self.closed:
                 await asyncio.sleep(TICK_S)
+                if self.bandwidth.handshake_rtt_s is None:
+                    self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)
                 self.bandwidth.tick(time.monotonic())
         except asyncio.CancelledError:
             pass
@@ -463,6 +465,7 @@ class SubscriberSession:
             self._prime()
 
     def _prime(self) -> None:
+        self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)  # (playout delay from the start)
         now = time.monotonic()
         for dt in self.downtracks:
             fw = dt.forwarder
