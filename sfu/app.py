@@ -9,6 +9,7 @@ from aiohttp import web
 from . import captions_archive, whip
 from .agents import add_agent_routes
 from .auth import AUTH_KEY, require_grant
+from .cluster.views import rooms_response
 from .config import Config
 from .demo import add_demo_routes
 from .metrics.routes import add_metrics
@@ -58,6 +59,7 @@ async def _on_startup(app: web.Application) -> None:
         )
     if node.config.server.demo_tokens:
         logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
+    await node.cluster.start()
     logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
 
 
@@ -73,21 +75,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def list_rooms(request: web.Request) -> web.Response:
-    """Rooms and participants: all of them for a node-wide admin, its own for a room admin."""
+    """Rooms and participants: all of them for a node-wide admin, its own for a room admin;
+    each participant and track names its node; `?scope=cluster`: from the cluster's room
+    directory, every node's (docs/cluster.md)."""
     access = require_grant(request, "admin")
-    rooms = request.app[NODE_KEY].rooms.rooms
-    if access.node_wide:
-        return web.json_response({"rooms": [r.info() for r in rooms.values()]})
-    room = rooms.get(access.room)
-    return web.json_response({"rooms": [room.info()] if room is not None else []})
+    only = None if access.node_wide else access.room
+    return await rooms_response(request.app[NODE_KEY], request.query.get("scope", "local"), only)
 
 
 async def node_stats(request: web.Request) -> web.Response:
     """Per-participant statistics; a room admin gets its room's only (and no node-wide join
-    summary)."""
+    summary or cluster status)."""
     access = require_grant(request, "admin")
     stats = request.app[NODE_KEY].stats()
     if not access.node_wide:
         stats["rooms"] = [r for r in stats["rooms"] if r["name"] == access.room]
         stats.pop("joins", None)
+        stats.pop("cluster", None)
     return web.json_response(stats)

@@ -1,5 +1,6 @@
 """Command line: `python -m sfu serve` runs a node, `python -m sfu token` mints a token,
-`python -m sfu check-config FILE` validates a settings file."""
+`python -m sfu check-config FILE` validates a settings file, `python -m sfu nodes` lists
+the cluster's live nodes."""
 
 from __future__ import annotations
 
@@ -152,6 +153,13 @@ def config_warnings(config: Config) -> list[str]:
     return warnings
 
 
+def nodes(args: argparse.Namespace) -> int:
+    from .cluster.cli import list_nodes
+
+    config = Config.load(args.config or os.environ.get("SFU_CONFIG"), env=os.environ)
+    return list_nodes(config, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sfu", description=__doc__)
     parser.add_argument("--log-level", help="debug, info, warning, error ([logging] level)")
@@ -187,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_check.add_argument("--no-env", action="store_true", help="ignore SFU_* environment overrides")
     p_check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p_check.set_defaults(func=check_config)
+
+    p_nodes = sub.add_parser("nodes", help="list the cluster's live nodes and their load")
+    p_nodes.add_argument("--config", help="TOML settings file (for [cluster] redis_url)")
+    p_nodes.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p_nodes.set_defaults(func=nodes)
     return parser
 
 

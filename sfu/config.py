@@ -202,6 +202,31 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
 
 
 @dataclass
+class ClusterSettings:
+    """Several nodes as one service (see docs/cluster.md). The node's id and region are
+    [server] node_id and region."""
+
+    # Redis holding the node registry, room directory and node-to-node messages, e.g.
+    # "redis://:password@10.0.0.5:6379/0" or "rediss://..." (TLS). Empty: this node alone,
+    # with the same interfaces kept in memory (no Redis at all).
+    redis_url: str = ""
+    # URL clients use to reach this node (joins are sent here by other nodes). Empty:
+    # http://<server.host>:<server.port>.
+    public_url: str = ""
+    # Seconds between heartbeats (load figures included) ...
+    heartbeat_s: float = 2.0
+    # ... and the age at which a node's last heartbeat means it is gone.
+    node_ttl_s: float = 5.0
+    # Prefix of every Redis key and channel, so one Redis can hold several clusters.
+    key_prefix: str = "sfu"
+    # Longest wait for one Redis call (connect or command) before it counts as a failure.
+    redis_timeout_s: float = 2.0
+
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass
 class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
@@ -212,6 +237,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def uses_dev_credentials(self) -> bool:
@@ -314,6 +340,7 @@ class Config:
         if self.agents.worker_timeout_s <= 0:
             raise ConfigError("agents.worker_timeout_s must be positive")
         self._validate_ops()
+        self._validate_cluster()
 
     def _validate_ops(self) -> None:
         """[metrics], [webhooks], [logging]."""
@@ -339,6 +366,23 @@ class Config:
             raise ConfigError(f"logging.format must be one of {', '.join(LOG_FORMATS)}")
         if self.logging.level.lower() not in LOG_LEVELS:
             raise ConfigError(f"logging.level must be one of {', '.join(LOG_LEVELS)}")
+
+    def _validate_cluster(self) -> None:
+        c = self.cluster
+        if c.redis_url and not c.redis_url.startswith(REDIS_URL_SCHEMES):
+            raise ConfigError(
+                "cluster.redis_url must be empty or start with " + ", ".join(REDIS_URL_SCHEMES)
+            )
+        if c.public_url and not c.public_url.startswith(("http://", "https://")):
+            raise ConfigError("cluster.public_url must be empty or an http:// or https:// URL")
+        if c.heartbeat_s <= 0:
+            raise ConfigError("cluster.heartbeat_s must be positive")
+        if c.node_ttl_s < 2 * c.heartbeat_s:
+            raise ConfigError("cluster.node_ttl_s must be at least twice cluster.heartbeat_s")
+        if not c.key_prefix or not all(ch.isalnum() or ch in "_-.:" for ch in c.key_prefix):
+            raise ConfigError("cluster.key_prefix must be letters, digits, _ - . or :")
+        if c.redis_timeout_s <= 0:
+            raise ConfigError("cluster.redis_timeout_s must be positive")
 
     def _validate_limits(self) -> None:
         lim = self.limits

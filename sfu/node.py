@@ -12,6 +12,8 @@ import time
 import uuid
 
 from .auth import AccessToken, AuthError, verify_token
+from .cluster import create_backend
+from .cluster.membership import ClusterMembership
 from .config import Config
 from .joins import JoinLog
 from .media.peer import NetworkSettings
@@ -39,6 +41,10 @@ class SfuNode:
         self.closing = False
         self.websockets: set = set()
         self.joins = JoinLog()  # join-time metrics of the recent joins
+        # registry, room directory, messages between nodes (in-process without Redis)
+        self.cluster = ClusterMembership(
+            self.node_id, config, self.rooms, create_backend(config.cluster)
+        )
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)
@@ -92,6 +98,7 @@ class SfuNode:
             "rooms": rooms,
             "joins": self.joins.summary(),
             "dropped": {"malformed_stun": self.network.drops.malformed_stun},
+            "cluster": self.cluster.status(),
         }
 
     async def close(self) -> None:
@@ -104,6 +111,7 @@ class SfuNode:
                 pass
         await self.rooms.close()
         self.http_sessions.clear()
+        await self.cluster.stop()
         logger.info("node %s closed", self.node_id)
 
 
