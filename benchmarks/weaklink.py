@@ -27,7 +27,8 @@ What runs, for each profile (and BWE mode):
   the video shown in a <video> element;
 * sampling every 250 ms on this process's clock: the subscriber's `getStats()` (inbound-rtp:
   framesDecoded, frameWidth/Height, freezeCount, totalFreezesDuration, bytesReceived,
-  packetsLost; audio packetsLost/packetsReceived) and the SFU's `/api/stats` (admin token): the
+  packetsLost; audio packetsLost/packetsReceived, concealedSamples/totalSamplesReceived) and
+  the SFU's `/api/stats` (admin token): the
   subscriber's forwarded and target layers, layer switches, bandwidth estimate and what is sent,
   and the publisher's layer bitrates. Every second, the publisher's outbound-rtp per rid;
 * warm-up: once the subscriber shows its first frame, profiles with a drop wait (at most
@@ -35,10 +36,11 @@ What runs, for each profile (and BWE mode):
   (t = 0) and plays for the profile's duration.
 
 The figures (adapt_down_s, adapt_up_s, freeze_pct, layer_switches, mean_kbps, frames_decoded,
-audio_loss_pct, and for single-phase profiles the settled layer and switches a minute once
-settled) are defined in benchmarks/weaklink_metrics.py. Targets (issue 3), checked with BWE on:
-drop-recover adapt_down_s <= 2, adapt_up_s <= 15, freeze_pct <= 2; cross-border: the top layer
-that fits 1.5 Mbit/s held (>= 90 % of the settled time), freeze_pct <= 2, <= 2 switches/min.
+audio_loss_pct, audio_concealed_pct, and for single-phase profiles the settled layer and
+switches a minute once settled) are defined in benchmarks/weaklink_metrics.py. Targets
+(issue 3), checked with BWE on: drop-recover adapt_down_s <= 2, adapt_up_s <= 15,
+freeze_pct <= 2; cross-border: the top layer that fits 1.5 Mbit/s held (>= 90 % of the
+settled time), freeze_pct <= 2, <= 2 switches/min.
 
 Output: a table on stdout (`--compare`: BWE on and off side by side for every profile), `--json
 PATH` (one object per run, keyed by profile name, `<profile>/bwe-off` for the baseline, each with
@@ -259,6 +261,8 @@ async () => {
   if (a) {
     out.audio_lost = a.packetsLost ?? null;
     out.audio_received = a.packetsReceived ?? null;
+    out.audio_samples = a.totalSamplesReceived ?? null;
+    out.audio_concealed = a.concealedSamples ?? null;
   }
   return out;
 }
