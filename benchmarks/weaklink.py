@@ -209,6 +209,12 @@ async ({sdkUrl, url, token, timeoutMs}) => {
   video.autoplay = true;
   video.playsInline = true;
   document.body.appendChild(video);
+  // the audio plays too (muted): a receiver nobody pulls samples from counts none, and
+  // audio_concealed_pct needs totalSamplesReceived / concealedSamples
+  const audio = document.createElement("audio");
+  audio.muted = true;
+  audio.autoplay = true;
+  document.body.appendChild(audio);
   const room = await connect(url, token, { name: "weaklink viewer" });
   window.__room = room;
   window.__events = [];
@@ -216,6 +222,10 @@ async ({sdkUrl, url, token, timeoutMs}) => {
   await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("no video frame in time")), timeoutMs);
     const attach = (remote) => {
+      if (remote.kind === "audio" && !audio.srcObject) {
+        audio.srcObject = remote.stream;
+        audio.play().catch(() => {});
+      }
       if (remote.kind !== "video" || video.srcObject) return;
       video.srcObject = remote.stream;
       video.requestVideoFrameCallback(() => { clearTimeout(timer); resolve(); });
