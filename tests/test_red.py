@@ -408,3 +408,61 @@ def test_red_audio_comes_off_the_top_of_the_estimate_before_video() -> None:
     assert audio.bitrate_bps > 100_000  # RED: ~2 x 60 kbit/s
     share = ctrl._video_share(now)
     assert share == pytest.approx(ctrl.estimator.estimate_bps - audio.bitrate_bps)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 70), st.booleans(), st.binary(max_size=40)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_any_publisher_stream_unwraps_and_fans_out_without_error(
+    packets: list[tuple[int, bool, bytes]],
+) -> None:
+    """Whatever a publisher sends on its RED stream (sequence jumps, reordering, plain Opus,
+    junk payloads): nothing raises, viewers get each sequence number at most once on the
+    plain path, always as Opus, and the RED viewer only RED that parses."""
+    producer = _red_producer()
+    red_dt, red_wire = _viewer(red=True)
+    plain_dt, plain_wire = _viewer(red=False)
+    bind(producer, red_dt)
+    bind(producer, plain_dt)
+    seq = 1000
+    for step, red, payload in packets:
+        seq = (seq + step - 10) & 0xFFFF  # back by up to 10, ahead by up to 60
+        data = build_rtp(
+            payload_type=RED_PT if red else OPUS_PT,
+            sequence_number=seq,
+            timestamp=seq * 960,
+            ssrc=SSRC,
+            payload=payload,
+        )
+        producer.on_rtp(data, RtpHeader.parse(data), 1.0)
+    assert producer.forward_errors == 0
+    plain = [RtpHeader.parse(p) for p in plain_wire.packets]
+    assert all(h.payload_type == SUB_OPUS_PT for h in plain)
+    for p in red_wire.packets:
+        h = RtpHeader.parse(p)
+        if h.payload_type == SUB_RED_PT:
+            blocks = parse_red(p, h.payload_offset, len(p))
+            assert all(pt == SUB_OPUS_PT for pt, _, _, _ in blocks)
+        else:
+            assert h.payload_type == SUB_OPUS_PT
+
+
+def test_blocks_of_another_codec_are_not_sent_as_opus() -> None:
+    unwrapper = RedUnwrapper(RED_PT, OPUS_PT)
+    first = _red_packet(100, _ts(100), FRAMES)
+    unwrapper.unwrap(first, RtpHeader.parse(first))
+    # 101 lost; 102 repeats it as G722 (pt 9) and its primary is G722 too
+    data = build_rtp(
+        payload_type=RED_PT,
+        sequence_number=102,
+        timestamp=_ts(102),
+        ssrc=SSRC,
+        payload=build_red([(9, 960, b"g722"), (9, 0, b"g722")]),
+    )
+    assert unwrapper.unwrap(data, RtpHeader.parse(data)) == []
+    assert unwrapper.recovered == 0

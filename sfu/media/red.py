@@ -128,6 +128,14 @@ class RedUnwrapper:
         self.malformed = 0
 
     def unwrap(self, data: bytes, h: RtpHeader) -> list[tuple[bytes, RtpHeader]]:
+        blocks = None
+        if h.payload_type == self.red_pt:
+            self.red_packets += 1
+            try:
+                blocks = parse_red(data, h.payload_offset, len(data) - h.padding_size)
+            except RedError:
+                self.malformed += 1  # (checked first: the caller drops it for everyone)
+                return []
         seq = h.sequence_number
         gap = 0
         if self.highest < 0:
@@ -146,20 +154,13 @@ class RedUnwrapper:
                     if self.sent >> back & 1:
                         return []  # already sent (recovered from a later packet's redundancy)
                     self.sent |= 1 << back
-        if h.payload_type != self.red_pt:
+        if blocks is None:
             return [(data, h)]
-        self.red_packets += 1
-        end = len(data) - h.padding_size
-        try:
-            blocks = parse_red(data, h.payload_offset, end)
-        except RedError:
-            self.malformed += 1
-            return []
         out: list[tuple[bytes, RtpHeader]] = []
         if gap:
             out = self._recover(data, h, blocks, gap)
         pt, _, begin, stop = blocks[-1]
-        if stop > begin:
+        if stop > begin and pt == self.primary_pt:  # (blocks of another codec: not ours)
             primary = _copy_header(h)
             primary.payload_type = pt
             primary.payload_offset = begin
@@ -177,6 +178,8 @@ class RedUnwrapper:
             k = redundant - i  # this block repeats the packet k before the primary
             pt, offset, begin, stop = blocks[i]
             if k > gap or offset <= 0 or offset >= previous_offset or stop <= begin:
+                continue
+            if pt != self.primary_pt:
                 continue
             previous_offset = offset
             seq = (h.sequence_number - k) & 0xFFFF

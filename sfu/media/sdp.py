@@ -371,9 +371,14 @@ def offer_red(offer: str, *, red: bool, opus_fec: bool) -> str:
 
 
 def answered_red(sdp: str) -> dict[str, tuple[int, int]]:
-    """mid -> (RED pt, Opus pt) for each audio section of an SDP that carries RED with Opus."""
+    """mid -> (RED pt, Opus pt) for each audio section of an SDP that carries RED with Opus
+    (none for an SDP whose simulcast lines do not parse: it gets plain Opus)."""
+    try:
+        sections = parse_simulcast(sdp)
+    except SdpError:
+        return {}
     result = {}
-    for mid, offer in parse_simulcast(sdp).items():
+    for mid, offer in sections.items():
         if offer.red is not None:
             result[mid] = offer.red
     return result
