@@ -360,6 +360,9 @@ def sfu_sample(stats: dict, viewer: str = VIEWER_ID, host: str = HOST_ID) -> tup
                     "loss_based_bps",
                     "acked_bps",
                     "last_probe",
+                    "delay_jitter_ms",
+                    "trend_window",
+                    "random_loss",
                 )
             }
         videos = [d for d in entry.get("downtracks") or [] if d.get("kind") == "video"]

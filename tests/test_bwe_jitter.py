@@ -32,15 +32,17 @@ class JitteryBottleneck(Bottleneck):
 
     def __init__(self, *args, jitter_s: float = 0.05, seed: int = 1, **kwargs) -> None:
         super().__init__(*args, seed=seed, **kwargs)
+        self.jitter_s = jitter_s
         self.wander = _Wander(random.Random(seed + 100))
-        self.wander.set(0.0, jitter_s * 1000)
+        # (around a base as large as the jitter, so the wander is never clipped at zero)
+        self.wander.set(jitter_s * 1000, jitter_s * 1000)
         self.last_arrival = 0.0
 
     def send(self, t: float, size: int) -> float | None:
         arrival = super().send(t, size)
         if arrival is None:
             return None
-        arrival = max(self.last_arrival, arrival + self.wander.delay(arrival))
+        arrival = max(self.last_arrival, arrival + self.wander.delay(arrival) - self.jitter_s)
         self.last_arrival = arrival
         return arrival
 
@@ -130,11 +132,14 @@ def _feed(detector: TrendlineDetector, delays_ms: list[float], spacing_ms: float
 def test_detector_grows_its_window_on_a_wander_but_not_on_a_steady_queue() -> None:
     cfg = BweConfig()
     wander = _Wander(random.Random(7))
-    wander.set(0.0, 50.0)
+    wander.set(50.0, 50.0)
     jittery = TrendlineDetector(cfg)
     _feed(jittery, [1000 * wander.delay(i * 0.015) for i in range(2000)], 15.0)
-    assert jittery.window_size >= 0.8 * cfg.trendline_window_max
-    assert jittery.jitter > 4 * cfg.jitter_window_from
+    assert jittery.jitter_ms > 3 * cfg.jitter_window_from_ms  # +/- 50 ms: ~20-25 ms spread
+    # the window spans jitter_window_s_per_ms seconds per ms of jitter (15 ms a group)
+    expected = 1000 * cfg.jitter_window_s_per_ms * jittery.jitter_ms / 15.0
+    assert abs(jittery.window_size - expected) <= 0.1 * expected
+    assert jittery.jitter_slope > 0
 
     queue = TrendlineDetector(cfg)  # flat for 3 s, then a queue growing 2 ms per 15 ms
     states = _feed(queue, [0.0] * 200 + [2.0 * k for k in range(1, 100)], 15.0)
@@ -144,6 +149,7 @@ def test_detector_grows_its_window_on_a_wander_but_not_on_a_steady_queue() -> No
     # the same queue on top of the wander: found, later but found
     both = TrendlineDetector(cfg)
     base = [1000 * wander.delay(30 + i * 0.015) for i in range(500)]
+    assert queue.jitter_ms < cfg.jitter_window_from_ms
     ramp = [base[i] + (2.0 * (i - 300) if i >= 300 else 0.0) for i in range(500)]
     states = _feed(both, ramp, 15.0)
     assert both.window_size > cfg.trendline_window

@@ -16,10 +16,11 @@ receiver's clock or None if lost, size), plus REMB and RTT when known. Output: a
 4. Overuse detector: the trend is compared with an adaptive threshold; above it for > 10 ms (and
    not falling) = overuse, below its negative = underuse, else normal. The threshold follows the
    trend slowly so that it tolerates what competing flows do, but not sudden spikes.
-   Jitter-aware (not in the draft): where the delay's local slope keeps changing sign (a link
-   whose delay wanders, e.g. +/- 50 ms on a mobile link) the window grows up to 120 groups, so
-   a line fitted through the wander is flat, and a trend must stand clear of the scatter
-   around it; a queue that keeps growing still shows, however long the window.
+   Jitter-aware (not in the draft): where the raw delay scatters around its line by more than
+   a few ms (a link whose delay wanders, e.g. +/- 50 ms on a mobile link) the window grows to
+   span ~0.1 s per ms of that scatter, so a line fitted through the wander is flat, and a
+   trend must exceed the slope the scatter alone could fake over that span; a queue that
+   keeps growing still shows, however long the window.
 5. AIMD rate control: overuse -> decrease to 0.85 x the acknowledged (received) bitrate; normal ->
    increase, multiplicatively (8 %/s) while far from the link capacity seen at earlier decreases,
    additively (about one packet per response time) near it; underuse -> hold (queues drain).
@@ -88,14 +89,20 @@ class BweConfig:
     max_burst_s: float = 0.1
     # trendline filter and detector
     trendline_window: int = 20
-    # Jitter: how far the delay's local slope (per-group delay variation over send spacing)
-    # strays from its own average; the window starts to grow (in proportion) above this. On a
-    # jittery link a short window fits a line through a random wander and calls it a queue;
-    # a longer one averages it out, while a real queue keeps growing however long the window
-    # is. (A queue that grows steadily moves the average, not the spread: it is not jitter.)
-    # The measure rises at once and decays over ~10 s, so the window does not flap.
-    jitter_window_from: float = 0.05
-    trendline_window_max: int = 120
+    # Jitter: the spread (ms) of the raw accumulated delay around a line fitted over the last
+    # `jitter_points` groups. Above `jitter_window_from_ms` the link counts as jittery: the
+    # trend window then spans `jitter_window_s_per_ms` seconds per ms of jitter (up to
+    # `trendline_window_max` points), and a trend must exceed `jitter_trend_sigmas` x jitter
+    # / window span, the slope a line fitted through the wander alone would show. On such a
+    # link a short window fits a line through a random wander and calls it a queue; a longer
+    # one averages it out, while a real queue keeps growing however long the window is (and
+    # a queue that grows steadily lies on the line: it is not jitter). A few ms of timing
+    # noise (a busy host) changes nothing.
+    jitter_points: int = 50
+    jitter_window_from_ms: float = 5.0
+    jitter_window_s_per_ms: float = 0.1
+    jitter_trend_sigmas: float = 3.0
+    trendline_window_max: int = 400
     # A trend must also stand this many standard errors of the fitted slope above zero
     # (the jitter's share of the noise model): a line through noise is no trend.
     trend_significance: float = 2.0
@@ -243,23 +250,73 @@ class InterArrival:
         )
 
 
+class _LineFit:
+    """A least-squares line over the last points, kept as running sums (O(1) a point)."""
+
+    __slots__ = ("points", "sums", "_since_rebuild")
+
+    def __init__(self) -> None:
+        self.points: deque[tuple[float, float]] = deque()
+        self.sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # x, y, xx, xy, yy
+        self._since_rebuild = 0
+
+    def push(self, x: float, y: float, size: int) -> None:
+        points, sums = self.points, self.sums
+        points.append((x, y))
+        sums[0] += x
+        sums[1] += y
+        sums[2] += x * x
+        sums[3] += x * y
+        sums[4] += y * y
+        while len(points) > size:
+            ox, oy = points.popleft()
+            sums[0] -= ox
+            sums[1] -= oy
+            sums[2] -= ox * ox
+            sums[3] -= ox * oy
+            sums[4] -= oy * oy
+        self._since_rebuild += 1
+        if self._since_rebuild >= 1000:  # bound the rounding the running sums collect
+            self._since_rebuild = 0
+            sums[:] = [
+                sum(p[0] for p in points),
+                sum(p[1] for p in points),
+                sum(p[0] * p[0] for p in points),
+                sum(p[0] * p[1] for p in points),
+                sum(p[1] * p[1] for p in points),
+            ]
+
+    def fit(self) -> tuple[float, float, float] | None:
+        """(slope, sum of squared x deviations, residual variance), None if x has no spread."""
+        n = len(self.points)
+        if n < 3:
+            return None
+        sx, sy, sxx, sxy, syy = self.sums
+        vxx = sxx - sx * sx / n
+        if vxx <= 1e-9:
+            return None
+        vxy = sxy - sx * sy / n
+        vyy = max(syy - sy * sy / n, 0.0)
+        slope = vxy / vxx
+        return slope, vxx, max(vyy - slope * vxy, 0.0) / (n - 2)
+
+
 class TrendlineDetector:
     """Trendline filter over smoothed accumulated delay, with an adaptive overuse threshold.
 
-    Jitter-aware: how much the delay's local slope scatters around its own average
-    (`jitter`) is the noise the link adds. The more of it, the longer the window (up to
-    `trendline_window_max` points), and a trend counts only where it stands clear of the
-    scatter around the fitted line (`trend_significance` standard errors of the slope). On a
-    clean link both are near zero and the detector is the plain GCC one. The fit is kept as
-    running sums, so a long window costs no more per point than a short one.
+    Jitter-aware: the spread of the raw accumulated delay around a line through the last
+    `jitter_points` groups (`jitter_ms`) is the noise the link adds. The more of it, the
+    longer the trend window (up to `trendline_window_max` points), and a trend counts only
+    where it stands clear of the scatter around its fitted line (`trend_significance`
+    standard errors of the slope). On a clean link both are small and the detector is the
+    plain GCC one. Both fits are running sums: a long window costs no more per point.
     """
 
     def __init__(self, cfg: BweConfig) -> None:
         self._cfg = cfg
-        self._window: deque[tuple[float, float]] = deque()
+        self._trendline = _LineFit()
+        self._raw = _LineFit()
         self._size = cfg.trendline_window
-        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # x, y, xx, xy, yy over the window
-        self._since_rebuild = 0
         self._first_arrival_ms: float | None = None
         self._accumulated = 0.0
         self._smoothed = 0.0
@@ -270,8 +327,9 @@ class TrendlineDetector:
         self._last_threshold_update: float | None = None
         self.trend = 0.0
         self.trend_error = 0.0  # standard error of the fitted slope
-        self.jitter = 0.0  # spread of the delay's local slope around its average (ms/ms)
-        self._mean_slope = 0.0
+        self.jitter_ms = 0.0  # spread of the raw delay around its line (smoothed)
+        self.jitter_slope = 0.0  # the slope the jitter alone may fake over the window
+        self._jitter_fits = 0
         self.modified_trend = 0.0
         self.threshold = cfg.threshold_initial_ms
         self.state = BandwidthUsage.NORMAL
@@ -283,65 +341,43 @@ class TrendlineDetector:
     def update(self, send_delta_ms: float, arrival_delta_ms: float, arrival_ms: float) -> None:
         cfg = self._cfg
         self._deltas = min(self._deltas + 1, 1000)
-        variation = arrival_delta_ms - send_delta_ms
-        self._accumulated += variation
-        if send_delta_ms > 1.0:
-            local = min(max(variation / send_delta_ms, -2.0), 2.0)
-            self._mean_slope += 0.25 * (local - self._mean_slope)
-            spread = abs(local - self._mean_slope)
-            self.jitter += (0.03 if spread > self.jitter else 0.002) * (spread - self.jitter)
+        self._accumulated += arrival_delta_ms - send_delta_ms
         a = cfg.trendline_smoothing
         self._smoothed = a * self._smoothed + (1 - a) * self._accumulated
         if self._first_arrival_ms is None:
             self._first_arrival_ms = arrival_ms
-        self._push(arrival_ms - self._first_arrival_ms, self._smoothed)
-        if len(self._window) >= cfg.trendline_window:
-            self._fit()
+        x = arrival_ms - self._first_arrival_ms
+        raw_points = self._raw.points
+        self._raw.push(x, self._accumulated, cfg.jitter_points)
+        if len(raw_points) >= cfg.trendline_window:  # (a rough figure early, then steadier)
+            raw = self._raw.fit()
+            if raw is not None:
+                spread = math.sqrt(raw[2])
+                if self._jitter_fits < 20:
+                    self._jitter_fits += 1
+                    self.jitter_ms = max(self.jitter_ms, spread)
+                else:  # up within a second, down over ~10 s: a calm stretch is no promise
+                    alpha = 0.05 if spread > self.jitter_ms else 0.003
+                    self.jitter_ms += alpha * (spread - self.jitter_ms)
+            self._size = cfg.trendline_window
+            if self.jitter_ms > cfg.jitter_window_from_ms:
+                interval = (raw_points[-1][0] - raw_points[0][0]) / (len(raw_points) - 1)
+                span_ms = 1000 * cfg.jitter_window_s_per_ms * self.jitter_ms
+                wanted = int(span_ms / max(interval, 1.0))
+                self._size = min(max(wanted, cfg.trendline_window), cfg.trendline_window_max)
+        self._trendline.push(x, self._smoothed, self._size)
+        points = self._trendline.points
+        if len(points) >= cfg.trendline_window:
+            fitted = self._trendline.fit()
+            if fitted is not None:
+                slope, vxx, residual = fitted
+                self.trend = slope
+                self.trend_error = math.sqrt(residual / vxx)
+                self.jitter_slope = 0.0
+                if self.jitter_ms > cfg.jitter_window_from_ms:
+                    span = max(points[-1][0] - points[0][0], 1.0)
+                    self.jitter_slope = cfg.jitter_trend_sigmas * self.jitter_ms / span
         self._detect(send_delta_ms, arrival_ms)
-
-    def _push(self, x: float, y: float) -> None:
-        window, sums = self._window, self._sums
-        window.append((x, y))
-        sums[0] += x
-        sums[1] += y
-        sums[2] += x * x
-        sums[3] += x * y
-        sums[4] += y * y
-        while len(window) > self._size:
-            ox, oy = window.popleft()
-            sums[0] -= ox
-            sums[1] -= oy
-            sums[2] -= ox * ox
-            sums[3] -= ox * oy
-            sums[4] -= oy * oy
-        self._since_rebuild += 1
-        if self._since_rebuild >= 1000:  # bound the rounding the running sums collect
-            self._since_rebuild = 0
-            sums[:] = [
-                sum(p[0] for p in window),
-                sum(p[1] for p in window),
-                sum(p[0] * p[0] for p in window),
-                sum(p[0] * p[1] for p in window),
-                sum(p[1] * p[1] for p in window),
-            ]
-
-    def _fit(self) -> None:
-        """Slope, its standard error and the residual spread; then size the next window."""
-        cfg = self._cfg
-        n = len(self._window)
-        sx, sy, sxx, sxy, syy = self._sums
-        vxx = sxx - sx * sx / n
-        if vxx <= 1e-9:
-            return
-        vxy = sxy - sx * sy / n
-        vyy = max(syy - sy * sy / n, 0.0)
-        slope = vxy / vxx
-        residual = max(vyy - slope * vxy, 0.0) / max(n - 2, 1)
-        self.trend = slope
-        self.trend_error = math.sqrt(residual / vxx)
-        base = cfg.trendline_window
-        grow = self.jitter / cfg.jitter_window_from
-        self._size = int(min(max(base * grow, base), max(cfg.trendline_window_max, base)))
 
     def _detect(self, send_delta_ms: float, now_ms: float) -> None:
         cfg = self._cfg
@@ -350,7 +386,8 @@ class TrendlineDetector:
             return
         m = min(self._deltas, 60) * self.trend * cfg.trendline_gain
         self.modified_trend = m
-        significant = self.trend > cfg.trend_significance * self.trend_error
+        noise = max(cfg.trend_significance * self.trend_error, self.jitter_slope)
+        significant = self.trend > noise
         if m > self.threshold and significant:
             if self._time_over < 0:
                 self._time_over = send_delta_ms / 2
@@ -365,7 +402,7 @@ class TrendlineDetector:
                 self._time_over = 0.0
                 self._overuse_count = 0
                 self.state = BandwidthUsage.OVERUSE
-        elif m < -self.threshold and -self.trend > cfg.trend_significance * self.trend_error:
+        elif m < -self.threshold and -self.trend > noise:
             self._time_over = -1.0
             self._overuse_count = 0
             self.state = BandwidthUsage.UNDERUSE
@@ -884,7 +921,7 @@ class BandwidthEstimator:
             "loss_fraction": round(self.loss.loss_fraction, 4),
             "trend": round(self.detector.modified_trend, 3),
             "threshold": round(self.detector.threshold, 3),
-            "delay_jitter": round(self.detector.jitter, 3),
+            "delay_jitter_ms": round(self.detector.jitter_ms, 2),
             "trend_window": self.detector.window_size,
             "random_loss": round(self.loss.random_loss, 4),
             "rtt_ms": round(self.rtt_s * 1000, 1),
