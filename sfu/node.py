@@ -15,10 +15,11 @@ from .auth import AccessToken, AuthError, verify_token
 from .cluster import create_backend
 from .cluster.membership import ClusterMembership
 from .config import Config
-from .joins import JoinLog
 from .media.peer import NetworkSettings
-from .participant import Participant
 from .room import RoomRegistry
+from .rooms.joins import JoinService
+from .rooms.participant import Participant
+from .rooms.timeline import JoinLog
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class SfuNode:
         self.cluster = ClusterMembership(
             self.node_id, config, self.rooms, create_backend(config.cluster)
         )
+        # the one join / publish / subscribe path every surface (sfu/api/) goes through
+        self.join_service = JoinService(self)
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)
