@@ -13,6 +13,7 @@ import uuid
 
 from .auth import AccessToken, AuthError, verify_token
 from .cluster import create_backend
+from .cluster.drain import FallbackNodes, drain
 from .cluster.membership import ClusterMembership
 from .config import Config
 from .joins import JoinLog
@@ -45,6 +46,9 @@ class SfuNode:
         self.cluster = ClusterMembership(
             self.node_id, config, self.rooms, create_backend(config.cluster)
         )
+        # other nodes' URLs for the clients' fallback (join answer, `move`); the SIGTERM drain
+        self.fallbacks = FallbackNodes(self.cluster)
+        self.draining = False
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)
@@ -95,8 +99,19 @@ class SfuNode:
             "rooms": rooms,
             "joins": self.joins.summary(),
             "dropped": {"malformed_stun": self.network.drops.malformed_stun},
-            "cluster": self.cluster.status(),
+            "cluster": {
+                **self.cluster.status(),
+                "draining": self.draining,
+                "fallbacks": self.fallbacks.urls(),
+            },
         }
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Refuse joins, tell clients to move to other nodes, wait for them (bounded; default
+        `[server] drain_timeout_s`). Call close() (or shut the app down) afterwards."""
+        if timeout_s is None:
+            timeout_s = self.config.server.drain_timeout_s
+        return await drain(self, timeout_s)
 
     async def close(self) -> None:
         """Graceful shutdown: tell clients, then close every peer connection."""
@@ -108,6 +123,7 @@ class SfuNode:
                 pass
         await self.rooms.close()
         self.http_sessions.clear()
+        await self.fallbacks.stop()
         await self.cluster.stop()
         logger.info("node %s closed", self.node_id)
 

@@ -30,7 +30,7 @@ from .media.publisher import PublisherSession, TrackRequest
 from .media.sdp import SdpError, check_offer_size
 from .media.subscriber import SubscriberSession
 from .node import SfuNode
-from .participant import EVENT_COST, Participant, ParticipantKind
+from .participant import EVENT_COST, REPLACED, Participant, ParticipantKind
 from .ratelimit import TokenBucket
 from .room import Room, RoomFull, TooManyRooms
 
@@ -44,6 +44,7 @@ ATTACH_TIMEOUT_S = 10.0  # an HTTP join's WebSocket must attach within this
 # would otherwise hold its socket and buffers for ever).
 DROP_FLUSH_S = 1.0
 RATE_LIMITED_NOTICE_S = 1.0  # at most one `rate_limited` error a second to a flooding sender
+DRAINING = "this node is shutting down (draining) and takes no joins: join another node"
 
 
 class State(enum.Enum):
@@ -257,6 +258,8 @@ class SignallingConnection:
         auto_subscribe = msg.get("auto_subscribe", True) is not False
         name = msg.get("name") if isinstance(msg.get("name"), str) else access.name
         metadata = msg.get("metadata") if isinstance(msg.get("metadata"), dict) else {}
+        if node.draining:
+            raise SignallingError("draining", DRAINING)
         try:
             room = node.rooms.get_or_create(room_name)
         except TooManyRooms as exc:
@@ -343,6 +346,7 @@ class SignallingConnection:
                 "publish": access.grants.publish,
                 "subscribe": access.grants.subscribe,
             },
+            "fallbacks": node.fallbacks.urls(),  # other nodes, if this one fails
             **publish_reply,
         }
         if inline:
@@ -417,7 +421,8 @@ class SignallingConnection:
         if self._writer is not None:
             self._writer.cancel()
         if self.ws is not None:  # (an HTTP join that never attached has nothing to close)
-            await _close_or_abort(self.ws, 4000, b"dropped")
+            reason = b"replaced" if participant.dropped == REPLACED else b"dropped"
+            await _close_or_abort(self.ws, 4000, reason)
 
     async def _on_publish(self, msg: dict) -> None:
         participant = self._joined()
@@ -789,6 +794,7 @@ HTTP_STATUS = {
     "already_attached": 409,
     "room_full": 503,
     "node_full": 503,
+    "draining": 503,
 }
 
 

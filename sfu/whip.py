@@ -18,7 +18,7 @@ from .media.subscriber import QUALITY_LAYERS, SubscriberSession
 from .node import SfuNode
 from .participant import Participant, ParticipantKind
 from .room import RoomFull, TooManyRooms
-from .signalling import NODE_KEY
+from .signalling import DRAINING, NODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ async def _start_session(
 ) -> web.Response:
     node: SfuNode = request.app[NODE_KEY]
     limits = node.config.limits
+    if node.draining:
+        return _problem(503, DRAINING)
     try:
         room = node.rooms.get_or_create(room_name)
     except TooManyRooms as exc:
