@@ -125,3 +125,113 @@ async def test_killed_node_publisher_and_viewer_resume_on_the_fallback(nodes, re
     finally:
         await viewer.leave()
         await host.leave()
+
+
+async def test_sigterm_drains_clients_move_and_the_node_exits_in_time(redis_server, tmp_path: Path):
+    prefix = unique_prefix()
+    drain_s = 6.0
+    a = NodeProcess(
+        tmp_path,
+        "node-a",
+        redis_server.url,
+        prefix,
+        udp_ports=(44000, 44999),
+        drain_timeout_s=drain_s,
+    )
+    b = NodeProcess(tmp_path, "node-b", redis_server.url, prefix, udp_ports=(45000, 45999))
+    cluster = RedisCluster(redis_server.url, node_ttl_s=1.0, key_prefix=prefix)
+    clients: list[RoomClient] = []
+    try:
+        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
+        await fallbacks_known(a, b)
+        policy = Reconnect()
+        host = await RoomClient.connect(
+            a.url,
+            token("host"),
+            network=LOOPBACK,
+            publish=[ColorVideoTrack(RED)],
+            sources=["camera"],
+            reconnect=policy,
+        )
+        clients.append(host)
+        viewer = await RoomClient.connect(
+            a.url, token("viewer"), network=LOOPBACK, reconnect=policy
+        )
+        clients.append(viewer)
+        # a client that ignores `move` (no reconnect): the node waits for it, bounded
+        stubborn = await RoomClient.connect(a.url, token("stubborn"), network=LOOPBACK)
+        clients.append(stubborn)
+        await picture((await viewer.next_track(kind="video", timeout=15)).track)
+
+        terminated_at = time.monotonic()
+        a.terminate()
+        move = await viewer.wait_for("move", timeout=10)
+        assert move["reason"] == "draining" and move["fallbacks"] == [b.url]
+        assert (await stubborn.wait_for("move", timeout=10))["fallbacks"] == [b.url]
+
+        # new joins are refused with a clear error; the registry says the node drains
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{a.url}/rtc/join", json={"token": token("late")}) as response:
+                assert response.status == 503
+                body = await response.json()
+            assert body["code"] == "draining" and "another node" in body["message"]
+            async with http.get(f"{a.url}/healthz") as response:
+                assert response.status == 503 and (await response.json())["status"] == "draining"
+        with pytest.raises(Exception, match="draining"):
+            await RoomClient.connect(a.url, token("late"), network=LOOPBACK)
+        [record] = [n for n in await cluster.registry.live_nodes() if n.node_id == "node-a"]
+        assert record.draining is True
+
+        # the clients that follow `move` resume on node B, with the host's publication
+        assert (await host.wait_for("resumed", timeout=15))["url"] == b.url
+        assert (await viewer.wait_for("resumed", timeout=15))["url"] == b.url
+        await picture((await viewer.next_track(kind="video", timeout=15)).track)
+        assert await b.identities() == ["host", "viewer"]
+
+        # the node exits once the drain timeout is over (the stubborn client held it), cleanly
+        code = await asyncio.to_thread(a.proc.wait, drain_s + 10)
+        took = time.monotonic() - terminated_at
+        assert code == 0, a.log()
+        assert drain_s - 1 <= took <= drain_s + 10, took
+        assert "still connected after" in a.log()
+        await stubborn.wait_closed()  # its socket was closed by the node's shutdown
+        assert [n.node_id for n in await cluster.registry.live_nodes()] == ["node-b"]
+    finally:
+        for client in clients:
+            await client.close()
+        await cluster.link.close()
+        a.stop()
+        b.stop()
+
+
+async def test_drain_without_stragglers_exits_at_once(redis_server, tmp_path: Path):
+    """Every client moved: the node does not wait out its drain timeout."""
+    prefix = unique_prefix()
+    a = NodeProcess(
+        tmp_path,
+        "node-a",
+        redis_server.url,
+        prefix,
+        udp_ports=(46000, 46999),
+        drain_timeout_s=30.0,
+    )
+    b = NodeProcess(tmp_path, "node-b", redis_server.url, prefix, udp_ports=(47000, 47999))
+    viewer = None
+    try:
+        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
+        await fallbacks_known(a, b)
+        viewer = await RoomClient.connect(
+            a.url, token("viewer"), network=LOOPBACK, reconnect=Reconnect()
+        )
+        started = time.monotonic()
+        a.terminate()
+        assert (await viewer.wait_for("resumed", timeout=15))["url"] == b.url
+        code = await asyncio.to_thread(a.proc.wait, 20)
+        assert code == 0 and time.monotonic() - started < 20
+        assert "drained in" in a.log()
+        assert await b.identities() == ["viewer"]
+    finally:
+        if viewer is not None:
+            await viewer.close()
+        a.stop()
+        b.stop()
