@@ -15,6 +15,7 @@ from .auth import AccessToken, AuthError, verify_token
 from .cluster import create_backend
 from .cluster.drain import FallbackNodes, drain
 from .cluster.membership import ClusterMembership
+from .cluster.takeover import replace_on_rejoin_elsewhere
 from .config import Config
 from .joins import JoinLog
 from .media.peer import NetworkSettings
@@ -48,6 +49,7 @@ class SfuNode:
         )
         # other nodes' URLs for the clients' fallback (join answer, `move`); the SIGTERM drain
         self.fallbacks = FallbackNodes(self.cluster)
+        self.cluster.listeners.append(replace_on_rejoin_elsewhere(self.rooms))
         self.draining = False
 
     def authenticate(self, token: str | None) -> AccessToken:
