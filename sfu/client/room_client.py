@@ -299,7 +299,9 @@ class RoomClient:
         if ws.close_code == 4401:
             self._final_error = self._final_error or "unauthorized"
         if self.reconnect is not None and self._final_error is None:
-            self._start_resume(f"signalling socket closed (code {ws.close_code})")
+            silent = isinstance(ws.exception(), aiohttp.ServerTimeoutError)  # no pong
+            reason = "the node stopped answering pings" if silent else "signalling socket closed"
+            self._start_resume(f"{reason} (code {ws.close_code})", silent=silent)
         elif self._resume_task is None or self._resume_task.done():
             self._ended.set()
 
@@ -496,15 +498,19 @@ class RoomClient:
 
     # -- resuming after a failure (with `reconnect`) ------------------------------------------
 
-    def _start_resume(self, reason: str, moving: list[str] | None = None) -> None:
+    def _start_resume(
+        self, reason: str, moving: list[str] | None = None, *, silent: bool = False
+    ) -> None:
         if self.closed or self.reconnect is None:
             return
         if self._resume_task is not None and not self._resume_task.done():
             return  # one resume at a time
-        self._resume_task = asyncio.ensure_future(self._resume(reason, moving))
+        self._resume_task = asyncio.ensure_future(self._resume(reason, moving, silent))
 
-    async def _resume(self, reason: str, moving: list[str] | None) -> None:
-        """Leave the dead (or draining) connection, then join again on the targets in turn."""
+    async def _resume(self, reason: str, moving: list[str] | None, silent: bool = False) -> None:
+        """Leave the dead (or draining) connection, then join again on the targets in turn.
+        `silent`: the node does not answer at all (hung, or its host gone): try it last, as
+        each try costs a whole attempt timeout."""
         policy = self.reconnect
         assert policy is not None
         logger.info("client %s: resuming (%s)", self.identity, reason)
@@ -515,6 +521,8 @@ class RoomClient:
         )
         if moving is not None and not moving and not self.fallbacks and not policy.fallbacks:
             targets = [old_url]  # nowhere else to go: come back when the node is back
+        elif silent and len(targets) > 1 and targets[0] == old_url:
+            targets = [*targets[1:], old_url]
         last_error = ""
         for attempt in range(policy.max_attempts):
             if self.closed:
@@ -617,7 +625,8 @@ class RoomClient:
                     health.reset()
                     continue
                 except Exception:
-                    why += ", and the node does not answer"
+                    self._start_resume(f"{why}, and the node does not answer", silent=True)
+                    continue
             if why:
                 self._start_resume(why)
 

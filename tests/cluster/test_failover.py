@@ -10,6 +10,7 @@ redis-server, clients as real aiortc peers through the Python client with `recon
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -235,3 +236,36 @@ async def test_drain_without_stragglers_exits_at_once(redis_server, tmp_path: Pa
             await viewer.close()
         a.stop()
         b.stop()
+
+
+async def test_hung_node_viewer_notices_no_media_and_both_resume_elsewhere(nodes):
+    """A node that stops answering (SIGSTOP: its sockets stay open, nothing closes): the
+    viewer sees no media while the node does not answer a ping, the publisher's socket misses
+    its pongs; both resume on the fallback, trying the silent node last."""
+    a, b, _prefix = nodes
+    policy = Reconnect(dead_after_s=1.5)
+    host = await RoomClient.connect(
+        a.url,
+        token("host"),
+        network=LOOPBACK,
+        publish=[ColorVideoTrack(RED)],
+        sources=["camera"],
+        reconnect=policy,
+    )
+    viewer = await RoomClient.connect(a.url, token("viewer"), network=LOOPBACK, reconnect=policy)
+    try:
+        await picture((await viewer.next_track(kind="video", publisher="host", timeout=15)).track)
+        a.proc.send_signal(signal.SIGSTOP)
+        viewer_resumed = await viewer.wait_for("resumed", timeout=20)
+        assert viewer_resumed["url"] == b.url
+        assert viewer_resumed["reason"].startswith("no media")
+        assert viewer_resumed["attempts"] == 1  # (the hung node was not tried first)
+        host_resumed = await host.wait_for("resumed", timeout=25)
+        assert host_resumed["url"] == b.url
+        assert "pings" in host_resumed["reason"]
+        await picture((await viewer.next_track(kind="video", publisher="host", timeout=15)).track)
+        assert await b.identities() == ["host", "viewer"]
+    finally:
+        a.proc.send_signal(signal.SIGKILL)  # (not SIGCONT: it would come back with stale state)
+        await viewer.leave()
+        await host.leave()
