@@ -269,3 +269,57 @@ async def test_hung_node_viewer_notices_no_media_and_both_resume_elsewhere(nodes
         a.proc.send_signal(signal.SIGKILL)  # (not SIGCONT: it would come back with stale state)
         await viewer.leave()
         await host.leave()
+
+
+async def test_redis_away_drain_still_moves_clients_to_the_last_known_fallback(
+    private_redis: RedisServer, tmp_path: Path
+):
+    """Redis stopped, then SIGTERM: the node cannot mark itself draining in the registry
+    (bounded, logged) but still refuses joins, tells its clients to move to the fallbacks it
+    last read, and exits in time; node B takes the clients with no Redis at all (rooms on one
+    node need none)."""
+    prefix = unique_prefix()
+    a = NodeProcess(
+        tmp_path,
+        "node-a",
+        private_redis.url,
+        prefix,
+        udp_ports=(48000, 48999),
+        drain_timeout_s=8.0,
+    )
+    b = NodeProcess(tmp_path, "node-b", private_redis.url, prefix, udp_ports=(49000, 49499))
+    clients: list[RoomClient] = []
+    try:
+        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
+        await fallbacks_known(a, b)
+        host = await RoomClient.connect(
+            a.url,
+            token("host"),
+            network=LOOPBACK,
+            publish=[ColorVideoTrack(RED)],
+            reconnect=Reconnect(),
+        )
+        viewer = await RoomClient.connect(
+            a.url, token("viewer"), network=LOOPBACK, reconnect=Reconnect()
+        )
+        clients += [host, viewer]
+        await picture((await viewer.next_track(kind="video", timeout=15)).track)
+
+        private_redis.stop()
+        await asyncio.sleep(1.5)  # (both nodes notice: their heartbeats fail)
+        started = time.monotonic()
+        a.terminate()
+        move = await viewer.wait_for("move", timeout=10)
+        assert move["fallbacks"] == [b.url]
+        assert (await host.wait_for("resumed", timeout=20))["url"] == b.url
+        assert (await viewer.wait_for("resumed", timeout=20))["url"] == b.url
+        await picture((await viewer.next_track(kind="video", timeout=15)).track)
+        assert await b.identities() == ["host", "viewer"]
+        code = await asyncio.to_thread(a.proc.wait, 20)
+        assert code == 0 and time.monotonic() - started < 20
+        assert "draining without the registry" in a.log()
+    finally:
+        for client in clients:
+            await client.close()
+        a.stop()
+        b.stop()
