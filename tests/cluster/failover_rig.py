@@ -48,6 +48,7 @@ class NodeProcess:
         udp_ports: tuple[int, int],
         drain_timeout_s: float = 10.0,
         region: str = "test",
+        demo_tokens: bool = False,
     ) -> None:
         self.node_id = node_id
         self.port = free_port()
@@ -61,6 +62,7 @@ port = {self.port}
 region = "{region}"
 node_id = "{node_id}"
 drain_timeout_s = {drain_timeout_s}
+demo_tokens = {"true" if demo_tokens else "false"}
 
 [cluster]
 redis_url = "{redis_url}"

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.browser import launch_chromium, serve_pages
+from tests.browser import launch_chromium, screenshot, serve_pages
 
-from .failover_rig import token
-from .test_failover import nodes  # noqa: F401 (the fixture)
+from .conftest import unique_prefix
+from .failover_rig import NodeProcess, token
+from .test_failover import fallbacks_known, nodes  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.redis]
 
@@ -96,3 +98,54 @@ async def test_browser_sdk_resumes_on_the_fallback_after_a_node_is_killed(nodes)
         assert await b.identities() == ["host", "viewer"]
         await viewer.evaluate("window.__room.disconnect()")
         await host.evaluate("window.__room.disconnect()")
+
+
+DEMO_PLAYING = (
+    "demo.room && demo.room.state === 'connected' && demo.room.resumes >= {resumes} && "
+    "demo.stats('#video').then(r => r.videoWidth > 0 && r.framesDecoded > {frames})"
+)
+
+
+async def test_demo_pages_live_sale_goes_on_after_the_node_is_killed(redis_server, tmp_path: Path):
+    """The demo host and viewer pages (served by node A, SDK from A) keep the show going
+    when A is killed: both say `Reconnecting…`, then the host is live again on node B and the
+    viewer plays it."""
+    prefix = unique_prefix()
+    a = NodeProcess(
+        tmp_path, "node-a", redis_server.url, prefix, udp_ports=(42000, 42999), demo_tokens=True
+    )
+    b = NodeProcess(
+        tmp_path, "node-b", redis_server.url, prefix, udp_ports=(43000, 43999), demo_tokens=True
+    )
+    try:
+        await asyncio.gather(a.wait_healthy(), b.wait_healthy())
+        await asyncio.gather(fallbacks_known(a, b), fallbacks_known(b, a))
+        async with launch_chromium() as browser:
+            host = await browser.open(f"{a.url}/demo/host.html?room=sale1")
+            await host.wait_for_selector("#go-live:not([disabled])", timeout=15000)
+            await host.click("#go-live")
+            await host.wait_for_function("demo.live === true", timeout=15000)
+            viewer = await browser.open(f"{a.url}/demo/viewer.html?room=sale1")
+            await viewer.wait_for_function(
+                DEMO_PLAYING.format(resumes=0, frames=10), timeout=20000, polling=200
+            )
+            a.kill()
+            await host.wait_for_function(
+                "demo.room.resumes >= 1 && demo.room.state === 'connected'",
+                timeout=20000,
+                polling=200,
+            )
+            assert "live" in (await host.inner_text("#status")).lower()
+            assert await host.evaluate("demo.live") is True
+            first = await viewer.evaluate("demo.stats('#video')")
+            await viewer.wait_for_function(
+                DEMO_PLAYING.format(resumes=1, frames=first["framesDecoded"] + 10),
+                timeout=20000,
+                polling=200,
+            )
+            assert await viewer.evaluate("demo.room._url") == b.url  # (resumed on B)
+            assert len(await b.identities("sale1")) == 2
+            await screenshot(viewer, "failover-demo-viewer.png")
+    finally:
+        a.stop()
+        b.stop()
