@@ -80,3 +80,15 @@ async def test_same_identity_rejoin_replaces_the_old_participant(sfu_node):
         if new is not None:
             await new.leave()
         await bob.leave()
+
+
+async def test_leaving_with_reconnect_on_is_no_failure(sfu_node):
+    """leave(): the socket the node then closes must not start a resume."""
+    client = await RoomClient.connect(
+        sfu_node.url, sfu_node.token("ann"), network=LOOPBACK, reconnect=Reconnect()
+    )
+    await client.leave()
+    await asyncio.wait_for(client.wait_closed(), 5)
+    await asyncio.sleep(1.0)
+    assert not [m for m in client._history if m["type"] in ("reconnecting", "resumed")]
+    assert "shop" not in sfu_node.node.rooms.rooms

@@ -85,6 +85,7 @@ class RoomClient:
         self._local: list[_Local] = []  # what we publish (published again on a resume)
         self._wanted: set[tuple[str, str, str]] = set()  # subscribe(): (publisher, source, kind)
         self._final_error: str | None = None  # an error after which we must not come back
+        self._leaving = False  # leave() called
         self._resume_task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None
         self._ended = asyncio.Event()
@@ -293,7 +294,7 @@ class RoomClient:
 
     def _socket_lost(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """The current socket closed without our closing it: resume, or end."""
-        if self.closed:
+        if self.closed or self._leaving:
             self._ended.set()
             return
         if ws.close_code == 4401:
@@ -470,6 +471,7 @@ class RoomClient:
         await self._ended.wait()
 
     async def leave(self) -> None:
+        self._leaving = True  # (the socket the node closes now is no failure)
         ws = self._ws
         if ws is not None and not ws.closed:
             try:
@@ -501,7 +503,7 @@ class RoomClient:
     def _start_resume(
         self, reason: str, moving: list[str] | None = None, *, silent: bool = False
     ) -> None:
-        if self.closed or self.reconnect is None:
+        if self.closed or self._leaving or self.reconnect is None:
             return
         if self._resume_task is not None and not self._resume_task.done():
             return  # one resume at a time
@@ -617,7 +619,12 @@ class RoomClient:
                 continue
             peers = [p for p in (self.publisher, self.subscriber) if p is not None]
             states = [p.pc.iceConnectionState for p in peers]
-            why = health.check(states, await self._packets_received())
+            try:
+                packets = await self._packets_received()
+            except Exception:  # (a connection closing under us: look again next time)
+                logger.debug("client: reading receive stats failed", exc_info=True)
+                continue
+            why = health.check(states, packets)
             if why.startswith("no media"):
                 # the node may be fine and the publisher just quiet or gone: ask the node
                 try:

@@ -96,8 +96,14 @@ async def test_browser_sdk_resumes_on_the_fallback_after_a_node_is_killed(nodes)
         assert await viewer.evaluate("window.__room.state") == "connected"
         assert await host.evaluate("window.__room.localTracks.size") == 1
         assert await b.identities() == ["host", "viewer"]
+        # disconnect() is no failure: the rooms end and do not come back
         await viewer.evaluate("window.__room.disconnect()")
         await host.evaluate("window.__room.disconnect()")
+        await asyncio.sleep(1.5)
+        for page in (host, viewer):
+            assert await page.evaluate("window.__room.state") == "disconnected"
+            assert await page.evaluate("window.__room.resumes") == 1
+        assert await b.identities() == []
 
 
 DEMO_PLAYING = (

@@ -535,6 +535,7 @@ export class Room extends Emitter {
     this.resumes = 0;
     this._token = "";
     this._resuming = false;
+    this._leaving = false; // disconnect() called
     this._final = null; // an error after which we must not come back (e.g. "replaced")
     this._watchTimer = null;
     this._health = { packets: -1, changedAt: 0, disconnectedSince: null, checking: false };
@@ -944,7 +945,7 @@ export class Room extends Emitter {
 
   /** The connection is dead: resume (if allowed and possible), else end. */
   _lost(reason) {
-    if (this.state === "disconnected" || this._resuming) return;
+    if (this.state === "disconnected" || this._resuming || this._leaving) return;
     if (this._reconnect && !this._final && this.state === "connected") {
       this._resume(reason, null);
     } else {
@@ -957,7 +958,7 @@ export class Room extends Emitter {
    * backoff; publish our tracks again. `moving`: the nodes a `move` named.
    */
   async _resume(reason, moving) {
-    if (this._resuming || this.state === "disconnected" || !this._reconnect) return;
+    if (this._resuming || this._leaving || this.state === "disconnected" || !this._reconnect) return;
     this._resuming = true;
     const policy = this._reconnect;
     const oldUrl = this._url;
@@ -1449,6 +1450,7 @@ export class Room extends Emitter {
    */
   async disconnect() {
     if (this.state === "disconnected") return;
+    this._leaving = true; // (the socket closing now is no failure)
     this._resuming = false; // (a resume under way stops)
     if (this._ws && this._ws.readyState === WebSocket.OPEN && (this._attached || !this._session)) {
       try {
