@@ -84,12 +84,18 @@ async def test_killed_node_publisher_and_viewer_resume_on_the_fallback(nodes, re
         reconnect=policy,
     )
     viewer = await RoomClient.connect(a.url, token("viewer"), network=LOOPBACK, reconnect=policy)
+    # a viewer that picks its tracks: after the resume it takes up the host's camera again
+    picker = await RoomClient.connect(
+        a.url, token("picker"), network=LOOPBACK, auto_subscribe=False, reconnect=policy
+    )
     try:
         # the join answer names the other node; the clients keep it
         assert host.fallbacks == [b.url] and viewer.fallbacks == [b.url]
         remote = await viewer.next_track(kind="video", publisher="host", timeout=15)
         await picture(remote.track)
         old_track_id = host.published[0]["id"]
+        await picker.subscribe([old_track_id])
+        await picture((await picker.next_track(track_id=old_track_id, timeout=15)).track)
 
         killed_at = time.monotonic()
         a.kill()
@@ -99,6 +105,8 @@ async def test_killed_node_publisher_and_viewer_resume_on_the_fallback(nodes, re
         remote = await viewer.next_track(kind="video", publisher="host", timeout=15)
         await picture(remote.track)
         recovered_s = time.monotonic() - killed_at
+        assert (await picker.wait_for("resumed", timeout=20))["url"] == b.url
+        await picture((await picker.next_track(publisher="host", timeout=15)).track)
         print(f"viewer saw the host again {recovered_s:.2f} s after the kill")
         assert recovered_s < 15, recovered_s  # (a bound, not a speed target)
 
@@ -107,7 +115,7 @@ async def test_killed_node_publisher_and_viewer_resume_on_the_fallback(nodes, re
         assert track["id"] != old_track_id
         assert host_resumed["tracks"] == {old_track_id: track["id"]}
         # one participant per identity, on node B, locally and in the cluster's directory
-        assert await b.identities() == ["host", "viewer"]
+        assert await b.identities() == ["host", "picker", "viewer"]
         cluster = RedisCluster(redis_server.url, node_ttl_s=1.0, key_prefix=prefix)
         try:
 
@@ -116,6 +124,7 @@ async def test_killed_node_publisher_and_viewer_resume_on_the_fallback(nodes, re
                 tracks = await cluster.directory.tracks("shop")
                 return [(p.identity, p.node_id) for p in records] == [
                     ("host", "node-b"),
+                    ("picker", "node-b"),
                     ("viewer", "node-b"),
                 ] and [(t.track_id, t.node_id) for t in tracks] == [(track["id"], "node-b")]
 
@@ -124,6 +133,7 @@ async def test_killed_node_publisher_and_viewer_resume_on_the_fallback(nodes, re
         finally:
             await cluster.link.close()
     finally:
+        await picker.leave()
         await viewer.leave()
         await host.leave()
 
@@ -221,8 +231,14 @@ async def test_drain_without_stragglers_exits_at_once(redis_server, tmp_path: Pa
     try:
         await asyncio.gather(a.wait_healthy(), b.wait_healthy())
         await fallbacks_known(a, b)
+        minted: list[str] = []
+
+        async def fresh_token() -> str:  # (tokens expire: each attempt may get a new one)
+            minted.append(token("viewer"))
+            return minted[-1]
+
         viewer = await RoomClient.connect(
-            a.url, token("viewer"), network=LOOPBACK, reconnect=Reconnect()
+            a.url, token("viewer"), network=LOOPBACK, reconnect=Reconnect(token=fresh_token)
         )
         started = time.monotonic()
         a.terminate()
@@ -231,6 +247,7 @@ async def test_drain_without_stragglers_exits_at_once(redis_server, tmp_path: Pa
         assert code == 0 and time.monotonic() - started < 20
         assert "drained in" in a.log()
         assert await b.identities() == ["viewer"]
+        assert len(minted) == 1
     finally:
         if viewer is not None:
             await viewer.close()
