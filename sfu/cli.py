@@ -42,8 +42,8 @@ class _AccessLogger(AbstractAccessLogger):
 
 def serve(args: argparse.Namespace) -> int:
 
+    from .api.keys import NODE_KEY
     from .app import create_app
-    from .signalling import NODE_KEY
 
     config = Config.load(args.config or os.environ.get("SFU_CONFIG"), env=os.environ)
     if args.host:
@@ -70,7 +70,7 @@ async def _run(app, config: Config) -> None:
 
     from aiohttp import web
 
-    from .signalling import NODE_KEY
+    from .api.keys import NODE_KEY
 
     logger = logging.getLogger("sfu")
     runner = web.AppRunner(app, access_log_class=_AccessLogger, shutdown_timeout=5.0)

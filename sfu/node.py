@@ -17,10 +17,11 @@ from .cluster.drain import FallbackNodes, drain
 from .cluster.membership import ClusterMembership
 from .cluster.takeover import replace_on_rejoin_elsewhere
 from .config import Config
-from .joins import JoinLog
 from .media.peer import NetworkSettings
-from .participant import Participant
 from .room import RoomRegistry
+from .rooms.joins import JoinService
+from .rooms.participant import Participant
+from .rooms.timeline import JoinLog
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class SfuNode:
         self.fallbacks = FallbackNodes(self.cluster)
         self.cluster.listeners.append(replace_on_rejoin_elsewhere(self.rooms))
         self.draining = False
+        # the one join / publish / subscribe path every surface (sfu/api/) goes through
+        self.join_service = JoinService(self)
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)

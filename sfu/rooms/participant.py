@@ -16,15 +16,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .auth import Grants
-from .config import LimitSettings
-from .joins import JoinTimeline
-from .media.peer import MediaPeer
-from .media.publisher import PublisherSession
-from .media.subscriber import SubscriberSession
+from ..auth import Grants
+from ..config import LimitSettings
+from ..media.peer import MediaPeer
+from ..media.publisher import PublisherSession
+from ..media.subscriber import SubscriberSession
+from .timeline import JoinTimeline
 
 if TYPE_CHECKING:
-    from .room import Room
+    from ..room import Room
 
 logger = logging.getLogger(__name__)
 
