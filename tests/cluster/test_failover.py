@@ -20,6 +20,7 @@ import pytest
 
 from sfu.client import Reconnect, RoomClient
 from sfu.cluster.redis_cluster import RedisCluster
+from sfu.media.peer import MediaPeer
 from tests.conftest import LOOPBACK
 from tests.media_sources import ColorVideoTrack, mean_rgb
 
@@ -188,6 +189,21 @@ async def test_sigterm_drains_clients_move_and_the_node_exits_in_time(redis_serv
             assert body["code"] == "draining" and "another node" in body["message"]
             async with http.get(f"{a.url}/healthz") as response:
                 assert response.status == 503 and (await response.json())["status"] == "draining"
+            obs = MediaPeer(LOOPBACK, label="test-whip")  # WHIP (OBS) is refused the same way
+            obs.pc.addTransceiver(ColorVideoTrack(RED), direction="sendonly")
+            try:
+                async with http.post(
+                    f"{a.url}/whip/shop",
+                    data=await obs.offer(),
+                    headers={
+                        "Authorization": f"Bearer {token('obs')}",
+                        "Content-Type": "application/sdp",
+                    },
+                ) as response:
+                    assert response.status == 503
+                    assert "draining" in await response.text()
+            finally:
+                await obs.close()
         with pytest.raises(Exception, match="draining"):
             await RoomClient.connect(a.url, token("late"), network=LOOPBACK)
         [record] = [n for n in await cluster.registry.live_nodes() if n.node_id == "node-a"]
