@@ -40,6 +40,9 @@ class ServerSettings:
     node_id: str = ""  # empty: "<region>-<random>" at start
     # Serve the demo token endpoint (never in production: anyone may mint tokens).
     demo_tokens: bool = False
+    # On SIGTERM the node drains: it refuses new joins, tells its clients to move to another
+    # node, and waits at most this many seconds for them to leave before it exits.
+    drain_timeout_s: float = 10.0
 
 
 @dataclass
@@ -368,6 +371,8 @@ class Config:
             raise ConfigError(f"logging.level must be one of {', '.join(LOG_LEVELS)}")
 
     def _validate_cluster(self) -> None:
+        if not (0 <= self.server.drain_timeout_s <= 3600):
+            raise ConfigError("server.drain_timeout_s must be within 0..3600 seconds")
         c = self.cluster
         if c.redis_url and not c.redis_url.startswith(REDIS_URL_SCHEMES):
             raise ConfigError(
