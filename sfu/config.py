@@ -40,6 +40,9 @@ class ServerSettings:
     node_id: str = ""  # empty: "<region>-<random>" at start
     # Serve the demo token endpoint (never in production: anyone may mint tokens).
     demo_tokens: bool = False
+    # On SIGTERM the node drains: it refuses new joins, tells its clients to move to another
+    # node, and waits at most this many seconds for them to leave before it exits.
+    drain_timeout_s: float = 10.0
 
 
 @dataclass
@@ -120,6 +123,17 @@ class RtcSettings:
     # at 30 fps rather than 720p at 15 fps; reduced frame rates only on the lowest layer) or
     # "resolution" (720p at 15 fps offered too).
     layer_preference: str = "frame-rate"
+    # Audio redundancy (RED, RFC 2198) with Opus: accepted from publishers that offer it
+    # (browsers do), forwarded to viewers that accept it and unwrapped to plain Opus, lost
+    # packets rebuilt from the redundancy, for those that do not. Doubles the audio bitrate.
+    audio_red: bool = True
+    # Opus in-band FEC: `useinbandfec=1` in what we negotiate, and the receiver reports to a
+    # publisher carry its viewers' worst audio loss (up to opus_fec_max_loss), which makes a
+    # browser add FEC for them.
+    opus_fec: bool = True
+    # The most viewer loss (0-1) reported to a publisher for FEC: more would also make its
+    # encoder spend much of its bitrate on FEC for one bad viewer.
+    opus_fec_max_loss: float = 0.1
 
 
 LAYER_PREFERENCES = ("frame-rate", "resolution")
@@ -331,6 +345,8 @@ class Config:
         size = self.rtc.packet_cache_size
         if size < 64 or size & (size - 1):
             raise ConfigError("rtc.packet_cache_size must be a power of two >= 64")
+        if not 0.0 <= self.rtc.opus_fec_max_loss <= 0.5:
+            raise ConfigError("rtc.opus_fec_max_loss must be between 0 and 0.5")
         if self.rtc.layer_preference not in LAYER_PREFERENCES:
             raise ConfigError(f"rtc.layer_preference must be one of {', '.join(LAYER_PREFERENCES)}")
         if not self.auth.api_keys:
@@ -388,6 +404,8 @@ class Config:
             raise ConfigError(f"logging.level must be one of {', '.join(LOG_LEVELS)}")
 
     def _validate_cluster(self) -> None:
+        if not (0 <= self.server.drain_timeout_s <= 3600):
+            raise ConfigError("server.drain_timeout_s must be within 0..3600 seconds")
         c = self.cluster
         if c.redis_url and not c.redis_url.startswith(REDIS_URL_SCHEMES):
             raise ConfigError(

@@ -49,6 +49,7 @@ HTTP_STATUS = {
     "already_attached": 409,
     "room_full": 503,
     "node_full": 503,
+    "draining": 503,
 }
 
 

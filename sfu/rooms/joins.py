@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+DRAINING = "this node is shutting down (draining) and takes no joins: join another node"
+
+
 class JoinError(Exception):
     """A join or media request refused; `code` is the signalling error code (docs/protocol.md),
     which each surface turns into its own answer (an `error` message, an HTTP status)."""
@@ -136,7 +139,10 @@ class JoinService:
         """The room `name` on this node, created if need be.
 
         The room directory's call site: every join on every surface passes here once.
+        A draining node (SIGTERM, sfu/cluster/drain.py) takes no joins.
         """
+        if self.node.draining:
+            raise JoinError("draining", DRAINING)
         try:
             return self.node.rooms.get_or_create(name)
         except TooManyRooms as exc:
