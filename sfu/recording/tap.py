@@ -39,7 +39,10 @@ class FrameSink(Protocol):
 
 @dataclass
 class _Label:
-    mid: str  # what Producer logs when a forwarder fails
+    """What the Producer reads from a forwarder's downtrack."""
+
+    mid: str  # logged when a forwarder fails
+    red_source_pt: int = -1  # RED audio: the tap takes the unwrapped (plain Opus) packets
 
 
 class RecordingTap:
