@@ -186,6 +186,24 @@ class LoggingSettings:
     level: str = "info"
 
 
+@dataclass
+class RecordingSettings:
+    # Recording of live shows (POST /api/rooms/{room}/recording) and their replay links.
+    enabled: bool = True
+    # Where the files go (one folder per room), relative to the working directory.
+    dir: str = "recordings"
+    # Recordings running at once on this node.
+    max_active: int = 4
+    # A recording stops by itself after this long.
+    max_duration_s: float = 6 * 3600.0
+    # A recording does not start with less free disk than this (MB).
+    min_free_mb: int = 200
+    # Matroska cluster length (ms): a crash loses at most about this much of the end.
+    cluster_ms: int = 1000
+    # Lifetime of the signed file links the recordings listing hands out (seconds).
+    link_ttl_s: int = 3600
+
+
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -241,6 +259,7 @@ class Config:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
 
     @property
     def uses_dev_credentials(self) -> bool:
@@ -344,6 +363,20 @@ class Config:
             raise ConfigError("agents.worker_timeout_s must be positive")
         self._validate_ops()
         self._validate_cluster()
+        self._validate_recording()
+
+    def _validate_recording(self) -> None:
+        r = self.recording
+        if not r.dir:
+            raise ConfigError("recording.dir must name a directory")
+        if r.max_active < 1 or r.max_duration_s <= 0 or r.min_free_mb < 0:
+            raise ConfigError(
+                "recording.max_active must be >= 1, max_duration_s > 0, min_free_mb >= 0"
+            )
+        if not 100 <= r.cluster_ms <= 10000:
+            raise ConfigError("recording.cluster_ms must be within 100..10000")
+        if not 10 <= r.link_ttl_s <= 7 * 86400:
+            raise ConfigError("recording.link_ttl_s must be within 10 s .. 7 days")
 
     def _validate_ops(self) -> None:
         """[metrics], [webhooks], [logging]."""
