@@ -1,4 +1,8 @@
-"""The aiohttp application: the whole server as one embeddable object."""
+"""The aiohttp application: the whole server as one embeddable object.
+
+The routes live in sfu/api/ (each a thin adapter over its wire format); every join, WHIP and
+WHEP request goes down the one join path, sfu/rooms/joins.py.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,19 @@ import logging
 
 from aiohttp import web
 
-from . import captions_archive, whip
-from .agents import add_agent_routes
-from .auth import AuthError, PermissionDenied
+from .api import captions, whip
+from .api.agents import add_agent_routes
+from .api.http_join import add_http_join_routes
+from .api.keys import NODE_KEY
+from .api.websocket import websocket_handler
+from .auth import AUTH_KEY, require_grant
+from .cluster.views import rooms_response
 from .config import Config
 from .demo import add_demo_routes
+from .metrics.routes import add_metrics
 from .node import SfuNode
-from .signalling import NODE_KEY, add_http_join_routes, websocket_handler
+from .recording.routes import add_recording
+from .webhooks.events import add_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +39,7 @@ def create_app(config: Config | None = None) -> web.Application:
     node = SfuNode(config)
     app = web.Application(client_max_size=config.limits.max_message_bytes)
     app[NODE_KEY] = node
+    app[AUTH_KEY] = config.auth
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/rtc", websocket_handler)
     add_http_join_routes(app)  # POST /rtc/join (the fast join), /rtc/answer, /rtc/leave
@@ -37,7 +48,10 @@ def create_app(config: Config | None = None) -> web.Application:
     whip.add_routes(app)
     add_demo_routes(app, node)
     add_agent_routes(app, node)
-    captions_archive.add_routes(app, node)
+    captions.add_routes(app, node)
+    add_webhooks(app, node)  # [webhooks] urls: signed events to the shop's backend
+    add_recording(app, node)  # [recording]: shows to WebM + WebVTT, replay links
+    add_metrics(app, node)  # GET /metrics ([metrics]); after the agents and webhooks
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -53,6 +67,8 @@ async def _on_startup(app: web.Application) -> None:
         )
     if node.config.server.demo_tokens:
         logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
+    await node.cluster.start()
+    node.fallbacks.start()
     logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
 
 
@@ -61,33 +77,34 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 `ok`; 503 `draining` once the node drains, so a load balancer stops sending joins."""
     node = request.app[NODE_KEY]
     return web.json_response(
-        {"status": "ok", "node_id": node.node_id, "region": node.config.server.region}
+        {
+            "status": "draining" if node.draining else "ok",
+            "node_id": node.node_id,
+            "region": node.config.server.region,
+        },
+        status=503 if node.draining else 200,
     )
 
 
-def _admin(request: web.Request) -> web.Response | None:
-    node = request.app[NODE_KEY]
-    header = request.headers.get("Authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    try:
-        node.authenticate(token).require("admin")
-    except AuthError as exc:
-        return web.json_response({"error": "unauthorized", "message": str(exc)}, status=401)
-    except PermissionDenied as exc:
-        return web.json_response({"error": "forbidden", "message": str(exc)}, status=403)
-    return None
-
-
 async def list_rooms(request: web.Request) -> web.Response:
-    if (denied := _admin(request)) is not None:
-        return denied
-    node = request.app[NODE_KEY]
-    return web.json_response({"rooms": [r.info() for r in node.rooms.rooms.values()]})
+    """Rooms and participants: all of them for a node-wide admin, its own for a room admin;
+    each participant and track names its node; `?scope=cluster`: from the cluster's room
+    directory, every node's (docs/cluster.md)."""
+    access = require_grant(request, "admin")
+    only = None if access.node_wide else access.room
+    return await rooms_response(request.app[NODE_KEY], request.query.get("scope", "local"), only)
 
 
 async def node_stats(request: web.Request) -> web.Response:
-    if (denied := _admin(request)) is not None:
-        return denied
-    return web.json_response(request.app[NODE_KEY].stats())
+    """Per-participant statistics; a room admin gets its room's only (and no node-wide join
+    summary or cluster status)."""
+    access = require_grant(request, "admin")
+    stats = request.app[NODE_KEY].stats()
+    if not access.node_wide:
+        stats["rooms"] = [r for r in stats["rooms"] if r["name"] == access.room]
+        stats.pop("joins", None)
+        stats.pop("cluster", None)
+    return web.json_response(stats)

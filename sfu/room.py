@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import LimitSettings
 
 if TYPE_CHECKING:
     from .media.producer import Producer
-    from .participant import Participant
+    from .rooms.participant import Participant
 
 logger = logging.getLogger(__name__)
+
+# Lifecycle events observers get (the webhook event names): observer(event, room, participant,
+# producer), participant/producer None where the event has none.
+ROOM_EVENTS = (
+    "room_started",
+    "room_finished",
+    "participant_joined",
+    "participant_left",
+    "track_published",
+    "track_unpublished",
+)
+RoomObserver = Callable[[str, "Room", "Participant | None", "Producer | None"], None]
+# data observer(room, sender, topic, payload): a data message the room relayed
+DataObserver = Callable[["Room", "Participant", str, Any], None]
 
 
 class RoomFull(Exception):
@@ -32,24 +47,28 @@ class Room:
         self.participants: dict[str, Participant] = {}
         self.producers: dict[str, Producer] = {}
         self.created_at = time.time()
+        self.sid = "RM_" + uuid.uuid4().hex[:12]  # tells apart two sessions of one room name
+        self.started = False  # room_started announced (first participant added)
 
     # -- membership ------------------------------------------------------------------------------
 
     async def add(self, participant: Participant) -> None:
         """Join; a second connection with the same identity replaces the first."""
         old = self.participants.get(participant.identity)
-        if old is not None:
-            old.send_event(
-                {"type": "error", "code": "replaced", "message": "same identity joined again"}
-            )
+        if old is not None:  # (a client resuming after a failure, or a second tab)
+            old.replaced()  # told why, its socket closed: it can act no more as this identity
             await self.remove(old, replacing=True)
         if len(self.participants) >= self.limits.max_participants_per_room:
             raise RoomFull(f"room {self.name!r} is full")
         self.participants[participant.identity] = participant
+        if not self.started:
+            self.started = True
+            self.registry.emit("room_started", self)
         self.broadcast(
             {"type": "participant_joined", "participant": participant.info()}, exclude=participant
         )
         logger.info("%s joined %s (%s)", participant.identity, self.name, participant.kind.value)
+        self.registry.emit("participant_joined", self, participant)
         self.registry.notify("joined", self, participant)
 
     async def remove(self, participant: Participant, replacing: bool = False) -> None:
@@ -63,6 +82,7 @@ class Room:
         await participant.close()  # unpublishes its producers (see publish())
         self.broadcast({"type": "participant_left", "identity": participant.identity})
         logger.info("%s left %s", participant.identity, self.name)
+        self.registry.emit("participant_left", self, participant)
         if not self.participants and not replacing:
             self.registry.discard(self)
         self.registry.notify("left", self, participant)
@@ -73,6 +93,7 @@ class Room:
         """Announce a new track and give it to everyone who subscribes automatically."""
         self.producers[producer.id] = producer
         producer.on_close(self._unpublished)
+        self.registry.emit("track_published", self, participant, producer)
         self.broadcast(
             {"type": "track_published", "track": producer.info.to_json()}, exclude=participant
         )
@@ -89,6 +110,16 @@ class Room:
             if other.subscriber is not None:
                 other.subscriber.drop_producer(producer)
         self.broadcast({"type": "track_unpublished", "track_id": producer.id})
+        publisher = self.participants.get(producer.info.publisher)
+        self.registry.emit("track_unpublished", self, publisher, producer)
+
+    def data_relayed(self, sender: Participant, topic: str, payload: Any) -> None:
+        """Signalling relayed a data message (metrics read agent turn timings from them)."""
+        for observer in self.registry.data_observers:
+            try:
+                observer(self, sender, topic, payload)
+            except Exception:
+                logger.exception("data observer failed")
 
     def live_producers(self, exclude: Participant | None = None) -> list[Producer]:
         return [
@@ -122,6 +153,23 @@ class RoomRegistry:
         self.rooms: dict[str, Room] = {}
         # listener(event, room, participant) for "joined" and "left" (agent dispatch uses it)
         self.listeners: list[Callable[[str, Room, Participant], None]] = []
+        # lifecycle observers (webhooks, metrics): see ROOM_EVENTS; called synchronously, so
+        # they must only queue work, never block
+        self.observers: list[RoomObserver] = []
+        self.data_observers: list[DataObserver] = []
+
+    def emit(
+        self,
+        event: str,
+        room: Room,
+        participant: Participant | None = None,
+        producer: Producer | None = None,
+    ) -> None:
+        for observer in self.observers:
+            try:
+                observer(event, room, participant, producer)
+            except Exception:  # an observer's bug must not break joins and leaves
+                logger.exception("room observer failed on %s", event)
 
     def notify(self, event: str, room: Room, participant: Participant) -> None:
         for listener in self.listeners:
@@ -142,6 +190,8 @@ class RoomRegistry:
     def discard(self, room: Room) -> None:
         if self.rooms.get(room.name) is room and not room.participants:
             del self.rooms[room.name]
+            if room.started:
+                self.emit("room_finished", room)
 
     async def close(self) -> None:
         for room in list(self.rooms.values()):

@@ -112,6 +112,29 @@ def test_token_with_malformed_claims_is_refused(overrides: dict):
         verify_token(SETTINGS, _sign(_claims(**overrides)))
 
 
+@pytest.mark.parametrize("value", ["false", "true", "", 0, 1, None, [], {}])
+def test_grants_must_be_json_booleans(value):
+    """A string "false" is truthy in Python: any non-boolean grant makes the token malformed."""
+    with pytest.raises(AuthError, match="'admin' must be true or false"):
+        verify_token(SETTINGS, _sign(_claims(room="*", grants={"admin": value})))
+
+
+def test_unknown_grants_are_ignored_and_known_ones_must_be_booleans():
+    access = verify_token(SETTINGS, _sign(_claims(grants={"subscribe": True, "record": "x"})))
+    assert access.grants == Grants(subscribe=True)
+
+
+@pytest.mark.parametrize(("room", "node_wide"), [("*", True), ("", True), ("shop", False)])
+def test_node_wide_is_star_or_empty_room(room: str, node_wide: bool):
+    access = verify_token(SETTINGS, _sign(_claims(room=room, grants={"agent": True})))
+    assert access.node_wide is node_wide
+    if node_wide:
+        access.require_node_wide()
+    else:
+        with pytest.raises(PermissionDenied, match="node-wide"):
+            access.require_node_wide()
+
+
 def test_missing_grants_allow_nothing():
     access = verify_token(SETTINGS, _sign(_claims(grants=None)))
     assert access.grants == Grants()

@@ -125,9 +125,29 @@ def test_token_without_grants_gets_publish_and_subscribe():
     assert access.grants.publish and access.grants.subscribe and not access.grants.admin
 
 
+@pytest.mark.parametrize(
+    ("args", "room"),
+    [(["--admin"], "*"), (["--agent"], "*"), (["--admin", "--room", "shop"], "shop")],
+)
+def test_admin_and_agent_tokens_are_node_wide_unless_a_room_is_named(args: list, room: str):
+    result = run_cli("token", "--identity", "ops", *args)
+    assert result.returncode == 0, result.stderr
+    access = verify_token(Config().auth, result.stdout.strip().splitlines()[-1])
+    assert access.room == room and access.node_wide == (room == "*")
+    assert ("node-wide" in result.stderr) == (room == "*")
+
+
+@pytest.mark.parametrize("args", [["--subscribe"], ["--publish", "--room", "*"], []])
+def test_media_tokens_need_a_room(args: list):
+    """A publish/subscribe token without a room, or node-wide, would allow no room at all."""
+    result = run_cli("token", "--identity", "viewer", *args)
+    assert result.returncode == 2
+    assert "room" in result.stderr and result.stdout == ""
+
+
 def test_token_with_a_config_uses_its_key():
     token = mint("--room", "R", "--identity", "I", "--config", "configs/eu-west.toml")
-    assert jwt.decode(token, options={"verify_signature": False})["iss"] == "eu-west"
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == "cluster"
     assert verify_token(Config.load(ROOT / "configs" / "eu-west.toml").auth, token)
     with pytest.raises(Exception, match="unknown API key"):
         verify_token(AuthSettings(), token)

@@ -8,6 +8,8 @@ import re
 import time
 
 import pytest
+from aiortc.rtcdtlstransport import RTCCertificate, generate_certificate
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfu.media.peer import MediaPeer, NetworkSettings, announce_ip
 
@@ -70,7 +72,7 @@ def _setup(sdp: str) -> set[str]:
     return {line.split(":", 1)[1] for line in sdp.split("\r\n") if line.startswith("a=setup:")}
 
 
-async def _connected_pair(fast: bool, before_answer=None):
+async def _connected_pair(fast: bool, before_answer=None, answerer_certificate=None):
     """An SFU-like offerer (sendonly video) and a peer answering it; packets the answerer got."""
     received: list[bytes] = []
     offerer = MediaPeer(
@@ -82,6 +84,8 @@ async def _connected_pair(fast: bool, before_answer=None):
         on_rtcp=lambda d: None,
         fast_connect=fast,
     )
+    if answerer_certificate is not None:
+        answerer.pc._RTCPeerConnection__certificates = [answerer_certificate]
     offerer.pc.addTransceiver("video", direction="sendonly")
     offer = await offerer.offer()
     answer = await answerer.answer(offer)
@@ -124,6 +128,34 @@ async def test_offerer_is_dtls_client_and_sends_before_the_handshake_ends(fast):
             assert not offerer.false_started and "ice_early" not in offerer.marks
         assert offerer.send_rtp(_rtp(2))
         await _wait(lambda: len(received) >= 2)
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+def _rsa_certificate() -> RTCCertificate:
+    """What GStreamer webrtcbin 1.22 signs DTLS with by default: RSA 2048."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return RTCCertificate(key=key, cert=generate_certificate(key))
+
+
+@pytest.mark.parametrize("certificate", ["rsa", "ecdsa"])
+async def test_dtls_client_accepts_rsa_and_ecdsa_servers_with_early_keys(certificate):
+    """aiortc alone offers only ECDHE-ECDSA suites, so an RSA server found no shared cipher."""
+    offerer, answerer, _, _, received = await _connected_pair(
+        True, answerer_certificate=_rsa_certificate() if certificate == "rsa" else None
+    )
+    try:
+        await asyncio.wait_for(offerer.connected.wait(), 5)
+        assert offerer.dtls_role == "client"
+        expected = "ECDHE-RSA-AES128-GCM-SHA256" if certificate == "rsa" else "ECDHE-ECDSA-"
+        assert offerer.dtls_cipher.startswith(expected), offerer.dtls_cipher
+        assert offerer.false_started  # the early-keys path holds for both
+        assert offerer.send_rtp(_rtp(1))
+        await asyncio.wait_for(answerer.connected.wait(), 5)
+        await _wait(lambda: received)
+        await _wait(lambda: "dtls_done" in offerer.marks)
+        assert offerer.marks["dtls_keys"] < offerer.marks["dtls_done"]
     finally:
         await offerer.close()
         await answerer.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -48,6 +49,14 @@ NOTABLE_LOSS = 3  # receiver-report fraction lost (of 256, about 1 %) that marks
 BASE_RTT_WINDOW_S = 30.0
 RTX_BURST_S = 0.2  # retransmission budget: burst allowance, in seconds of the budget rate
 RTX_PACKET_BYTES = 1100  # budget charged per retransmission (a typical video packet)
+# Without a transport-cc estimate, retransmissions still have a budget: this share of what
+# the track sends, at least RTX_FALLBACK_MIN_BPS. Otherwise one viewer NACKing the whole ring
+# 200 times a second (100-byte packets) made the node resend ~70k packets/s (a core).
+RTX_FALLBACK_SHARE = 0.5
+RTX_FALLBACK_MIN_BPS = 500_000
+# A packet is resent at most once in this long (an honest receiver asks again after an RTT);
+# this also bounds the keyframe packets that the budget lets through.
+RESEND_SPACING_S = 0.05
 # Bitrates assumed for simulcast layers not yet measured (lowest first).
 NOMINAL_LAYER_BPS = (150_000, 500_000, 1_500_000)
 
@@ -75,6 +84,12 @@ class DownTrack:
         self.payload_type = -1  # unknown until negotiated
         self.rtx_payload_type: int | None = None
         self.clock_rate = 90000 if kind == "video" else 48000
+        # RED audio (RFC 2198): this viewer accepted RED with this payload type, its blocks
+        # carrying Opus as `red_block_pt`; -1 when not. `red_source_pt` is the bound
+        # publisher's RED payload type when RED goes through as is (-1: plain Opus).
+        self.red_payload_type = -1
+        self.red_block_pt = -1
+        self.red_source_pt = -1
         self._ext_template = bytearray()
         self._abs_send_time_at = -1
         self._audio_level_at = -1
@@ -87,7 +102,8 @@ class DownTrack:
         self.playout_delay: tuple[int, int] | None = None  # (min, max) in 10 ms units
         self.loss_seen_at = 0.0  # when a receiver report last showed loss
         self._rtt_samples: deque[tuple[float, float]] = deque()  # (time, rtt) for base_rtt_s
-        # retransmissions: at most this bitrate (None: unlimited), set from the estimate
+        # retransmissions: at most this bitrate, set from the estimate (None: no estimate, a
+        # share of what the track sends; see RTX_FALLBACK_SHARE)
         self.rtx_budget_bps: float | None = None
         self._rtx_tokens = 0.0
         self._rtx_tokens_at = 0.0
@@ -108,6 +124,8 @@ class DownTrack:
         self.recent_keyframe_switches = 0  # moves down started on a keyframe just gone by
         self.layer_switches = 0
         self.probe_packets = 0
+        self.nacks_received = 0  # RTCP NACK packets from the subscriber (metrics)
+        self.keyframe_requests_received = 0  # PLI/FIR from the subscriber (metrics)
         # payload bitrate sent lately: media + retransmissions + probes (what loads the link),
         # smoothed over a few BandwidthController ticks; octets_sent counts media alone
         self.bitrate_bps = 0
@@ -139,8 +157,11 @@ class DownTrack:
         transport_cc_id: int = 0,
         sequencer: TransportSequencer | None = None,
         playout_delay_id: int = 0,
+        red: tuple[int, int] | None = None,
     ) -> None:
         """Set what negotiation agreed for this m-line (payload types and extension ids).
+
+        `red`: (RED payload type, Opus payload type in its blocks) if the viewer accepted RED.
 
         With `transport_cc_id` and a `sequencer`, every packet carries a transport-wide
         sequence number, and the sequencer logs its size and send time for the estimator.
@@ -155,7 +176,15 @@ class DownTrack:
         self.sequencer = sequencer if transport_cc_id else None
         self._transport_cc_id = transport_cc_id if sequencer is not None else 0
         self._playout_delay_id = playout_delay_id if self.kind == "video" else 0
+        self.red_payload_type, self.red_block_pt = red if red and self.kind == "audio" else (-1, -1)
+        self.update_red_source()
         self._build_extensions()
+
+    def update_red_source(self) -> None:
+        """RED goes through as is when both the viewer and the bound publisher use it."""
+        fw = self.forwarder
+        source = fw.producer.codec.red_payload_type if fw is not None else None
+        self.red_source_pt = source if source is not None and self.red_payload_type >= 0 else -1
 
     def set_playout_delay(self, min_ms: int, max_ms: int = 10_000) -> bool:
         """Ask for at least `min_ms` of playout delay (0: take the extension off again).
@@ -242,7 +271,8 @@ class DownTrack:
                 ext[self._twcc_at + 1] = tseq & 0xFF
         if h.padding_size:
             b0 |= 0x20
-        b1 = self.payload_type | 0x80 if h.marker else self.payload_type
+        pt = self.red_payload_type if h.payload_type == self.red_source_pt else self.payload_type
+        b1 = pt | 0x80 if h.marker else pt
         packet = b"".join((RTP_FIXED.pack(b0, b1, seq, ts, self.ssrc), ext, body))
         if self._send(packet):
             self.packets_sent += 1
@@ -312,7 +342,7 @@ class DownTrack:
         """One retransmission allowed now? A token bucket refilled at `rtx_budget_bps`."""
         rate = self.rtx_budget_bps
         if rate is None:
-            return True
+            rate = max(RTX_FALLBACK_MIN_BPS, RTX_FALLBACK_SHARE * self.bitrate_bps)
         elapsed = now_s - self._rtx_tokens_at
         self._rtx_tokens_at = now_s
         burst = max(rate / 8 * RTX_BURST_S, RTX_PACKET_BYTES)
@@ -401,6 +431,7 @@ class DownTrack:
             "probe_packets": self.probe_packets,
             "probe_octets": self.probe_octets,
             "playout_delay_ms": self.playout_delay[0] * 10 if self.playout_delay else None,
+            "red": self.red_source_pt >= 0,  # audio forwarded as RED (else plain Opus)
             **self._layer_stats(),
         }
 
@@ -462,6 +493,7 @@ class Forwarder:
         "_dropped_seqs",
         "filtering",
         "_ring",
+        "_resent_at",
     )
 
     def __init__(self, producer: Producer, downtrack: DownTrack, selector=None) -> None:
@@ -497,6 +529,7 @@ class Forwarder:
         # out seq & RING_MASK -> (out seq, in seq, spatial layer, out timestamp, out picture
         # id, out TL0PICIDX; -1 when the payload went out untouched)
         self._ring: list[tuple[int, int, int, int, int, int] | None] = [None] * RING_SIZE
+        self._resent_at = array("d", [-1.0]) * RING_SIZE  # by ring slot: last NACK resend
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -577,6 +610,8 @@ class Forwarder:
         pid = tl0 = -1
         if self.munging and vp8 is not None and dt.munger is not None:
             payload, pid, tl0 = self._rewritten(data, h, vp8)
+        elif h.payload_type == dt.red_source_pt:
+            payload = self.producer.red_payload_for(data, h, dt.red_block_pt)
         self._ring[out_seq & RING_MASK] = (
             out_seq,
             seq_in,
@@ -817,16 +852,22 @@ class Forwarder:
         Not packets of a layer we have since left (the subscriber restarts on the new layer's
         keyframe), and not beyond the DownTrack's retransmission budget: on a congested link a
         storm of retransmissions would only deepen the congestion that lost the packets. The
-        packets of the keyframe the current layer started on are exempt.
+        packets of the keyframe the current layer started on are exempt. A packet is resent at
+        most once per RESEND_SPACING_S, so the work a NACK causes is bounded whatever it lists.
         """
         if self.producer.kind != "video":
             return 0
         dt = self.downtrack
         sent = 0
         now = time.monotonic()
+        resent_at = self._resent_at
         for out_seq in out_seqs:
-            entry = self._ring[out_seq & RING_MASK]
+            slot = out_seq & RING_MASK
+            entry = self._ring[slot]
             if entry is None or entry[0] != out_seq or entry[2] != self.current:
+                continue
+            if now - resent_at[slot] < RESEND_SPACING_S:  # asked again at once: not yet
+                dt.retransmissions_skipped += 1
                 continue
             # the keyframe this layer started on is what the viewer waits for: never held
             # back by the budget (lab: a q keyframe repaired at 70 kbit/s froze 0.6 s longer)
@@ -834,6 +875,7 @@ class Forwarder:
                 dt.retransmissions_skipped += 1
                 continue
             if self.resend(out_seq):
+                resent_at[slot] = now
                 sent += 1
         return sent
 
@@ -899,6 +941,7 @@ def bind(producer: Producer, downtrack: DownTrack, selector=None) -> Forwarder:
         selector = top_layer_selector(producer)
     forwarder = Forwarder(producer, downtrack, selector)
     downtrack.forwarder = forwarder
+    downtrack.update_red_source()
     producer.attach(forwarder)
     if producer.kind == "video":
         producer.request_keyframe()

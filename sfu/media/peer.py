@@ -11,7 +11,8 @@ in this module, so an aiortc upgrade has one place to check:
 * the connection comes up a round trip sooner ("fast connect", see `MediaPeer`): ICE is
   usable on the first authenticated check from the remote side, our offers make us the DTLS
   client (`a=setup:active`), and SRTP keys are taken as soon as our last DTLS 1.2 flight is
-  out (false start) instead of after the peer's Finished comes back.
+  out (false start) instead of after the peer's Finished comes back;
+* DTLS accepts peers whose certificate is RSA (GStreamer's webrtcbin), not only ECDSA ones.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pylibsrtp
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, get_host_addresses
+from aioice.stun import RETRY_RTO as STUN_RETRY_RTO
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -46,8 +48,32 @@ logger = logging.getLogger(__name__)
 
 NTP_UNIX_OFFSET_S = 2208988800  # 1900-01-01 to 1970-01-01
 
+# aiortc's DTLS context offers only ECDHE-ECDSA suites (its own certificates are ECDSA): as DTLS
+# client that shuts out a server whose certificate is RSA, as GStreamer webrtcbin 1.22's default
+# one is ("no shared cipher"). AEAD suites first (false start needs one), ECDSA preferred; as
+# DTLS server our ECDSA certificate leaves only the ECDSA suites anyway.
+DTLS_CIPHERS = b":".join(
+    (
+        b"ECDHE-ECDSA-AES128-GCM-SHA256",
+        b"ECDHE-ECDSA-CHACHA20-POLY1305",
+        b"ECDHE-RSA-AES128-GCM-SHA256",
+        b"ECDHE-RSA-CHACHA20-POLY1305",
+        b"ECDHE-ECDSA-AES128-SHA",
+        b"ECDHE-ECDSA-AES256-SHA",
+        b"ECDHE-RSA-AES128-SHA",
+        b"ECDHE-RSA-AES256-SHA",
+    )
+)
+
 RtpCallback = Callable[[bytes, int], None]
 RtcpCallback = Callable[[bytes], None]
+
+
+@dataclass
+class DropCounters:
+    """Datagrams the media sockets of one node dropped as malformed (shown in /api/stats)."""
+
+    malformed_stun: int = 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,8 @@ class NetworkSettings:
     port_max: int = 0
     announced_ip: str = ""
     ice_servers: tuple[dict, ...] = ()
+    # shared by every peer made with these settings (one node's)
+    drops: DropCounters = field(default_factory=DropCounters, compare=False, repr=False)
 
 
 def _ntp_ms() -> int:
@@ -146,6 +174,9 @@ class MediaPeer:
         # completed), dtls_keys (SRTP keys: false start or handshake done), dtls_done
         # (handshake completed)
         self.marks: dict[str, float] = {}
+        # the lowest round trip of our own ICE connectivity checks: the path's RTT before any
+        # RTCP report (a far viewer's playout delay can start with its first frame)
+        self.handshake_rtt_s: float | None = None
         self.false_started = False
         self.closed = False
         self.errors = 0
@@ -160,9 +191,12 @@ class MediaPeer:
             if id(transport) in self._prepared:
                 continue
             self._prepared.add(id(transport))
+            _no_start_after_close(transport.transport)
             connection = transport.transport.iceGatherer._connection
             connection.gather_candidates = _host_gatherer(connection, self.network)
             connection.connect = _prompt_connect(connection, self._mark, early=self.fast_connect)
+            connection.check_start = _timed_checks(connection, self._on_check_rtt)
+            _accept_rsa_peers(transport)
             if self.fast_connect:
                 _enable_false_start(transport, self._on_early_keys)
             if self._on_rtp is not None or self._on_rtcp is not None:
@@ -229,7 +263,7 @@ class MediaPeer:
     def _set_route(self, pair) -> None:
         """Cache how to reach a nominated pair: the socket's sendto, or TURN's coroutine."""
         protocol = pair.protocol
-        if type(protocol) is StunProtocol:
+        if type(protocol) in (GuardedStunProtocol, StunProtocol):
             self._route_send = protocol.transport.sendto
         else:  # a TURN allocation: its send path is a coroutine
 
@@ -312,6 +346,10 @@ class MediaPeer:
             transports.append(self.pc.sctp.transport)
         return transports
 
+    def _on_check_rtt(self, rtt_s: float) -> None:
+        if self.handshake_rtt_s is None or rtt_s < self.handshake_rtt_s:
+            self.handshake_rtt_s = rtt_s
+
     def _mark(self, name: str) -> None:
         if name not in self.marks:
             self.marks[name] = time.monotonic()
@@ -320,6 +358,12 @@ class MediaPeer:
     def dtls_role(self) -> str | None:
         """Our DTLS role once negotiated: "client", "server" (or "auto" before the answer)."""
         return self._dtls._role if self._dtls is not None else None
+
+    @property
+    def dtls_cipher(self) -> str | None:
+        """The DTLS cipher suite in use (OpenSSL's name) once the handshake has chosen one."""
+        ssl = self._dtls._ssl if self._dtls is not None else None
+        return ssl.get_cipher_name() if ssl is not None else None
 
     def _on_early_keys(self, transport: RTCDtlsTransport) -> None:
         """False start: SRTP keys before the peer's Finished; media may flow now."""
@@ -450,6 +494,24 @@ def _prompt_connect(connection, mark: Callable[[str], None], *, early: bool = Tr
     return connect
 
 
+def _timed_checks(connection, on_rtt: Callable[[float], None]):
+    """Wrap aioice's check_start to time each successful connectivity check: one STUN request
+    and its response, a round trip on the path media will take. Only checks answered before
+    the first retransmission could go out count (a later answer may be to a retransmission),
+    and not where a second request nominates the pair (controlling toward an ICE-lite peer)."""
+    original = connection.check_start
+
+    async def check_start(pair) -> None:
+        started = time.monotonic()
+        await original(pair)
+        elapsed = time.monotonic() - started
+        two_requests = connection.ice_controlling and connection.remote_is_lite
+        if pair.state == pair.State.SUCCEEDED and elapsed < STUN_RETRY_RTO and not two_requests:
+            on_rtt(elapsed)
+
+    return check_start
+
+
 def _connect_finished(connection, task: asyncio.Task) -> None:
     """aioice's connect() ended after we moved on: tidy up, or close if ICE failed after all."""
     if task.cancelled():
@@ -464,6 +526,26 @@ def _connect_finished(connection, task: asyncio.Task) -> None:
         # the transports above fail rather than wait on a path that does not work
         logger.info("ICE failed after the connection was used early: %r", exc)
         asyncio.ensure_future(connection.close())
+
+
+def _accept_rsa_peers(transport: RTCDtlsTransport) -> None:
+    """Widen the transport's DTLS cipher list to DTLS_CIPHERS (see there).
+
+    aiortc builds the SSL context from the connection's certificate object when DTLS starts;
+    the certificate belongs to one RTCPeerConnection, so wrapping it changes only this peer.
+    """
+    certificate = transport._RTCDtlsTransport__local_certificate
+    if getattr(certificate, "_sfu_cipher_list", None) == DTLS_CIPHERS:
+        return  # shared by this connection's transports: wrapped once
+    original = certificate._create_ssl_context
+
+    def create_ssl_context(srtp_profiles):
+        context = original(srtp_profiles)
+        context.set_cipher_list(DTLS_CIPHERS)
+        return context
+
+    certificate._create_ssl_context = create_ssl_context
+    certificate._sfu_cipher_list = DTLS_CIPHERS
 
 
 def _enable_false_start(transport: RTCDtlsTransport, on_keys: Callable[[RTCDtlsTransport], None]):
@@ -586,6 +668,47 @@ def _host_gatherer(connection, network: NetworkSettings):
     return gather_candidates
 
 
+def _no_start_after_close(ice_transport) -> None:
+    """Make starting a closed ICE transport a no-op instead of an InvalidStateError.
+
+    aiortc's connect task starts the ICE and DTLS transports of each m-line in turn (with
+    BUNDLE, the same ones again). A connection closed while the first m-line's DTLS is still
+    under way (a client that joins and leaves at once) made the next start raise
+    InvalidStateError('RTCIceTransport is closed') in that task, which nobody awaits: asyncio
+    logged "Task exception was never retrieved".
+    """
+    original = ice_transport.start
+
+    async def start(remote_parameters) -> None:
+        if ice_transport.state == "closed":
+            return
+        await original(remote_parameters)
+
+    ice_transport.start = start
+
+
+class GuardedStunProtocol(StunProtocol):
+    """aioice's socket protocol, minus its one unguarded path: a STUN message with a malformed
+    attribute (e.g. a 2-byte PRIORITY) makes aioice's parser raise something other than the
+    ValueError it catches, and the event loop logs a traceback per datagram, unauthenticated.
+    Such datagrams are dropped and counted. Media (first byte >= 4, RFC 7983) goes straight
+    through: one extra call, nothing more, on the packet path."""
+
+    def __init__(self, connection, drops: DropCounters) -> None:
+        super().__init__(connection)
+        self.drops = drops
+
+    def datagram_received(self, data: bytes | str, addr: tuple) -> None:
+        if data and data[0] < 4:  # STUN
+            try:
+                StunProtocol.datagram_received(self, data, addr)
+            except Exception as exc:
+                self.drops.malformed_stun += 1
+                logger.debug("malformed STUN from %s dropped: %r", addr, exc)
+            return
+        StunProtocol.datagram_received(self, data, addr)
+
+
 async def _bind_in_range(loop, connection, address: str, network: NetworkSettings) -> StunProtocol:
     if not network.port_min:
         ports: Iterable[int] = [0]
@@ -597,7 +720,7 @@ async def _bind_in_range(loop, connection, address: str, network: NetworkSetting
     for port in ports:
         try:
             _, protocol = await loop.create_datagram_endpoint(
-                lambda: StunProtocol(connection), local_addr=(address, port)
+                lambda: GuardedStunProtocol(connection, network.drops), local_addr=(address, port)
             )
             return protocol
         except OSError as exc:
