@@ -12,7 +12,8 @@ in this module, so an aiortc upgrade has one place to check:
   usable on the first authenticated check from the remote side, our offers make us the DTLS
   client (`a=setup:active`), and SRTP keys are taken as soon as our last DTLS 1.2 flight is
   out (false start) instead of after the peer's Finished comes back;
-* DTLS accepts peers whose certificate is RSA (GStreamer's webrtcbin), not only ECDSA ones.
+* DTLS accepts peers whose certificate is RSA (GStreamer's webrtcbin), not only ECDSA ones;
+* with `udp_port`, every peer's ICE runs on one shared socket per address (sfu.media.udpmux).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from aiortc.rtcdtlstransport import (
 from OpenSSL import SSL
 
 from .rtp import is_rtcp
+from .udpmux import DropCounters, SharedPortProtocol, SharedSockets, new_ufrag
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +70,6 @@ RtpCallback = Callable[[bytes, int], None]
 RtcpCallback = Callable[[bytes], None]
 
 
-@dataclass
-class DropCounters:
-    """Datagrams the media sockets of one node dropped as malformed (shown in /api/stats)."""
-
-    malformed_stun: int = 0
-
-
 @dataclass(frozen=True)
 class NetworkSettings:
     """Where a peer's ICE host candidates live and which address is announced for them."""
@@ -82,10 +77,13 @@ class NetworkSettings:
     addresses: tuple[str, ...] = ("127.0.0.1",)  # empty: every non-loopback interface
     port_min: int = 0  # 0: any ephemeral port
     port_max: int = 0
+    # one UDP port for every peer (sfu.media.udpmux); 0: a port per peer from the range above
+    udp_port: int = 0
     announced_ip: str = ""
     ice_servers: tuple[dict, ...] = ()
     # shared by every peer made with these settings (one node's)
     drops: DropCounters = field(default_factory=DropCounters, compare=False, repr=False)
+    sockets: SharedSockets = field(default_factory=SharedSockets, compare=False, repr=False)
 
 
 def _ntp_ms() -> int:
@@ -189,6 +187,10 @@ class MediaPeer:
             self._prepared.add(id(transport))
             _no_start_after_close(transport.transport)
             connection = transport.transport.iceGatherer._connection
+            if self.network.udp_port:
+                # the shared socket finds a peer by its ufrag: a long random one, before
+                # the description (which carries it) is made
+                connection._local_username = new_ufrag()
             connection.gather_candidates = _host_gatherer(connection, self.network)
             connection.connect = _prompt_connect(connection, self._mark, early=self.fast_connect)
             _accept_rsa_peers(transport)
@@ -258,7 +260,7 @@ class MediaPeer:
     def _set_route(self, pair) -> None:
         """Cache how to reach a nominated pair: the socket's sendto, or TURN's coroutine."""
         protocol = pair.protocol
-        if type(protocol) in (GuardedStunProtocol, StunProtocol):
+        if type(protocol) in (SharedPortProtocol, GuardedStunProtocol, StunProtocol):
             self._route_send = protocol.transport.sendto
         else:  # a TURN allocation: its send path is a coroutine
 
@@ -623,7 +625,11 @@ def _host_gatherer(connection, network: NetworkSettings):
         loop = asyncio.get_running_loop()
         for component in sorted(connection._components):
             for address in addresses:
-                protocol = await _bind_in_range(loop, connection, address, network)
+                if network.udp_port:
+                    mux = await network.sockets.get(address, network.udp_port, network.drops)
+                    protocol = mux.add(connection)
+                else:
+                    protocol = await _bind_in_range(loop, connection, address, network)
                 candidate = Candidate(
                     foundation=candidate_foundation("host", "udp", address),
                     component=component,
@@ -664,8 +670,9 @@ class GuardedStunProtocol(StunProtocol):
     """aioice's socket protocol, minus its one unguarded path: a STUN message with a malformed
     attribute (e.g. a 2-byte PRIORITY) makes aioice's parser raise something other than the
     ValueError it catches, and the event loop logs a traceback per datagram, unauthenticated.
-    Such datagrams are dropped and counted. Media (first byte >= 4, RFC 7983) goes straight
-    through: one extra call, nothing more, on the packet path."""
+    Such datagrams are dropped and counted. Media (first byte >= 4, RFC 7983) goes straight to
+    the connection, without aioice's attempt to parse every datagram as STUN first (an
+    exception raised and caught per packet)."""
 
     def __init__(self, connection, drops: DropCounters) -> None:
         super().__init__(connection)
@@ -679,7 +686,8 @@ class GuardedStunProtocol(StunProtocol):
                 self.drops.malformed_stun += 1
                 logger.debug("malformed STUN from %s dropped: %r", addr, exc)
             return
-        StunProtocol.datagram_received(self, data, addr)
+        if data:  # (media: straight on, without aioice's attempt to parse it as STUN)
+            self.receiver.data_received(data, self.local_candidate.component)
 
 
 async def _bind_in_range(loop, connection, address: str, network: NetworkSettings) -> StunProtocol:
