@@ -76,6 +76,7 @@ JANUS = "/usr/bin/janus"
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 JANUS_ROOM = 1234
 HTTP_PORT = 8088  # inside the namespace: nothing else listens there
+SINGLE_PORT = 50000  # our node's one media port with --single-port (inside the namespace too)
 CONFIGS = ("ours", "janus_stock", "janus_event_loops_1")
 SIMULCAST_LAYERS = (  # (rid, width, height, bit rate)
     ("q", 320, 180, 150_000),
@@ -260,14 +261,15 @@ class JanusProcess(Child):
         raise TimeoutError("janus did not start in time")
 
 
-def our_node(net: ServerNet, folder: Path, simulcast: bool) -> SfuProcess:
+def our_node(net: ServerNet, folder: Path, simulcast: bool, udp_port: int = 0) -> SfuProcess:
     """`python -m sfu serve` in the namespace, default settings but for the media address.
 
     With simulcast, bandwidth estimation is off: the packet-counting viewers send no
     transport-cc feedback, so the estimate would stay at its start value and hold the top
-    layer back; Janus forwards the substream asked for, and so do we then."""
+    layer back; Janus forwards the substream asked for, and so do we then. `udp_port`: the
+    node's one media port (media.udp_port), 0 for a port per peer (the default)."""
     config = folder / "sfu.toml"
-    text = f'[media]\nbind_addresses = ["{net.server_ip}"]\n'
+    text = f'[media]\nbind_addresses = ["{net.server_ip}"]\nudp_port = {udp_port}\n'
     if simulcast:
         text += "[rtc]\nbwe = false\n"
     config.write_text(text)
@@ -760,13 +762,14 @@ async def measure(
 ) -> dict:
     """One SFU configuration, one scenario: start it, fill it, measure a window, stop it."""
     folder = Path(tempfile.mkdtemp(prefix=f"{config}-", dir=workdir))
-    if config == "ours":
-        server: Child = our_node(net, folder, scenario == "simulcast")
+    if config.startswith("ours"):
+        port = SINGLE_PORT if config == "ours_single_port" else 0
+        server: Child = our_node(net, folder, scenario == "simulcast", port)
         url = server.url
     else:
         server = JanusProcess(net, folder, 1 if config == "janus_event_loops_1" else None)
         url = server.url
-    sfu_kind = "ours" if config == "ours" else "janus"
+    sfu_kind = "ours" if config.startswith("ours") else "janus"
     try:
         server.start()
         await server.wait_ready(SERVER_START_S)
@@ -908,7 +911,14 @@ def combine(runs: list[dict]) -> dict:
 def scenario_summary(by_config: dict[str, list[dict]]) -> dict:
     """The issue's JSON shape: ours, the best Janus configuration, each Janus one, the ratio."""
     combined = {config: combine(runs) for config, runs in by_config.items() if runs}
-    summary: dict[str, Any] = {"ours": combined.get("ours")}
+    ours_configs = {k: v for k, v in combined.items() if k.startswith("ours")}
+    # ours: the single port when it ran (what the node would run with), else the port range
+    summary: dict[str, Any] = {"ours": combined.get("ours_single_port") or combined.get("ours")}
+    if len(ours_configs) > 1:
+        summary["ours_configs"] = {
+            "port_range": combined.get("ours"),
+            "single_port": combined.get("ours_single_port"),
+        }
     janus = {
         name.removeprefix("janus_"): value
         for name, value in combined.items()
@@ -928,6 +938,8 @@ def scenario_summary(by_config: dict[str, list[dict]]) -> dict:
 
 async def orchestrate(args: argparse.Namespace, workdir: Path, worker_log) -> dict:
     configs = [c for c in CONFIGS if args.sfu == "both" or c.startswith(args.sfu)]
+    if args.single_port and args.sfu != "janus":
+        configs.insert(configs.index("ours") + 1, "ours_single_port")
     result: dict[str, Any] = {}
     with ServerNet() as net:
         log(f"namespace {net.ns}: SFU at {net.server_ip}, clients at {net.client_ip}")
@@ -965,7 +977,8 @@ def foreign_load(result: dict) -> float:
     """The highest load from outside the benchmark seen in any window (% of one core)."""
     values = []
     for summary in (result, result.get("simulcast") or {}):
-        for entry in [summary.get("ours"), *(summary.get("janus_configs") or {}).values()]:
+        ours = list((summary.get("ours_configs") or {"": summary.get("ours")}).values())
+        for entry in [*ours, *(summary.get("janus_configs") or {}).values()]:
             if entry:
                 values.append(entry["other_cpu_pct"] or 0)
     return max(values, default=0.0)
@@ -975,9 +988,12 @@ def print_table(result: dict) -> None:
     for name, summary in (("single layer", result), ("simulcast", result.get("simulcast"))):
         if not summary or summary.get("ours") is None and not summary.get("janus_configs"):
             continue
-        entries = [("ours", summary.get("ours"))] + [
-            (f"janus {k}", v) for k, v in (summary.get("janus_configs") or {}).items()
-        ]
+        ours = summary.get("ours_configs")
+        entries = (
+            [("ours, port range", ours["port_range"]), ("ours, one port", ours["single_port"])]
+            if ours
+            else [("ours", summary.get("ours"))]
+        ) + [(f"janus {k}", v) for k, v in (summary.get("janus_configs") or {}).items()]
         rows = []
         for label, e in entries:
             if e is None:
@@ -1025,6 +1041,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="single-layer publisher, simulcast publisher or both (default)",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument(
+        "--single-port",
+        action="store_true",
+        help=f"also run our node with media.udp_port = {SINGLE_PORT} (reported as `ours`)",
+    )
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--workers", type=int, default=4, help="viewer processes")
     parser.add_argument("--clip-seconds", type=float, help="length of the replayed clip")
