@@ -203,6 +203,10 @@ class MediaPeer:
             transport.on("statechange", lambda t=transport: self._on_dtls_state(t))
             if self._dtls is None:
                 self._dtls = transport
+        if self._on_rtp is not None or self._on_rtcp is not None:
+            for transceiver in self.pc.getTransceivers():
+                _quiet_rtcp_loop(transceiver.sender, "_RTCRtpSender")
+                _quiet_rtcp_loop(transceiver.receiver, "_RTCRtpReceiver")
 
     async def answer(self, offer_sdp: str) -> str:
         """Take a remote offer and return our answer with all candidates in it."""
@@ -645,6 +649,30 @@ def _host_gatherer(connection, network: NetworkSettings):
         connection._local_candidates_end = True
 
     return gather_candidates
+
+
+def _quiet_rtcp_loop(endpoint, mangled: str) -> None:
+    """No RTCP timer for an aiortc sender or receiver whose packets we handle ourselves.
+
+    aiortc runs one RTCP loop per m-line and direction, waking every 0.5-1.5 s: at 20 viewers
+    that is 40 wake-ups a second whose sender reports we discard (ours come from DownTrack) and
+    whose receiver reports describe nothing (aiortc's receivers see no packets; ours send RR and
+    REMB). The replacement only keeps the started/exited events that stop() waits on.
+    """
+    if getattr(endpoint, "_sfu_quiet_rtcp", False):
+        return
+    endpoint._sfu_quiet_rtcp = True
+    started = getattr(endpoint, f"{mangled}__rtcp_started")
+    exited = getattr(endpoint, f"{mangled}__rtcp_exited")
+
+    async def run_rtcp() -> None:
+        started.set()
+        try:
+            await asyncio.get_running_loop().create_future()  # until stop() cancels it
+        finally:
+            exited.set()
+
+    endpoint._run_rtcp = run_rtcp
 
 
 def _no_start_after_close(ice_transport) -> None:
