@@ -619,7 +619,7 @@ def _host_gatherer(connection, network: NetworkSettings):
     async def gather_candidates() -> None:
         addresses = list(network.addresses)
         if not addresses:
-            if not network.port_min:
+            if not network.port_min and not network.udp_port:
                 await original()  # any interface, any port, STUN/TURN as configured
                 return
             addresses = get_host_addresses(connection._use_ipv4, connection._use_ipv6)
