@@ -1,4 +1,8 @@
-"""The aiohttp application: the whole server as one embeddable object."""
+"""The aiohttp application: the whole server as one embeddable object.
+
+The routes live in sfu/api/ (each a thin adapter over its wire format); every join, WHIP and
+WHEP request goes down the one join path, sfu/rooms/joins.py.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,18 @@ import logging
 
 from aiohttp import web
 
-from . import captions_archive, whip
-from .agents import add_agent_routes
+from .api import captions, whip
+from .api.agents import add_agent_routes
+from .api.http_join import add_http_join_routes
+from .api.keys import NODE_KEY
+from .api.websocket import websocket_handler
 from .auth import AUTH_KEY, require_grant
 from .cluster.views import rooms_response
 from .config import Config
 from .demo import add_demo_routes
 from .metrics.routes import add_metrics
 from .node import SfuNode
-from .signalling import NODE_KEY, add_http_join_routes, websocket_handler
+from .recording.routes import add_recording
 from .webhooks.events import add_webhooks
 
 logger = logging.getLogger(__name__)
@@ -41,8 +48,9 @@ def create_app(config: Config | None = None) -> web.Application:
     whip.add_routes(app)
     add_demo_routes(app, node)
     add_agent_routes(app, node)
-    captions_archive.add_routes(app, node)
+    captions.add_routes(app, node)
     add_webhooks(app, node)  # [webhooks] urls: signed events to the shop's backend
+    add_recording(app, node)  # [recording]: shows to WebM + WebVTT, replay links
     add_metrics(app, node)  # GET /metrics ([metrics]); after the agents and webhooks
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
@@ -60,6 +68,7 @@ async def _on_startup(app: web.Application) -> None:
     if node.config.server.demo_tokens:
         logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
     await node.cluster.start()
+    node.fallbacks.start()
     logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
 
 
@@ -68,9 +77,15 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 `ok`; 503 `draining` once the node drains, so a load balancer stops sending joins."""
     node = request.app[NODE_KEY]
     return web.json_response(
-        {"status": "ok", "node_id": node.node_id, "region": node.config.server.region}
+        {
+            "status": "draining" if node.draining else "ok",
+            "node_id": node.node_id,
+            "region": node.config.server.region,
+        },
+        status=503 if node.draining else 200,
     )
 
 

@@ -14,12 +14,15 @@ import uuid
 
 from .auth import AccessToken, AuthError, verify_token
 from .cluster import create_backend
+from .cluster.drain import FallbackNodes, drain
 from .cluster.membership import ClusterMembership
+from .cluster.takeover import replace_on_rejoin_elsewhere
 from .config import Config
-from .joins import JoinLog
 from .media.peer import NetworkSettings
-from .participant import Participant
 from .room import RoomRegistry
+from .rooms.joins import JoinService
+from .rooms.participant import Participant
+from .rooms.timeline import JoinLog
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,12 @@ class SfuNode:
         self.cluster = ClusterMembership(
             self.node_id, config, self.rooms, create_backend(config.cluster)
         )
+        # other nodes' URLs for the clients' fallback (join answer, `move`); the SIGTERM drain
+        self.fallbacks = FallbackNodes(self.cluster)
+        self.cluster.listeners.append(replace_on_rejoin_elsewhere(self.rooms))
+        self.draining = False
+        # the one join / publish / subscribe path every surface (sfu/api/) goes through
+        self.join_service = JoinService(self)
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)
@@ -85,6 +94,9 @@ class SfuNode:
                             "nacks_sent": prod.nack.nacks_sent if prod.nack else 0,
                             "simulcast": prod.simulcast,
                             "layers": prod.layers_json(now),
+                            "red": prod.red is not None,
+                            "red_packets": prod.red.red_packets if prod.red else 0,
+                            "red_recovered": prod.red.recovered if prod.red else 0,
                         }
                         for prod in p.published()
                     ]
@@ -97,8 +109,19 @@ class SfuNode:
             "rooms": rooms,
             "joins": self.joins.summary(),
             "dropped": dataclasses.asdict(self.network.drops),
-            "cluster": self.cluster.status(),
+            "cluster": {
+                **self.cluster.status(),
+                "draining": self.draining,
+                "fallbacks": self.fallbacks.urls(),
+            },
         }
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Refuse joins, tell clients to move to other nodes, wait for them (bounded; default
+        `[server] drain_timeout_s`). Call close() (or shut the app down) afterwards."""
+        if timeout_s is None:
+            timeout_s = self.config.server.drain_timeout_s
+        return await drain(self, timeout_s)
 
     async def close(self) -> None:
         """Graceful shutdown: tell clients, then close every peer connection."""
@@ -110,6 +133,7 @@ class SfuNode:
                 pass
         await self.rooms.close()
         self.http_sessions.clear()
+        await self.fallbacks.stop()
         await self.cluster.stop()
         self.network.sockets.close()
         logger.info("node %s closed", self.node_id)

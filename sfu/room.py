@@ -12,7 +12,7 @@ from .config import LimitSettings
 
 if TYPE_CHECKING:
     from .media.producer import Producer
-    from .participant import Participant
+    from .rooms.participant import Participant
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,8 @@ class Room:
     async def add(self, participant: Participant) -> None:
         """Join; a second connection with the same identity replaces the first."""
         old = self.participants.get(participant.identity)
-        if old is not None:
-            old.send_event(
-                {"type": "error", "code": "replaced", "message": "same identity joined again"}
-            )
+        if old is not None:  # (a client resuming after a failure, or a second tab)
+            old.replaced()  # told why, its socket closed: it can act no more as this identity
             await self.remove(old, replacing=True)
         if len(self.participants) >= self.limits.max_participants_per_room:
             raise RoomFull(f"room {self.name!r} is full")

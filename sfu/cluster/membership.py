@@ -36,8 +36,8 @@ from .records import (
 if TYPE_CHECKING:
     from ..config import Config
     from ..media.producer import Producer
-    from ..participant import Participant
     from ..room import Room, RoomRegistry
+    from ..rooms.participant import Participant
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ class ClusterMembership:
         self._following: set[str] = set()  # rooms whose channel this node subscribes to
         self._tasks: list[asyncio.Task] = []
         self._started = False
+        self.draining = False  # set by the drain (sfu/cluster/drain.py); goes out in heartbeats
 
     @property
     def public_url(self) -> str:
@@ -120,6 +121,7 @@ class ClusterMembership:
             public_url=self.public_url,
             started_at=self.started_at,
             load=self.last_load,
+            draining=self.draining,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -313,6 +315,12 @@ class ClusterMembership:
             )
 
     # -- heartbeat ------------------------------------------------------------------------------
+
+    async def mark_draining(self) -> None:
+        """Tell the registry now (not at the next heartbeat) that this node is draining."""
+        self.draining = True
+        with contextlib.suppress(ClusterError):
+            await self._heartbeat()
 
     async def _heartbeat(self) -> None:
         self.last_load = self.load.sample()

@@ -39,13 +39,16 @@ from .rtcp import (
 from .rtp import EXT_PLAYOUT_DELAY, EXT_TRANSPORT_CC
 from .sdp import (
     SdpError,
+    accept_red,
     add_extension,
     add_transport_cc,
     answered_extension,
+    answered_red,
     codec_preferences,
     extension_ids,
     free_extension_id,
     negotiated_codec,
+    offer_red,
     parse_offer,
     parse_simulcast,
 )
@@ -118,6 +121,7 @@ class SubscriberSession:
         )
         self._transport_cc_ids: dict[str, int] = {}  # mid -> negotiated extension id
         self._playout_delay_ids: dict[str, int] = {}
+        self._red: dict[str, tuple[int, int]] = {}  # mid -> (RED pt, Opus pt) accepted
         self._quality: dict[str, tuple[int | None, int, int]] = {}  # track id -> request
         self._default_quality: tuple[int | None, int, int] | None = None  # every other track
         self._bwe_job: Callable[[], None] | None = None  # (on the shared TICK_S clock)
@@ -158,6 +162,8 @@ class SubscriberSession:
                     offer = add_extension(
                         offer, EXT_PLAYOUT_DELAY, free_extension_id(offer), kinds=("video",)
                     )
+                if self.rtc.audio_red or self.rtc.opus_fec:
+                    offer = offer_red(offer, red=self.rtc.audio_red, opus_fec=self.rtc.opus_fec)
                 mapping = self._mid_map()
                 self._pending_offer_answer = asyncio.get_running_loop().create_future()
                 self.negotiations += 1
@@ -166,6 +172,7 @@ class SubscriberSession:
                 await self.peer.accept_answer(answer)
                 self._transport_cc_ids = answered_extension(answer, EXT_TRANSPORT_CC)
                 self._playout_delay_ids = answered_extension(answer, EXT_PLAYOUT_DELAY)
+                self._red = answered_red(answer) if self.rtc.audio_red else {}
                 self._configure_downtracks()
                 for downtrack, producer in bindings:
                     if self.subscriptions.get(producer.id) is producer and not producer.closed:
@@ -278,6 +285,7 @@ class SubscriberSession:
                 transport_cc_id=self._transport_cc_ids.get(dt.mid, 0),
                 playout_delay_id=self._playout_delay_ids.get(dt.mid, 0),
                 sequencer=self.bandwidth.sequencer,
+                red=self._red.get(dt.mid),
             )
 
     # -- layers --------------------------------------------------------------------------------
@@ -367,8 +375,13 @@ class SubscriberSession:
         the node's shared clock: one wake-up per tick for every viewer)."""
         if self._bwe_job is None and not self.closed:
             self._bwe_job = shared_ticker(TICK_S).add(
-                self.bandwidth.tick, f"{self.peer.label}: bandwidth tick"
+                self._bwe_tick, f"{self.peer.label}: bandwidth tick"
             )
+
+    def _bwe_tick(self, now: float) -> None:
+        if self.bandwidth.handshake_rtt_s is None:
+            self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)
+        self.bandwidth.tick(now)
 
     # -- answerer role (WHEP) --------------------------------------------------------------------
 
@@ -398,6 +411,14 @@ class SubscriberSession:
         if self.rtc.bwe and len(offered_twcc) == 1:
             answer = add_transport_cc(answer, offered_twcc.pop())
             self._transport_cc_ids = answered_extension(answer, EXT_TRANSPORT_CC)
+        if self.rtc.audio_red or self.rtc.opus_fec:
+            answer = accept_red(
+                answer,
+                parse_simulcast(offer_sdp),
+                red=self.rtc.audio_red,
+                opus_fec=self.rtc.opus_fec,
+            )
+            self._red = answered_red(answer) if self.rtc.audio_red else {}
         self._configure_downtracks()
         self.downtracks = [dt for dt in self.downtracks if dt.negotiated]
         for p in producers:
@@ -442,6 +463,7 @@ class SubscriberSession:
             self._prime()
 
     def _prime(self) -> None:
+        self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)  # (playout delay from the start)
         now = time.monotonic()
         for dt in self.downtracks:
             fw = dt.forwarder
