@@ -684,36 +684,7 @@ async def run_subscribers(args: argparse.Namespace) -> None:
             viewer = JanusViewer(identity, network)
             await viewer.join(args.url, args.feed, layer)
             clients.append(viewer)
-    fanout.emit({"event": "joined", "count": len(clients)})
-    stop = asyncio.ensure_future(fanout.wait_for_stop(args.deadline))
-    ready: set[int] = set()
-    fanout.emit({"event": "ready", "count": 0})
-    while not stop.done():
-        if len(ready) < len(clients):
-            before = len(ready)
-            ready.update(i for i, c in enumerate(clients) if i not in ready and c.has_media())
-            if len(ready) != before:
-                fanout.emit({"event": "ready", "count": len(ready)})
-        await asyncio.wait([stop], timeout=0.25)
-    result = []
-    for client in clients:
-        kinds = client.ssrc_kinds()
-        streams = {
-            ssrc: {
-                "kind": kinds.get(ssrc, "?"),
-                "times": stream.times.tobytes(),
-                "seqs": stream.seqs.tobytes(),
-                "keys": stream.keys.tobytes(),
-                "octets": stream.octets,
-            }
-            for ssrc, stream in client.counter.streams.items()
-        }
-        result.append({"identity": client.identity, "streams": streams})
-    fanout.write_pickle(args.out, result)
-    fanout.emit({"event": "done"})
-    for client in clients:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), 2)
+    await fanout.report_viewers(clients, args.deadline, args.out)
 
 
 async def set_quality(client, quality: str) -> None:

@@ -311,8 +311,14 @@ async def run_subscribers(args: argparse.Namespace) -> None:
     clients = []
     for identity in identities:  # one at a time: a burst of DTLS handshakes starves the SFU
         clients.append(await join(identity))
+    await report_viewers(clients, args.deadline, args.out)
+
+
+async def report_viewers(clients: list, deadline_s: float, out: str) -> None:
+    """Joined viewers (ours or Janus's): tell the orchestrator how many get media until it says
+    stop, then write what each received (per SSRC arrival logs) to `out` and close them."""
     emit({"event": "joined", "count": len(clients)})
-    stop = asyncio.ensure_future(wait_for_stop(args.deadline))
+    stop = asyncio.ensure_future(wait_for_stop(deadline_s))
     ready: set[int] = set()
     emit({"event": "ready", "count": 0})
     while not stop.done():
@@ -336,7 +342,7 @@ async def run_subscribers(args: argparse.Namespace) -> None:
             for ssrc, log in client.counter.streams.items()
         }
         result.append({"identity": client.identity, "streams": streams})
-    write_pickle(args.out, result)
+    write_pickle(out, result)
     emit({"event": "done"})
     for client in clients:
         with contextlib.suppress(Exception):
