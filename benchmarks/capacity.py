@@ -507,7 +507,6 @@ class SimulcastSender:
 async def run_publisher(args: argparse.Namespace) -> None:
     from sfu.client import RoomClient
     from sfu.media.peer import MediaPeer, NetworkSettings
-    from sfu.media.rtp import is_rtcp
 
     clip = await asyncio.to_thread(lambda: pickle.loads(Path(args.clip).read_bytes()))
     network = NetworkSettings(addresses=(args.client_address,))
@@ -563,20 +562,7 @@ async def run_publisher(args: argparse.Namespace) -> None:
             jsep={"type": "offer", "sdp": offer},
         )
         await peer.accept_answer(event["jsep"]["sdp"])
-    hooked = set()
-    for transceiver in peer.pc.getTransceivers():
-        transport = transceiver.sender.transport
-        if transport is None or id(transport) in hooked:
-            continue
-        hooked.add(id(transport))
-        original = transport._send_rtp
-
-        async def send_rtp(data: bytes, original=original) -> None:
-            if not is_rtcp(data):  # publisher packet out: before SRTP
-                record(data)
-            await original(data)
-
-        transport._send_rtp = send_rtp
+    fanout.record_sent_rtp(peer.pc, record)
     stop = asyncio.ensure_future(fanout.wait_for_stop(args.deadline))
     sending = None
     if sender is not None:

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,10 +163,29 @@ from sfu.loadtest.media import encode_audio, encode_video, looping_track  # noqa
 # -- publisher worker ----------------------------------------------------------------------------
 
 
+def record_sent_rtp(pc, record: Callable[[bytes], None]) -> None:
+    """Call `record` with every RTP packet `pc` sends, before SRTP (the publisher's send times)."""
+    from sfu.media.rtp import is_rtcp
+
+    hooked = set()
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.sender.transport
+        if transport is None or id(transport) in hooked:
+            continue
+        hooked.add(id(transport))
+        original = transport._send_rtp
+
+        async def send_rtp(data: bytes, original=original) -> None:
+            if not is_rtcp(data):  # publisher packet out: before SRTP
+                record(data)
+            await original(data)
+
+        transport._send_rtp = send_rtp
+
+
 async def run_publisher(args: argparse.Namespace) -> None:
     from sfu.client import RoomClient
     from sfu.media.peer import NetworkSettings
-    from sfu.media.rtp import is_rtcp
 
     started = time.monotonic()
     video = encode_video(args.clip_seconds)
@@ -200,20 +220,7 @@ async def run_publisher(args: argparse.Namespace) -> None:
         ],
         sources=["camera", "microphone"],
     )
-    hooked = set()
-    for transceiver in client.publisher.pc.getTransceivers():
-        transport = transceiver.sender.transport
-        if transport is None or id(transport) in hooked:
-            continue
-        hooked.add(id(transport))
-        original = transport._send_rtp
-
-        async def send_rtp(data: bytes, original=original) -> None:
-            if not is_rtcp(data):  # publisher packet out: before SRTP
-                record(data)
-            await original(data)
-
-        transport._send_rtp = send_rtp
+    record_sent_rtp(client.publisher.pc, record)
     emit({"event": "ready"})
     await wait_for_stop(args.deadline)
     write_pickle(args.out, {"keys": keys.tobytes(), "times": times.tobytes()})
