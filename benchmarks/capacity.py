@@ -41,7 +41,6 @@ import contextlib
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -698,16 +697,6 @@ def worker_main(args: argparse.Namespace) -> int:
 # -- the orchestrating process --------------------------------------------------------------------
 
 
-async def start_worker(name: str, argv: list[str], out: Path, worker_log) -> fanout.Worker:
-    proc = await fanout.spawn(
-        sys.executable, str(SCRIPT), *argv, "--out", str(out),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=worker_log,
-    )  # fmt: skip
-    worker = fanout.Worker(name, proc, out)
-    worker.reader = asyncio.ensure_future(worker.read())
-    return worker
-
-
 async def measure(
     args: argparse.Namespace,
     net: ServerNet,
@@ -735,11 +724,12 @@ async def measure(
             "--sfu", sfu_kind, "--url", url, "--deadline", str(deadline),
             "--client-address", net.client_ip,
         ]  # fmt: skip
-        publisher = await start_worker(
+        publisher = await fanout.start_worker(
             "publisher",
             ["--worker", "publisher", "--clip", str(clip), *common],
             folder / "publisher.pickle",
             worker_log,
+            script=SCRIPT,
         )
         await publisher.wait(lambda: publisher.last("ready"), PUBLISHER_READY_S, "publish")
         feed = publisher.last("ready")["feed"]
@@ -754,7 +744,9 @@ async def measure(
             if scenario == "simulcast":
                 argv += ["--layers", ",".join(str(j % len(SIMULCAST_LAYERS)) for j in group)]
             out = folder / f"subs-{i}.pickle"
-            subs.append(await start_worker(f"subscribers-{i}", argv, out, worker_log))
+            subs.append(
+                await fanout.start_worker(f"subscribers-{i}", argv, out, worker_log, script=SCRIPT)
+            )
         join_started = time.monotonic()
         for worker, group in zip(subs, groups, strict=True):
 

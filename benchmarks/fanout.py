@@ -488,10 +488,11 @@ async def sfu_sent(session, url: str, admin: str) -> tuple[int, int, int]:
     return sent, received, downtracks
 
 
-async def start_worker(name: str, argv: list[str], out: Path, log) -> Worker:
+async def start_worker(name: str, argv: list[str], out: Path, log, script: Path = SCRIPT) -> Worker:
+    """Run `script` (this one by default; capacity.py passes its own) as a worker process."""
     proc = await spawn(
         sys.executable,
-        str(SCRIPT),
+        str(script),
         *argv,
         "--out",
         str(out),
