@@ -41,7 +41,6 @@ import contextlib
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -507,7 +506,6 @@ class SimulcastSender:
 async def run_publisher(args: argparse.Namespace) -> None:
     from sfu.client import RoomClient
     from sfu.media.peer import MediaPeer, NetworkSettings
-    from sfu.media.rtp import is_rtcp
 
     clip = await asyncio.to_thread(lambda: pickle.loads(Path(args.clip).read_bytes()))
     network = NetworkSettings(addresses=(args.client_address,))
@@ -563,20 +561,7 @@ async def run_publisher(args: argparse.Namespace) -> None:
             jsep={"type": "offer", "sdp": offer},
         )
         await peer.accept_answer(event["jsep"]["sdp"])
-    hooked = set()
-    for transceiver in peer.pc.getTransceivers():
-        transport = transceiver.sender.transport
-        if transport is None or id(transport) in hooked:
-            continue
-        hooked.add(id(transport))
-        original = transport._send_rtp
-
-        async def send_rtp(data: bytes, original=original) -> None:
-            if not is_rtcp(data):  # publisher packet out: before SRTP
-                record(data)
-            await original(data)
-
-        transport._send_rtp = send_rtp
+    fanout.record_sent_rtp(peer.pc, record)
     stop = asyncio.ensure_future(fanout.wait_for_stop(args.deadline))
     sending = None
     if sender is not None:
@@ -684,36 +669,7 @@ async def run_subscribers(args: argparse.Namespace) -> None:
             viewer = JanusViewer(identity, network)
             await viewer.join(args.url, args.feed, layer)
             clients.append(viewer)
-    fanout.emit({"event": "joined", "count": len(clients)})
-    stop = asyncio.ensure_future(fanout.wait_for_stop(args.deadline))
-    ready: set[int] = set()
-    fanout.emit({"event": "ready", "count": 0})
-    while not stop.done():
-        if len(ready) < len(clients):
-            before = len(ready)
-            ready.update(i for i, c in enumerate(clients) if i not in ready and c.has_media())
-            if len(ready) != before:
-                fanout.emit({"event": "ready", "count": len(ready)})
-        await asyncio.wait([stop], timeout=0.25)
-    result = []
-    for client in clients:
-        kinds = client.ssrc_kinds()
-        streams = {
-            ssrc: {
-                "kind": kinds.get(ssrc, "?"),
-                "times": stream.times.tobytes(),
-                "seqs": stream.seqs.tobytes(),
-                "keys": stream.keys.tobytes(),
-                "octets": stream.octets,
-            }
-            for ssrc, stream in client.counter.streams.items()
-        }
-        result.append({"identity": client.identity, "streams": streams})
-    fanout.write_pickle(args.out, result)
-    fanout.emit({"event": "done"})
-    for client in clients:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.close(), 2)
+    await fanout.report_viewers(clients, args.deadline, args.out)
 
 
 async def set_quality(client, quality: str) -> None:
@@ -739,16 +695,6 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 # -- the orchestrating process --------------------------------------------------------------------
-
-
-async def start_worker(name: str, argv: list[str], out: Path, worker_log) -> fanout.Worker:
-    proc = await fanout.spawn(
-        sys.executable, str(SCRIPT), *argv, "--out", str(out),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=worker_log,
-    )  # fmt: skip
-    worker = fanout.Worker(name, proc, out)
-    worker.reader = asyncio.ensure_future(worker.read())
-    return worker
 
 
 async def measure(
@@ -778,11 +724,12 @@ async def measure(
             "--sfu", sfu_kind, "--url", url, "--deadline", str(deadline),
             "--client-address", net.client_ip,
         ]  # fmt: skip
-        publisher = await start_worker(
+        publisher = await fanout.start_worker(
             "publisher",
             ["--worker", "publisher", "--clip", str(clip), *common],
             folder / "publisher.pickle",
             worker_log,
+            script=SCRIPT,
         )
         await publisher.wait(lambda: publisher.last("ready"), PUBLISHER_READY_S, "publish")
         feed = publisher.last("ready")["feed"]
@@ -797,7 +744,9 @@ async def measure(
             if scenario == "simulcast":
                 argv += ["--layers", ",".join(str(j % len(SIMULCAST_LAYERS)) for j in group)]
             out = folder / f"subs-{i}.pickle"
-            subs.append(await start_worker(f"subscribers-{i}", argv, out, worker_log))
+            subs.append(
+                await fanout.start_worker(f"subscribers-{i}", argv, out, worker_log, script=SCRIPT)
+            )
         join_started = time.monotonic()
         for worker, group in zip(subs, groups, strict=True):
 

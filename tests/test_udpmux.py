@@ -15,19 +15,17 @@ import re
 import socket
 import struct
 
-import aiohttp
 import pytest
 from aioice import stun
 from aiortc.mediastreams import MediaStreamError
 
 from sfu import Config
-from sfu.auth import Grants, mint_token
 from sfu.client import RoomClient
 from sfu.config import ConfigError
 from sfu.media.udpmux import SharedPortProtocol, UdpMux
 
 from .conftest import LOOPBACK, start_node
-from .hardening_rig import Observer, captured_logs
+from .hardening_rig import Observer, captured_logs, stats
 
 
 def free_udp_port() -> int:
@@ -59,15 +57,6 @@ def node_peers(node) -> list:
                 if side is not None and side.peer.pc.localDescription is not None:
                     peers.append(side.peer)  # (a subscriber with nothing to watch has none)
     return peers
-
-
-async def stats(node) -> dict:
-    token = mint_token(node.config.auth, identity="ops", room="*", grants=Grants(admin=True))
-    async with aiohttp.ClientSession() as http:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with http.get(node.url + "/api/stats", headers=headers) as response:
-            assert response.status == 200
-            return await response.json()
 
 
 def binding_request(username: str) -> bytes:
