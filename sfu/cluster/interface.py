@@ -27,8 +27,10 @@ MessageHandler = Callable[[ClusterMessage], None]
 class NodeRegistry(Protocol):
     """Live nodes: a node is live while its last heartbeat is younger than node_ttl_s."""
 
-    async def heartbeat(self, node: NodeInfo) -> None:
-        """Register the node, or refresh its record and load; the registry stamps the time."""
+    async def heartbeat(self, node: NodeInfo) -> bool:
+        """Register the node, or refresh its record and load; the registry stamps the time.
+        True when the node was live before this heartbeat; False when it registers afresh
+        (first start, or after others took it for gone and may have pruned its entries)."""
 
     async def deregister(self, node_id: str) -> None:
         """Remove the node at once (clean shutdown), without waiting for the TTL."""

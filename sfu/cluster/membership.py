@@ -322,15 +322,25 @@ class ClusterMembership:
         with contextlib.suppress(ClusterError):
             await self._heartbeat()
 
-    async def _heartbeat(self) -> None:
+    async def _heartbeat(self) -> bool:
         self.last_load = self.load.sample()
-        await self.backend.registry.heartbeat(self.info())
+        return await self.backend.registry.heartbeat(self.info())
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
-                await self._heartbeat()
+                was_live = await self._heartbeat()
+                if not was_live and not self._out_of_step:
+                    # a stalled loop (or a slow Redis) let the record expire: other nodes may
+                    # have swept this node's entries, so they are written again
+                    logger.warning(
+                        "cluster: node %s was taken for gone (no heartbeat within %g s); "
+                        "writing its entries again",
+                        self.node_id,
+                        self.settings.node_ttl_s,
+                    )
+                    self._out_of_step = True
                 if self._out_of_step:
                     self._request_resync()
                 await self._sweep()

@@ -39,9 +39,12 @@ class MemoryRegistry:
     def _live(self, entry: tuple[NodeInfo, float]) -> bool:
         return time.monotonic() - entry[1] < self.node_ttl_s
 
-    async def heartbeat(self, node: NodeInfo) -> None:
+    async def heartbeat(self, node: NodeInfo) -> bool:
+        entry = self._nodes.get(node.node_id)
+        was_live = entry is not None and self._live(entry)
         stamped = dataclasses.replace(node, heartbeat_at=time.time())
         self._nodes[node.node_id] = (stamped, time.monotonic())
+        return was_live
 
     async def deregister(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)

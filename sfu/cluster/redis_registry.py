@@ -29,15 +29,17 @@ class RedisRegistry:
         self._expired = client.register_script(lua.EXPIRED_NODES)
         self._forget = client.register_script(lua.FORGET_NODE)
 
-    async def heartbeat(self, node: NodeInfo) -> None:
+    async def heartbeat(self, node: NodeInfo) -> bool:
         record = dataclasses.replace(node, heartbeat_at=0.0).dumps()
-        await self.link.run(
+        # the node's record expires with node_ttl_s, so "it existed" is "it was live"
+        was_live = await self.link.run(
             "heartbeat",
             self._heartbeat(
                 keys=[self.keys.nodes, self.keys.node(node.node_id)],
                 args=[node.node_id, record, self.ttl_ms],
             ),
         )
+        return bool(was_live)
 
     async def deregister(self, node_id: str) -> None:
         async def both() -> None:

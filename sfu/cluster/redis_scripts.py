@@ -14,14 +14,16 @@ local function now_ms()
 end
 """
 
-# KEYS: nodes zset, node key. ARGV: node id, NodeInfo JSON, ttl ms. Returns the time stamped.
+# KEYS: nodes zset, node key. ARGV: node id, NodeInfo JSON, ttl ms. Returns 1 when the node was
+# live before (its record, which expires with the ttl, existed), 0 when it registers afresh.
 HEARTBEAT = (
     _NOW_MS
     + """
 local now = now_ms()
+local was_live = redis.call('EXISTS', KEYS[2])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-return now
+return was_live
 """
 )
 

@@ -117,6 +117,21 @@ async def test_a_node_without_heartbeats_expires_and_can_come_back(backend):
     assert {n.node_id for n in await registry.live_nodes()} == {"sa-1", "sa-2"}
 
 
+async def test_heartbeat_says_whether_the_node_was_live_before(backend):
+    """A node learns from its own heartbeat that others took it for gone (a stalled loop), so
+    it can write its directory entries again."""
+    registry = backend.registry
+    assert await registry.heartbeat(node("sa-1")) is False  # first registration
+    assert await registry.heartbeat(node("sa-1")) is True
+
+    async def sa1_gone() -> bool:
+        return await registry.get_node("sa-1") is None
+
+    assert await until(sa1_gone, timeout_s=TEST_TTL_S * 10)
+    assert await registry.heartbeat(node("sa-1")) is False  # back after it was taken for gone
+    assert await registry.heartbeat(node("sa-1")) is True
+
+
 async def test_forget_drops_an_expired_node(backend):
     registry = backend.registry
     await registry.heartbeat(node("sa-1"))
