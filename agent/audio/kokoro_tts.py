@@ -73,9 +73,7 @@ def speech_chunks(text: str) -> list[str]:
     first = [c for c in _CLAUSE_END.split(sentences[0]) if c.strip()]
     head = first[0].split()
     if len(head) > FIRST_CHUNK_WORDS:
-        cut = next(
-            (i for i in range(2, len(head) - 1) if head[i].lower() in _PHRASE_STARTS), 0
-        )
+        cut = next((i for i in range(2, len(head) - 1) if head[i].lower() in _PHRASE_STARTS), 0)
         if cut:
             first[0:1] = [" ".join(head[:cut]), " ".join(head[cut:])]
     return first + sentences[1:]
