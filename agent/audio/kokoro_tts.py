@@ -21,12 +21,14 @@ import re
 import shutil
 import subprocess
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 SAMPLE_RATE = 24000
+SILENCE_LEVEL = 0.01  # |sample| below this is silence (-40 dBFS)
 MAX_TOKENS = 510  # the model's context is 512 phoneme tokens, two of them the pads
 # espeak-ng writes diphthongs and affricates with a tie (--tie=^); Kokoro's vocabulary has one
 # symbol for each (as misaki's EspeakG2P maps them)
@@ -60,6 +62,9 @@ _PHRASE_STARTS = frozenset(
     " and but that in for with by to costs cost is are has have measures comes come only".split()
 )
 FIRST_CHUNK_WORDS = 3  # a first clause longer than this is cut before a phrase start
+FIRST_CHUNK_MAX_WORDS = 4  # ... or, without one near the start, after about this many words
+CACHE_PIECES = 128  # pieces kept (LRU): "Sim,", a product's name; ~100 KB each
+MID_SENTENCE_TAIL_S = 0.06  # silence kept after a piece cut mid-sentence
 
 
 def speech_chunks(text: str) -> list[str]:
@@ -73,7 +78,12 @@ def speech_chunks(text: str) -> list[str]:
     first = [c for c in _CLAUSE_END.split(sentences[0]) if c.strip()]
     head = first[0].split()
     if len(head) > FIRST_CHUNK_WORDS:
-        cut = next((i for i in range(2, len(head) - 1) if head[i].lower() in _PHRASE_STARTS), 0)
+        limit = min(len(head) - 1, FIRST_CHUNK_MAX_WORDS + 2)
+        cut = next((i for i in range(2, limit) if head[i].lower() in _PHRASE_STARTS), 0)
+        if not cut and len(head) > FIRST_CHUNK_MAX_WORDS + 1:
+            cut = FIRST_CHUNK_MAX_WORDS
+            while cut > 2 and len(head[cut - 1]) <= 3:  # not after "do", "de la", "the"
+                cut -= 1
         if cut:
             first[0:1] = [" ".join(head[:cut]), " ".join(head[cut:])]
     return first + sentences[1:]
@@ -133,6 +143,8 @@ class KokoroTts:
         self.voice = voice
         self.speed = speed
         self._lock = threading.Lock()  # one run at a time: each already uses `threads` cores
+        # pieces said before (answers repeat their openers and product names): no second run
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     def phonemes(self, text: str, language: str) -> str:
         """espeak-ng's IPA for `text`, ties mapped to Kokoro's symbols, punctuation kept."""
@@ -164,7 +176,27 @@ class KokoroTts:
         return [self.vocab[c] for c in phonemes if c in self.vocab]
 
     def synthesize(self, text: str, language: str) -> np.ndarray:
-        """float32 mono at 24 kHz for one chunk of text (blocking)."""
+        """float32 mono at 24 kHz for one chunk of text (blocking); cached by text (LRU)."""
+        key = (language, text.strip())
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        audio = self._synthesize(text, language)
+        if text.strip() and text.strip()[-1] not in ".!?;:,":
+            # cut mid-sentence (speech_chunks): the next piece follows without a pause
+            loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
+            if len(loud):
+                audio = audio[: loud[-1] + 1 + int(MID_SENTENCE_TAIL_S * SAMPLE_RATE)]
+        audio.setflags(write=False)
+        with self._lock:
+            self._cache[key] = audio
+            while len(self._cache) > CACHE_PIECES:
+                self._cache.popitem(last=False)
+        return audio
+
+    def _synthesize(self, text: str, language: str) -> np.ndarray:
         tokens = self.tokens(self.phonemes(text, language))
         if not tokens:
             return np.zeros(0, np.float32)
@@ -176,8 +208,8 @@ class KokoroTts:
                 half = len(words) // 2
                 return np.concatenate(
                     [
-                        self.synthesize(" ".join(words[:half]), language),
-                        self.synthesize(" ".join(words[half:]), language),
+                        self._synthesize(" ".join(words[:half]), language),
+                        self._synthesize(" ".join(words[half:]), language),
                     ]
                 )
         with self._lock:
