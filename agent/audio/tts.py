@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .frames import WEBRTC_RATE, FrameChunker, Resampler, float_to_int16
-from .kokoro_tts import KokoroTts, speech_chunks
+from .kokoro_tts import KokoroTts, Stop, speech_chunks
 
 log = logging.getLogger(__name__)
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
@@ -31,6 +31,7 @@ __all__ = [
     "EspeakTts",
     "HibariTts",
     "KokoroTts",
+    "Stop",
     "TextToSpeech",
     "TtsRouter",
     "build_tts",
@@ -135,15 +136,25 @@ class TtsRouter:
         return split_sentences(text)
 
     def frames(
-        self, text: str, language: str, frame_ms: int = 20, split: bool = True
+        self,
+        text: str,
+        language: str,
+        frame_ms: int = 20,
+        split: bool = True,
+        stop: Stop | None = None,
     ) -> Iterator[np.ndarray]:
         """48 kHz mono int16 frames of `frame_ms`, piece by piece (`chunks`) as synthesis
-        proceeds; `split=False`: `text` is one piece already (a caller going piece by piece)."""
+        proceeds; `split=False`: `text` is one piece already (a caller going piece by piece).
+        `stop` (Kokoro): an answer no longer wanted stops being made, a run in progress too."""
         backend = self.backend_for(language)
         resampler = Resampler(backend.sample_rate, WEBRTC_RATE)
         chunker = FrameChunker(WEBRTC_RATE * frame_ms // 1000)
         for piece in self.chunks(text, language) if split else [text]:
-            for chunk in backend.stream(piece, language):
+            if isinstance(backend, KokoroTts):
+                chunks = backend.stream(piece, language, stop)
+            else:
+                chunks = backend.stream(piece, language)
+            for chunk in chunks:
                 yield from chunker.push(resampler.push(float_to_int16(chunk)))
         yield from chunker.push(resampler.flush())
         yield from chunker.flush()
@@ -159,7 +170,7 @@ def build_tts(
     kokoro_voice: str = "jm_kumo",
     kokoro_model: str = "",
     kokoro_threads: int = 2,
-    kokoro_speed: float = 1.0,
+    kokoro_speed: float = 1.15,
 ) -> TtsRouter:
     """One instance per engine, shared by the languages that use it. Kokoro that cannot load
     (package or model missing, a bad model path) is logged and espeak-ng speaks its languages:

@@ -101,9 +101,9 @@ def test_streaming_yields_the_first_piece_before_the_rest_is_made(kokoro_router)
     made: list[str] = []
     real = kokoro.synthesize
 
-    def recording(piece: str, language: str) -> np.ndarray:
+    def recording(piece: str, language: str, stop=None) -> np.ndarray:
         made.append(piece)
-        return real(piece, language)
+        return real(piece, language, stop)
 
     kokoro.synthesize = recording  # the real synthesis, watched
     try:
@@ -156,3 +156,36 @@ def test_tts_from_settings_uses_the_kokoro_settings(tmp_path):
     settings.kokoro_model = str(tmp_path / "nowhere.onnx")
     router = tts_from_settings(settings)
     assert "nowhere.onnx" in router.fallbacks["pt"]
+
+
+def test_a_stopped_answer_stops_being_made_even_mid_run(kokoro_router):
+    """An interrupted answer's sentence in synthesis is terminated, so the next answer does not
+    queue behind it (agent/session.py stops it when the answer ends)."""
+    import threading
+    import time
+
+    from agent.audio.tts import Stop
+
+    kokoro = kokoro_router.backend_for("es")
+    text = "Puedes devolver cualquier artículo dentro de los treinta días posteriores a la entrega."
+    stop = Stop()
+    result: list[np.ndarray] = []
+    worker = threading.Thread(target=lambda: result.append(kokoro.synthesize(text, "es", stop)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not stop._runs and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert stop._runs, "the run never started"
+    stop.stop()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert len(result) == 1 and len(result[0]) == 0  # terminated, nothing made, nothing cached
+    full = kokoro.synthesize(text, "es")  # the same text, not stopped: made in full
+    assert len(full) > 24000
+    assert list(kokoro_router.frames(text, "es", stop=stop)) == []  # stopped: nothing starts
+
+
+def test_pieces_said_before_are_not_made_again(kokoro_router):
+    kokoro = kokoro_router.backend_for("pt")
+    first = kokoro.synthesize("Sim,", "pt")
+    assert kokoro.synthesize("Sim,", "pt") is first and len(first) > 0
