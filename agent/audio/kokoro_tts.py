@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +66,9 @@ FIRST_CHUNK_WORDS = 3  # a first clause longer than this is cut before a phrase 
 FIRST_CHUNK_MAX_WORDS = 4  # ... or, without one near the start, after about this many words
 CACHE_PIECES = 128  # pieces kept (LRU): "Sim,", a product's name; ~100 KB each
 MID_SENTENCE_TAIL_S = 0.06  # silence kept after a piece cut mid-sentence
+# a piece cut mid-sentence must play at least this much longer than the next one takes to make
+# (the measured real-time factor times its length), or the buyer hears a gap inside a sentence
+COVER_MARGIN = 1.3
 
 
 def speech_chunks(text: str) -> list[str]:
@@ -87,6 +91,11 @@ def speech_chunks(text: str) -> list[str]:
         if cut:
             first[0:1] = [" ".join(head[:cut]), " ".join(head[cut:])]
     return first + sentences[1:]
+
+
+def _length(text: str) -> int:
+    """Roughly how long `text` takes to say, in letters: digits are read as words (~6 each)."""
+    return sum(6 if c.isdigit() else 1 for c in text if not c.isspace())
 
 
 class Stop:
@@ -174,6 +183,25 @@ class KokoroTts:
         self._cache_lock = threading.Lock()
         # pieces said before (answers repeat their openers and product names): no second run
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        # seconds of compute per second of audio, measured on every run (moving average): on a
+        # loaded or slow CPU it rises and the first sentence is cut less (`chunks`)
+        self.real_time_factor = 0.5
+
+    def chunks(self, text: str) -> list[str]:
+        """`speech_chunks`, but a cut inside the first sentence only where the piece before it
+        plays long enough to cover making the next one at this CPU's measured speed."""
+        pieces = speech_chunks(text)
+        sentences = len([s for s in _SENTENCE_END.split(text.strip()) if s.strip()])
+        inside = len(pieces) - sentences + 1  # pieces the first sentence was cut into
+        out = pieces[:1]
+        for i in range(1, len(pieces)):
+            if i < inside and _length(out[-1]) < COVER_MARGIN * self.real_time_factor * _length(
+                pieces[i]
+            ):
+                out[-1] = f"{out[-1]} {pieces[i]}"
+            else:
+                out.append(pieces[i])
+        return out
 
     def phonemes(self, text: str, language: str) -> str:
         """espeak-ng's IPA for `text`, ties mapped to Kokoro's symbols, punctuation kept."""
@@ -250,6 +278,7 @@ class KokoroTts:
         with self._lock:
             if stop is not None and not stop.attach(run):
                 return None
+            started = time.perf_counter()
             try:
                 audio = self.session.run(
                     None,
@@ -269,6 +298,10 @@ class KokoroTts:
             finally:
                 if stop is not None:
                     stop.detach(run)
+            seconds = np.asarray(audio).size / SAMPLE_RATE
+            if seconds > 0.2:
+                rtf = (time.perf_counter() - started) / seconds
+                self.real_time_factor = 0.7 * self.real_time_factor + 0.3 * rtf
         return np.clip(np.asarray(audio, np.float32).ravel(), -1.0, 1.0)
 
     def stream(self, text: str, language: str, stop: Stop | None = None) -> Iterator[np.ndarray]:

@@ -131,8 +131,9 @@ class TtsRouter:
         """The pieces the language's engine synthesizes `text` in, each with one call (a caller
         that synthesizes ahead of playback goes piece by piece): Kokoro's first piece is a few
         words (`speech_chunks`); the fast engines' are sentences."""
-        if isinstance(self.backend_for(language), KokoroTts):
-            return speech_chunks(text)
+        backend = self.backend_for(language)
+        if isinstance(backend, KokoroTts):
+            return backend.chunks(text)
         return split_sentences(text)
 
     def frames(

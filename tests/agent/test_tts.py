@@ -95,9 +95,10 @@ def test_kokoro_settings_that_are_wrong_fail_loudly():
 
 def test_streaming_yields_the_first_piece_before_the_rest_is_made(kokoro_router):
     text = "O relógio automático custa 420 dólares. Ele é resistente à água até 100 metros."
+    kokoro = kokoro_router.backend_for("pt")
+    kokoro.real_time_factor = 0.1  # as on a fast CPU: the first sentence is cut short
     pieces = kokoro_router.chunks(text, "pt")
     assert len(pieces) >= 3 and len(pieces[0].split()) <= 3, pieces
-    kokoro = kokoro_router.backend_for("pt")
     made: list[str] = []
     real = kokoro.synthesize
 
@@ -189,3 +190,20 @@ def test_pieces_said_before_are_not_made_again(kokoro_router):
     kokoro = kokoro_router.backend_for("pt")
     first = kokoro.synthesize("Sim,", "pt")
     assert kokoro.synthesize("Sim,", "pt") is first and len(first) > 0
+
+
+def test_on_a_slow_cpu_the_first_sentence_is_not_cut_into_gaps(kokoro_router):
+    """A piece cut mid-sentence must play longer than the next takes to make; where synthesis
+    is slower than real time (a loaded CPU), cutting would leave a gap inside the sentence."""
+    kokoro = kokoro_router.backend_for("pt")
+    text = "O relógio automático custa 420 dólares. Ele é resistente à água."
+    saved = kokoro.real_time_factor
+    try:
+        kokoro.real_time_factor = 0.1
+        assert kokoro.chunks(text)[0] == "O relógio automático"
+        kokoro.real_time_factor = 2.0
+        assert kokoro.chunks(text) == split_sentences(text)
+    finally:
+        kokoro.real_time_factor = saved
+    kokoro.synthesize("Ele é resistente à água até cem metros.", "pt")
+    assert 0 < kokoro.real_time_factor < 100  # measured on the runs
