@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,10 +163,29 @@ from sfu.loadtest.media import encode_audio, encode_video, looping_track  # noqa
 # -- publisher worker ----------------------------------------------------------------------------
 
 
+def record_sent_rtp(pc, record: Callable[[bytes], None]) -> None:
+    """Call `record` with every RTP packet `pc` sends, before SRTP (the publisher's send times)."""
+    from sfu.media.rtp import is_rtcp
+
+    hooked = set()
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.sender.transport
+        if transport is None or id(transport) in hooked:
+            continue
+        hooked.add(id(transport))
+        original = transport._send_rtp
+
+        async def send_rtp(data: bytes, original=original) -> None:
+            if not is_rtcp(data):  # publisher packet out: before SRTP
+                record(data)
+            await original(data)
+
+        transport._send_rtp = send_rtp
+
+
 async def run_publisher(args: argparse.Namespace) -> None:
     from sfu.client import RoomClient
     from sfu.media.peer import NetworkSettings
-    from sfu.media.rtp import is_rtcp
 
     started = time.monotonic()
     video = encode_video(args.clip_seconds)
@@ -200,20 +220,7 @@ async def run_publisher(args: argparse.Namespace) -> None:
         ],
         sources=["camera", "microphone"],
     )
-    hooked = set()
-    for transceiver in client.publisher.pc.getTransceivers():
-        transport = transceiver.sender.transport
-        if transport is None or id(transport) in hooked:
-            continue
-        hooked.add(id(transport))
-        original = transport._send_rtp
-
-        async def send_rtp(data: bytes, original=original) -> None:
-            if not is_rtcp(data):  # publisher packet out: before SRTP
-                record(data)
-            await original(data)
-
-        transport._send_rtp = send_rtp
+    record_sent_rtp(client.publisher.pc, record)
     emit({"event": "ready"})
     await wait_for_stop(args.deadline)
     write_pickle(args.out, {"keys": keys.tobytes(), "times": times.tobytes()})
@@ -311,8 +318,14 @@ async def run_subscribers(args: argparse.Namespace) -> None:
     clients = []
     for identity in identities:  # one at a time: a burst of DTLS handshakes starves the SFU
         clients.append(await join(identity))
+    await report_viewers(clients, args.deadline, args.out)
+
+
+async def report_viewers(clients: list, deadline_s: float, out: str) -> None:
+    """Joined viewers (ours or Janus's): tell the orchestrator how many get media until it says
+    stop, then write what each received (per SSRC arrival logs) to `out` and close them."""
     emit({"event": "joined", "count": len(clients)})
-    stop = asyncio.ensure_future(wait_for_stop(args.deadline))
+    stop = asyncio.ensure_future(wait_for_stop(deadline_s))
     ready: set[int] = set()
     emit({"event": "ready", "count": 0})
     while not stop.done():
@@ -336,7 +349,7 @@ async def run_subscribers(args: argparse.Namespace) -> None:
             for ssrc, log in client.counter.streams.items()
         }
         result.append({"identity": client.identity, "streams": streams})
-    write_pickle(args.out, result)
+    write_pickle(out, result)
     emit({"event": "done"})
     for client in clients:
         with contextlib.suppress(Exception):
@@ -475,10 +488,11 @@ async def sfu_sent(session, url: str, admin: str) -> tuple[int, int, int]:
     return sent, received, downtracks
 
 
-async def start_worker(name: str, argv: list[str], out: Path, log) -> Worker:
+async def start_worker(name: str, argv: list[str], out: Path, log, script: Path = SCRIPT) -> Worker:
+    """Run `script` (this one by default; capacity.py passes its own) as a worker process."""
     proc = await spawn(
         sys.executable,
-        str(SCRIPT),
+        str(script),
         *argv,
         "--out",
         str(out),

@@ -309,8 +309,7 @@ class Soak:
             state = "ok" if alive and await node.healthz_ms(5.0) is not None else "hung"
             state = state if alive else "died"
             rss1 = node.rss_mb() if alive else None
-            fds1 = node.fds() if alive else None
-            targets1 = node.fd_targets() if alive else {}
+            fds1, targets1 = (await settled_fds(node, fds0)) if alive else (None, {})
             left = await node.participants() if alive else None
         finally:
             self.stop.set()
@@ -341,6 +340,19 @@ class Soak:
             "churn": {k: v for k, v in vars(self.tally).items() if k != "problems"},
             "client_problems": self.tally.problems,
         }
+
+
+async def settled_fds(node, start: int, tries: int = 6) -> tuple[int, dict[int, str]]:
+    """The node's descriptors once connections that are closing have closed: our own /healthz
+    request's keep-alive socket or a peer's last UDP socket may still be open for a moment when
+    the room has just emptied. A leak stays; a closing socket is gone within a few reads."""
+    count, targets = node.fds(), node.fd_targets()
+    for _ in range(tries - 1):
+        if count <= start:
+            break
+        await asyncio.sleep(0.5)
+        count, targets = node.fds(), node.fd_targets()
+    return count, targets
 
 
 def new_fds(before: dict[int, str], after: dict[int, str]) -> dict[str, int]:

@@ -53,6 +53,9 @@ class MediaSettings:
     announced_ip: str = ""
     udp_port_min: int = 40000
     udp_port_max: int = 49999
+    # One UDP port for every peer of the node (a firewall then opens just that one); 0: each
+    # peer gets its own port from udp_port_min..udp_port_max.
+    udp_port: int = 0
     # STUN/TURN servers handed to clients at join, e.g.
     # {urls = ["turn:turn.example.com:3478"], username = "u", credential = "p"}
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
@@ -342,6 +345,8 @@ class Config:
             raise ConfigError("media.bind_addresses must be a list of address strings")
         if not (0 < m.udp_port_min <= m.udp_port_max <= 65535):
             raise ConfigError("media.udp_port_min/udp_port_max must be a range within 1..65535")
+        if isinstance(m.udp_port, bool) or not 0 <= m.udp_port <= 65535:
+            raise ConfigError("media.udp_port must be 0 (a port per peer) or a port 1..65535")
         size = self.rtc.packet_cache_size
         if size < 64 or size & (size - 1):
             raise ConfigError("rtc.packet_cache_size must be a power of two >= 64")

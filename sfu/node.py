@@ -6,6 +6,7 @@ process (tests do) and a shop's own aiohttp service can mount one beside its rou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -36,6 +37,7 @@ class SfuNode:
             addresses=tuple(media.bind_addresses),
             port_min=media.udp_port_min,
             port_max=media.udp_port_max,
+            udp_port=media.udp_port,
             announced_ip=media.announced_ip,
         )
         # WHIP/WHEP resources: resource id -> participant
@@ -106,7 +108,7 @@ class SfuNode:
             "uptime_s": round(time.time() - self.started_at, 1),
             "rooms": rooms,
             "joins": self.joins.summary(),
-            "dropped": {"malformed_stun": self.network.drops.malformed_stun},
+            "dropped": dataclasses.asdict(self.network.drops),
             "cluster": {
                 **self.cluster.status(),
                 "draining": self.draining,
@@ -133,6 +135,7 @@ class SfuNode:
         self.http_sessions.clear()
         await self.fallbacks.stop()
         await self.cluster.stop()
+        self.network.sockets.close()
         logger.info("node %s closed", self.node_id)
 
 

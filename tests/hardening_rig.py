@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from sfu.auth import Grants, mint_token
 from sfu.client import RoomClient
 
 from .conftest import LOOPBACK, RunningNode
@@ -156,6 +157,16 @@ async def healthz_s(node: RunningNode) -> float:
         async with http.get(node.url + "/healthz") as response:
             assert response.status == 200
     return time.monotonic() - t0
+
+
+async def stats(node: RunningNode) -> dict:
+    """The node's /api/stats (admin token), e.g. its `dropped` counters."""
+    token = mint_token(node.config.auth, identity="ops", room="*", grants=Grants(admin=True))
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.get(node.url + "/api/stats", headers=headers) as response:
+            assert response.status == 200
+            return await response.json()
 
 
 class LogCapture(logging.Handler):

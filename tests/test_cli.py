@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ from sfu.auth import verify_token
 from sfu.config import DEV_API_KEY, AuthSettings, Config
 
 from .conftest import free_port
+from .serve_process import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -64,19 +64,7 @@ class Daemon:
         return self.log_path.read_text()
 
     async def wait_healthy(self, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"serve exited early:\n{self.log()}")
-                try:
-                    async with session.get(f"{self.url}/healthz") as response:
-                        if response.status == 200:
-                            return await response.json()
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"/healthz never answered 200:\n{self.log()}")
+        return await wait_healthy(self.proc, self.url, self.log, "serve", timeout)
 
     def stop(self) -> int:
         """SIGINT (graceful shutdown), then SIGKILL if it lingers; returns the exit status."""

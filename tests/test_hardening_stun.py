@@ -14,13 +14,10 @@ import re
 import socket
 import struct
 
-import aiohttp
 import pytest
 from aioice import stun
 
-from sfu.auth import Grants, mint_token
-
-from .hardening_rig import Observer, captured_logs
+from .hardening_rig import Observer, captured_logs, stats
 
 
 def malformed_binding_request() -> bytes:
@@ -40,15 +37,6 @@ def media_port(observer: Observer) -> int:
     participant = observer.node.node.rooms.rooms["shop"].participants["observer"]
     sdp = participant.subscriber.peer.pc.localDescription.sdp
     return int(re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+) typ host", sdp).group(1))
-
-
-async def stats(node) -> dict:
-    token = mint_token(node.config.auth, identity="ops", room="*", grants=Grants(admin=True))
-    async with aiohttp.ClientSession() as http:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with http.get(node.url + "/api/stats", headers=headers) as response:
-            assert response.status == 200
-            return await response.json()
 
 
 @pytest.mark.slow

@@ -23,7 +23,6 @@ sfu/captions/vtt.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from ..captions.launcher import CaptionsLauncher, DemoLauncher
 from ..captions.store import DEFAULT_DB, CaptionArchive
 from ..captions.vtt import caption_in, to_vtt
 from ..node import SfuNode
+from .replies import json_error, json_object
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +75,6 @@ def add_routes(
     app.on_cleanup.append(cleanup)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
-
-
-async def _json_object(request: web.Request) -> dict | web.Response:
-    """The request's JSON object body, or the 400 to answer."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "bad_request", "body must be JSON")
-    if not isinstance(body, dict):
-        return _error(400, "bad_request", "body must be a JSON object")
-    return body
-
-
 def _valid_entry(e: Any) -> str | None:
     """Why `e` is not a caption entry (None if it is)."""
     if not isinstance(e, dict):
@@ -117,19 +102,21 @@ def _valid_entry(e: Any) -> str | None:
 async def _post_captions(request: web.Request) -> web.Response:
     room = request.match_info["room"]
     require_grant(request, "agent", "admin", room=room)
-    body = await _json_object(request)
+    body = await json_object(request)
     if isinstance(body, web.Response):
         return body
     session, started_at, entries = body.get("session"), body.get("started_at"), body.get("entries")
     if not isinstance(session, str) or not _SESSION.match(session):
-        return _error(400, "bad_request", "'session' must be 1-64 characters: A-Z a-z 0-9 _ . : -")
+        return json_error(
+            400, "bad_request", "'session' must be 1-64 characters: A-Z a-z 0-9 _ . : -"
+        )
     if not isinstance(started_at, int | float) or isinstance(started_at, bool):
-        return _error(400, "bad_request", "'started_at' must be unix seconds")
+        return json_error(400, "bad_request", "'started_at' must be unix seconds")
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
-        return _error(400, "bad_request", f"'entries' must be a list of at most {MAX_ENTRIES}")
+        return json_error(400, "bad_request", f"'entries' must be a list of at most {MAX_ENTRIES}")
     for entry in entries:
         if (problem := _valid_entry(entry)) is not None:
-            return _error(400, "bad_request", problem)
+            return json_error(400, "bad_request", problem)
     archive = request.app[ARCHIVE_KEY]
     stored = await asyncio.to_thread(archive.store, room, session, float(started_at), entries)
     return web.json_response({"stored": stored}, status=201)
@@ -140,16 +127,16 @@ async def _load(request: web.Request) -> tuple[dict[str, Any], list[dict]] | web
     require_grant(request, "admin", room=room)
     lang = request.query.get("lang")
     if lang is not None and not _LANG.match(lang.split("-")[0].lower()):
-        return _error(400, "bad_request", "'lang' must be a language code such as pt or en")
+        return json_error(400, "bad_request", "'lang' must be a language code such as pt or en")
     archive = request.app[ARCHIVE_KEY]
     sessions = await asyncio.to_thread(archive.sessions, room)
     wanted = request.query.get("session")
     chosen = next((s for s in sessions if s["session"] == wanted), None) if wanted else None
     if wanted and chosen is None:
-        return _error(404, "not_found", f"no caption session {wanted!r} in room {room!r}")
+        return json_error(404, "not_found", f"no caption session {wanted!r} in room {room!r}")
     chosen = chosen or (sessions[-1] if sessions else None)
     if chosen is None:
-        return _error(404, "not_found", f"no captions archived for room {room!r}")
+        return json_error(404, "not_found", f"no captions archived for room {room!r}")
     captions = await asyncio.to_thread(archive.captions, room, chosen["session"])
     meta = {
         "room": room,
@@ -210,20 +197,20 @@ async def _get_vtt(request: web.Request) -> web.Response:
 
 async def _demo_captions(request: web.Request) -> web.Response:
     """{room, enabled} -> {room, enabled, ...}: the host page's captions switch (demo only)."""
-    body = await _json_object(request)
+    body = await json_object(request)
     if isinstance(body, web.Response):
         return body
     room, enabled = body.get("room"), body.get("enabled")
     if not isinstance(room, str) or not _ROOM.match(room):
-        return _error(
+        return json_error(
             400, "bad_request", "'room' must be 1-64 characters: letters, digits, _ . : -"
         )
     if not isinstance(enabled, bool):
-        return _error(400, "bad_request", "'enabled' must be true or false")
+        return json_error(400, "bad_request", "'enabled' must be true or false")
     launcher = request.app[LAUNCHER_KEY]
     try:
         result = await (launcher.start(room) if enabled else launcher.stop(room))
     except Exception as exc:
         logger.exception("captions: the launcher failed")
-        return _error(503, "unavailable", f"could not switch captions: {exc}")
+        return json_error(503, "unavailable", f"could not switch captions: {exc}")
     return web.json_response({"room": room, "enabled": enabled, **result})

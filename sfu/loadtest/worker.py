@@ -275,7 +275,6 @@ async def run_viewers(s: dict[str, Any]) -> None:
 
 
 async def run_publishers(s: dict[str, Any]) -> None:
-    from ..client import RoomClient
     from .media import (
         AUDIO_FRAME,
         AUDIO_RATE,
@@ -306,13 +305,10 @@ async def run_publishers(s: dict[str, Any]) -> None:
                 client, sender = await publish_simulcast(s, identity, network, layers, audio, stop)
                 senders.append(sender)
             else:
-                client = await RoomClient.connect(
-                    s["url"],
-                    token(s, identity, publish=True, subscribe=True),
-                    network=network,
-                    auto_subscribe=False,
-                    timeout=s["join_timeout_s"],
-                    metadata={"role": "host", "loadtest": True},
+                client = await connect_host(
+                    s,
+                    identity,
+                    network,
                     publish=[
                         looping_track("video", video, FPS, VIDEO_CLOCK),
                         looping_track("audio", audio, AUDIO_RATE / AUDIO_FRAME, AUDIO_RATE),
@@ -350,20 +346,28 @@ async def until_stdin_closes(timeout_s: float) -> None:
         await asyncio.wait_for(closed.wait(), timeout_s)
 
 
-async def publish_simulcast(s, identity, network, layers, audio, stop):
-    """Join, then publish simulcast video (raw RTP layers) and Opus; (client, sender task)."""
+async def connect_host(s: dict[str, Any], identity: str, network, **publish: Any):
+    """Join as a loadtest host (publish + subscribe grants, nothing subscribed); `publish`
+    passes RoomClient.connect's publish=/sources= on when the tracks go out at once."""
     from ..client import RoomClient
-    from ..media.peer import MediaPeer
-    from .media import AUDIO_FRAME, AUDIO_RATE, looping_track
 
-    client = await RoomClient.connect(
+    return await RoomClient.connect(
         s["url"],
         token(s, identity, publish=True, subscribe=True),
         network=network,
         auto_subscribe=False,
         timeout=s["join_timeout_s"],
         metadata={"role": "host", "loadtest": True},
+        **publish,
     )
+
+
+async def publish_simulcast(s, identity, network, layers, audio, stop):
+    """Join, then publish simulcast video (raw RTP layers) and Opus; (client, sender task)."""
+    from ..media.peer import MediaPeer
+    from .media import AUDIO_FRAME, AUDIO_RATE, looping_track
+
+    client = await connect_host(s, identity, network)
     layers = [Layer(layer.frames) for layer in layers]  # own SSRCs and sequence numbers
     try:
         peer = None

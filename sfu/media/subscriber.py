@@ -52,6 +52,7 @@ from .sdp import (
     parse_offer,
     parse_simulcast,
 )
+from .ticker import shared_ticker
 from .twcc import FMT_TWCC, RTCP_RTPFB
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class SubscriberSession:
         self._dirty = False
         self._next_bindings: dict[int, str] = {}  # id(downtrack) -> track id, this round
         self._negotiation: asyncio.Task | None = None
-        self._rtcp_task: asyncio.Task | None = None
+        # (what removes our job from the shared sender-report clock, once it runs)
+        self._rtcp_job: Callable[[], None] | None = None
         self._prime_task: asyncio.Task | None = None
         self.negotiations = 0
         self.closed = False
@@ -122,7 +124,7 @@ class SubscriberSession:
         self._red: dict[str, tuple[int, int]] = {}  # mid -> (RED pt, Opus pt) accepted
         self._quality: dict[str, tuple[int | None, int, int]] = {}  # track id -> request
         self._default_quality: tuple[int | None, int, int] | None = None  # every other track
-        self._bwe_task: asyncio.Task | None = None
+        self._bwe_job: Callable[[], None] | None = None  # (on the shared TICK_S clock)
 
     # -- subscriptions (offerer role) ------------------------------------------------------------
 
@@ -369,21 +371,17 @@ class SubscriberSession:
         )
 
     def _start_bwe(self) -> None:
-        if self._bwe_task is None and not self.closed:
-            self._bwe_task = asyncio.ensure_future(self._bwe_loop())
+        """Measure, estimate and choose layers every TICK_S while simulcast tracks flow (on
+        the node's shared clock: one wake-up per tick for every viewer)."""
+        if self._bwe_job is None and not self.closed:
+            self._bwe_job = shared_ticker(TICK_S).add(
+                self._bwe_tick, f"{self.peer.label}: bandwidth tick"
+            )
 
-    async def _bwe_loop(self) -> None:
-        """Measure, estimate and choose layers every TICK_S while simulcast tracks flow."""
-        try:
-            while not self.closed:
-                await asyncio.sleep(TICK_S)
-                if self.bandwidth.handshake_rtt_s is None:
-                    self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)
-                self.bandwidth.tick(time.monotonic())
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            logger.exception("%s: bandwidth loop failed", self.peer.label)
+    def _bwe_tick(self, now: float) -> None:
+        if self.bandwidth.handshake_rtt_s is None:
+            self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)
+        self.bandwidth.tick(now)
 
     # -- answerer role (WHEP) --------------------------------------------------------------------
 
@@ -475,22 +473,17 @@ class SubscriberSession:
     # -- RTCP --------------------------------------------------------------------------------
 
     def _start_rtcp(self) -> None:
-        if self._rtcp_task is None:
-            self._rtcp_task = asyncio.ensure_future(self._rtcp_loop())
+        """Sender reports every rtcp_interval_s, on the node's shared clock."""
+        if self._rtcp_job is None and not self.closed:
+            self._rtcp_job = shared_ticker(self.rtc.rtcp_interval_s).add(
+                self._send_reports, f"{self.peer.label}: sender reports"
+            )
 
-    async def _rtcp_loop(self) -> None:
-        try:
-            while not self.closed:
-                await asyncio.sleep(self.rtc.rtcp_interval_s)
-                now = time.monotonic()
-                for dt in self.downtracks:
-                    report = dt.sender_report(now)
-                    if report is not None:
-                        self.peer.send_rtcp(report)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            logger.exception("%s: RTCP loop failed", self.peer.label)
+    def _send_reports(self, now: float) -> None:
+        for dt in self.downtracks:
+            report = dt.sender_report(now)
+            if report is not None:
+                self.peer.send_rtcp(report)
 
     def _on_rtcp(self, data: bytes) -> None:
         now = time.monotonic()
@@ -543,9 +536,12 @@ class SubscriberSession:
         if self.closed:
             return
         self.closed = True
-        for task in (self._negotiation, self._rtcp_task, self._prime_task, self._bwe_task):
+        for task in (self._negotiation, self._prime_task):
             if task is not None:
                 task.cancel()
+        for remove in (self._rtcp_job, self._bwe_job):
+            if remove is not None:
+                remove()
         self.bandwidth.close()
         for dt in self.downtracks:
             if dt.forwarder is not None:

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..api.keys import NODE_KEY
+from ..api.replies import json_error, json_object
 from ..auth import require_grant
 from . import links
 from .recorder import Recorder, Recording, RecordingError, safe_name
@@ -82,57 +82,43 @@ def add_recording(app: web.Application, node: SfuNode) -> Recorder | None:
     return recorder
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
-
-
-async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "bad_request", "body must be JSON")
-    if not isinstance(body, dict):
-        return _error(400, "bad_request", "body must be a JSON object")
-    return body
-
-
 async def _act(request: web.Request, room_name: str, body: dict[str, Any]) -> web.Response:
     action, identity = body.get("action"), body.get("identity")
     if action not in ("start", "stop"):
-        return _error(400, "bad_request", '\'action\' must be "start" or "stop"')
+        return json_error(400, "bad_request", '\'action\' must be "start" or "stop"')
     if identity is not None and (not isinstance(identity, str) or not _ID.match(identity)):
-        return _error(400, "bad_request", "'identity' must be a participant identity")
+        return json_error(400, "bad_request", "'identity' must be a participant identity")
     recorder = request.app[RECORDER_KEY]
     node = request.app[NODE_KEY]
     try:
         if action == "start":
             room = node.rooms.rooms.get(room_name)
             if room is None:
-                return _error(404, "not_found", f"no room {room_name!r} on this node")
+                return json_error(404, "not_found", f"no room {room_name!r} on this node")
             recording = recorder.start(room, identity)
             return web.json_response(recording.to_json(), status=201)
         recording = await recorder.stop(room_name)
         return web.json_response(recording.to_json())
     except RecordingError as exc:
-        return _error(exc.status, exc.code, exc.message)
+        return json_error(exc.status, exc.code, exc.message)
 
 
 async def _control(request: web.Request) -> web.Response:
     room = request.match_info["room"]
     require_grant(request, "admin", room=room)
-    body = await _json_body(request)
+    body = await json_object(request)
     if isinstance(body, web.Response):
         return body
     return await _act(request, room, body)
 
 
 async def _demo_control(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_object(request)
     if isinstance(body, web.Response):
         return body
     room = body.get("room")
     if not isinstance(room, str) or not _ID.match(room):
-        return _error(400, "bad_request", "'room' must be a room name")
+        return json_error(400, "bad_request", "'room' must be a room name")
     body.pop("identity", None)  # the demo button records the host, whoever asks
     return await _act(request, room, body)
 
@@ -167,7 +153,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
     secrets_ = node.config.auth.api_keys.values()
     ttl = recorder.settings.link_ttl_s
     if not any(links.check(s, name, exp, sig, ttl) for s in secrets_):
-        return _error(403, "forbidden", "missing, expired or invalid link signature")
+        return json_error(403, "forbidden", "missing, expired or invalid link signature")
     path = Path(recorder.settings.dir) / name
     if not path.is_file():
         raise web.HTTPNotFound()

@@ -16,6 +16,7 @@ import aiohttp
 from sfu.auth import Grants, mint_token
 from sfu.config import Config
 from tests.conftest import free_port
+from tests.serve_process import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -93,19 +94,7 @@ udp_port_max = {udp_ports[1]}
         return self.log_path.read_text()
 
     async def wait_healthy(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"{self.node_id} exited early:\n{self.log()}")
-                try:
-                    async with http.get(f"{self.url}/healthz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.node_id}: /healthz never answered 200:\n{self.log()}")
+        await wait_healthy(self.proc, self.url, self.log, self.node_id, timeout)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
