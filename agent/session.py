@@ -35,7 +35,7 @@ from .answer import Answer, ConversationState
 from .audio.endpoint import TurnEnded
 from .audio.phantom import judge
 from .audio.stt import Transcript
-from .audio.tts import split_sentences
+from .audio.tts import Stop
 from .listener import EarlyStt, Listener
 from .messages import TOPIC_ASK, TOPIC_INTERRUPTION, TOPIC_STATE, TOPIC_TOOL, TOPIC_TRANSCRIPT
 from .pipeline import VoicePipeline
@@ -489,10 +489,15 @@ class AgentSession:
         loop = asyncio.get_running_loop()
         pipeline = self.pipeline
         frame_ms = self.config.audio.frame_ms
-        sentences = split_sentences(answer.text) or [answer.text]
+        # sentences (Kokoro's first one cut short: its synthesis is what the buyer waits for)
+        sentences = pipeline.tts.chunks(answer.text, answer.language) or [answer.text]
+        stop = Stop()  # stopped when this answer ends, however: a stale sentence stops being made
 
         def synthesize(index: int) -> list[np.ndarray]:
-            frames = list(pipeline.tts.frames(sentences[index], answer.language, frame_ms))
+            piece = sentences[index]
+            frames = list(
+                pipeline.tts.frames(piece, answer.language, frame_ms, split=False, stop=stop)
+            )
             last = index == len(sentences) - 1
             return trim_frames(
                 frames, lead=1 if index else 0, tail=2 if last else SENTENCE_PAUSE_FRAMES
@@ -558,6 +563,7 @@ class AgentSession:
                 self.utterance = None
                 self._set_state("listening")
         finally:
+            stop.stop()  # a sentence still being made for this answer: not needed any more
             if generation is not None and generation == self.voice.generation:
                 # cancelled (a newer turn, or leaving) while speaking: stop the voice too
                 self.speaking = False

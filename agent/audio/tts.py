@@ -1,13 +1,16 @@
 """Text-to-speech backends, chosen per language, streamed sentence by sentence.
 
-hibari-tts (English, 24 kHz, in process, ~50 ms to the first sentence) and espeak-ng (a Debian
-program, run as a subprocess; any language it has a voice for, 22.05 kHz). Each backend yields
-float32 chunks at its own rate; `TtsRouter.frames()` turns them into 48 kHz 20 ms int16 frames.
+hibari-tts (English, 24 kHz, in process, ~50 ms to the first sentence), Kokoro-82M (Portuguese
+and Spanish, 24 kHz, in process: agent/audio/kokoro_tts.py) and espeak-ng (a Debian program, run
+as a subprocess; any language it has a voice for, 22.05 kHz; the fallback when Kokoro cannot
+load). Each backend yields float32 chunks at its own rate; `TtsRouter.frames()` turns them into
+48 kHz 20 ms int16 frames.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import shutil
 import subprocess
@@ -19,8 +22,23 @@ from typing import Protocol
 import numpy as np
 
 from .frames import WEBRTC_RATE, FrameChunker, Resampler, float_to_int16
+from .kokoro_tts import KokoroTts, Stop, speech_chunks
 
+log = logging.getLogger(__name__)
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+")
+
+__all__ = [
+    "EspeakTts",
+    "HibariTts",
+    "KokoroTts",
+    "Stop",
+    "TextToSpeech",
+    "TtsRouter",
+    "build_tts",
+    "speech_chunks",
+    "split_sentences",
+    "tts_from_settings",
+]
 
 
 def split_sentences(text: str) -> list[str]:
@@ -92,10 +110,16 @@ class EspeakTts:
 
 
 class TtsRouter:
-    """Picks the backend for each language (config tts.backends) and frames its output."""
+    """Picks the backend for each language (config tts.backends) and frames its output.
 
-    def __init__(self, backends: dict[str, TextToSpeech]) -> None:
+    `fallbacks`: languages whose configured backend could not load, and why (espeak-ng speaks
+    them instead)."""
+
+    def __init__(
+        self, backends: dict[str, TextToSpeech], fallbacks: dict[str, str] | None = None
+    ) -> None:
         self.backends = backends
+        self.fallbacks = dict(fallbacks or {})
 
     def backend_for(self, language: str) -> TextToSpeech:
         backend = self.backends.get(language)
@@ -103,13 +127,36 @@ class TtsRouter:
             raise ValueError(f"no TTS backend configured for language {language!r}")
         return backend
 
-    def frames(self, text: str, language: str, frame_ms: int = 20) -> Iterator[np.ndarray]:
-        """48 kHz mono int16 frames of `frame_ms`, sentence by sentence as synthesis proceeds."""
+    def chunks(self, text: str, language: str) -> list[str]:
+        """The pieces the language's engine synthesizes `text` in, each with one call (a caller
+        that synthesizes ahead of playback goes piece by piece): Kokoro's first piece is a few
+        words (`speech_chunks`); the fast engines' are sentences."""
+        backend = self.backend_for(language)
+        if isinstance(backend, KokoroTts):
+            return backend.chunks(text)
+        return split_sentences(text)
+
+    def frames(
+        self,
+        text: str,
+        language: str,
+        frame_ms: int = 20,
+        split: bool = True,
+        stop: Stop | None = None,
+    ) -> Iterator[np.ndarray]:
+        """48 kHz mono int16 frames of `frame_ms`, piece by piece (`chunks`) as synthesis
+        proceeds; `split=False`: `text` is one piece already (a caller going piece by piece).
+        `stop` (Kokoro): an answer no longer wanted stops being made, a run in progress too."""
         backend = self.backend_for(language)
         resampler = Resampler(backend.sample_rate, WEBRTC_RATE)
         chunker = FrameChunker(WEBRTC_RATE * frame_ms // 1000)
-        for chunk in backend.stream(text, language):
-            yield from chunker.push(resampler.push(float_to_int16(chunk)))
+        for piece in self.chunks(text, language) if split else [text]:
+            if isinstance(backend, KokoroTts):
+                chunks = backend.stream(piece, language, stop)
+            else:
+                chunks = backend.stream(piece, language)
+            for chunk in chunks:
+                yield from chunker.push(resampler.push(float_to_int16(chunk)))
         yield from chunker.push(resampler.flush())
         yield from chunker.flush()
 
@@ -119,17 +166,68 @@ def build_tts(
     espeak_voices: dict[str, str],
     espeak_wpm: int = 165,
     hibari_speed: float = 1.0,
+    *,
+    kokoro_phonemes: dict[str, str] | None = None,
+    kokoro_voice: str = "jm_kumo",
+    kokoro_model: str = "",
+    kokoro_threads: int = 2,
+    kokoro_speed: float = 1.15,
 ) -> TtsRouter:
-    """One instance per engine, shared by the languages that use it."""
+    """One instance per engine, shared by the languages that use it. Kokoro that cannot load
+    (package or model missing, a bad model path) is logged and espeak-ng speaks its languages:
+    the agent still answers, in the robotic voice."""
     made: dict[str, TextToSpeech] = {}
     by_language: dict[str, TextToSpeech] = {}
+    fallbacks: dict[str, str] = {}
+    kokoro_error = ""
+
+    def espeak() -> TextToSpeech:
+        if "espeak" not in made:
+            made["espeak"] = EspeakTts(espeak_voices, espeak_wpm)
+        return made["espeak"]
+
     for language, name in backends.items():
-        if name not in made:
+        if name == "kokoro":
+            if "kokoro" not in made and not kokoro_error:
+                phonemes = kokoro_phonemes or {"pt": "pt-br", "es": "es"}
+                try:
+                    made[name] = KokoroTts(
+                        phonemes, kokoro_voice, kokoro_model, kokoro_threads, kokoro_speed
+                    )
+                except (ValueError, TypeError):
+                    raise  # a wrong setting: say so, as for the other engines
+                except Exception as exc:  # noqa: BLE001 -- any load failure: fall back
+                    kokoro_error = f"{type(exc).__name__}: {exc}"
+            if kokoro_error:
+                log.warning("Kokoro unavailable (%s): espeak-ng speaks %s", kokoro_error, language)
+                fallbacks[language] = kokoro_error
+                by_language[language] = espeak()
+                continue
+            kokoro = made[name]
+            assert isinstance(kokoro, KokoroTts)
+            if language not in kokoro.phoneme_voices:
+                raise ValueError(f"tts.kokoro_phonemes has no espeak-ng voice for {language!r}")
+        elif name not in made:
             if name == "hibari":
                 made[name] = HibariTts(speed=hibari_speed)
             elif name == "espeak":
-                made[name] = EspeakTts(espeak_voices, espeak_wpm)
+                espeak()
             else:
                 raise ValueError(f"unknown TTS backend {name!r} for {language}")
         by_language[language] = made[name]
-    return TtsRouter(by_language)
+    return TtsRouter(by_language, fallbacks)
+
+
+def tts_from_settings(settings) -> TtsRouter:  # settings: agent.config.TtsSettings
+    """`build_tts` with the [tts] settings of configs/agent.toml."""
+    return build_tts(
+        settings.backends,
+        settings.espeak_voices,
+        settings.espeak_wpm,
+        settings.hibari_speed,
+        kokoro_phonemes=settings.kokoro_phonemes,
+        kokoro_voice=settings.kokoro_voice,
+        kokoro_model=settings.kokoro_model,
+        kokoro_threads=settings.kokoro_threads,
+        kokoro_speed=settings.kokoro_speed,
+    )
