@@ -9,6 +9,7 @@ from aiohttp import web
 from . import captions_archive, whip
 from .agents import add_agent_routes
 from .auth import AUTH_KEY, require_grant
+from .cluster.relay_routes import add_relay_routes
 from .cluster.views import rooms_response
 from .config import Config
 from .demo import add_demo_routes
@@ -39,6 +40,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/stats", node_stats)
     whip.add_routes(app)
+    add_relay_routes(app, node.relay_origin)  # /internal/relay: other nodes of the cluster
     add_demo_routes(app, node)
     add_agent_routes(app, node)
     captions_archive.add_routes(app, node)
@@ -60,6 +62,7 @@ async def _on_startup(app: web.Application) -> None:
     if node.config.server.demo_tokens:
         logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
     await node.cluster.start()
+    node.remote_rooms.start()
     logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
 
 

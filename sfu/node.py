@@ -14,6 +14,9 @@ import uuid
 from .auth import AccessToken, AuthError, verify_token
 from .cluster import create_backend
 from .cluster.membership import ClusterMembership
+from .cluster.relay_edge import RelayEdge
+from .cluster.relay_origin import RelayOrigin
+from .cluster.remote_rooms import RemoteRooms
 from .config import Config
 from .joins import JoinLog
 from .media.peer import NetworkSettings
@@ -44,6 +47,14 @@ class SfuNode:
         # registry, room directory, messages between nodes (in-process without Redis)
         self.cluster = ClusterMembership(
             self.node_id, config, self.rooms, create_backend(config.cluster)
+        )
+        # relays: tracks published here sent to other nodes, and theirs received here
+        self.relay_origin = RelayOrigin(self.rooms, self.network, config.rtc.rtcp_interval_s)
+        self.relay_edge = RelayEdge(
+            self.node_id, config, self.rooms, self.network, self.cluster.backend.registry
+        )
+        self.remote_rooms = RemoteRooms(
+            self.node_id, config, self.rooms, self.cluster, self.relay_edge
         )
 
     def authenticate(self, token: str | None) -> AccessToken:
@@ -96,6 +107,7 @@ class SfuNode:
             "joins": self.joins.summary(),
             "dropped": {"malformed_stun": self.network.drops.malformed_stun},
             "cluster": self.cluster.status(),
+            "relays": {"out": self.relay_origin.stats(), **self.remote_rooms.status()},
         }
 
     async def close(self) -> None:
@@ -107,6 +119,8 @@ class SfuNode:
             except Exception:
                 pass
         await self.rooms.close()
+        await self.relay_edge.close()
+        await self.relay_origin.close_all()
         self.http_sessions.clear()
         await self.cluster.stop()
         logger.info("node %s closed", self.node_id)

@@ -332,6 +332,7 @@ class SignallingConnection:
             except SignallingError as exc:
                 publish_reply["publish_error"] = {"code": exc.code, "message": exc.message}
         others = [p.info() for p in room.participants.values() if p is not participant]
+        others += list(room.remote.values())  # on other nodes of the cluster
         reply: dict[str, Any] = {
             "type": "joined",
             "room": room.name,
@@ -557,7 +558,7 @@ class SignallingConnection:
         for other in list(self.room.participants.values()):
             if other is not participant and (to is None or other.identity in to):
                 other.send_event(event, size)
-        self.room.data_relayed(participant, topic, msg["payload"])
+        self.room.data_relayed(participant, topic, msg["payload"], to)
 
     async def _rate_limited(self) -> None:
         """A data message over the sender's rate: dropped here, before any reader pays for it.
