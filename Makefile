@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := chromium espeak-ng sox nftables iproute2 redis-server \
 	gstreamer1.0-plugins-bad gstreamer1.0-nice python3-gi gir1.2-gstreamer-1.0 \
 	gir1.2-gst-plugins-bad-1.0 janus
 
-.PHONY: setup system-packages run test test-fast lint bench-quick clean
+.PHONY: setup system-packages run test test-fast fuzz lint bench-quick clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ test: setup system-packages
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not browser and not netns and not slow"
+
+# The parsers' fuzz tests with the long budget (fresh random inputs, ~3 minutes); `make test`
+# runs the same tests with the short, derandomized one.
+fuzz: setup
+	$(PY) -m pytest -q -m fuzz tests/fuzz
 
 lint: setup
 	$(PY) -m ruff check sfu agent tests benchmarks examples

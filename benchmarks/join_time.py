@@ -51,15 +51,10 @@ import argparse
 import asyncio
 import contextlib
 import fractions
-import json
-import math
 import os
 import platform
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,6 +66,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.browser import BrowserMissing, chromium_path, chromium_version, launch  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Log,
+    SfuProcess,
+    format_table,
+    percentile,
+    print_log_tail,
+    sigterm_as_interrupt,
+    write_json,
+)
 
 ROOM = "bench"
 DEMO_CONFIG = ROOT / "configs" / "demo.toml"
@@ -153,28 +157,7 @@ WATCH_BUYER_JS = """
 """
 
 
-# -- small helpers ---------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(f"[join_time] {message}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], q: float) -> float | None:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return round(ordered[low] + (ordered[high] - ordered[low]) * (pos - low), 1)
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+log = Log("join_time")
 
 
 # -- the publisher's media (synthetic, encoded live by aiortc) -------------------------------------
@@ -241,71 +224,6 @@ def make_tracks(width: int = 640, height: int = 360):
     return MovingBars(), Tone()
 
 
-# -- the SFU process -------------------------------------------------------------------------------
-
-
-class Sfu:
-    """`python -m sfu serve` in its own process group, killed with its group on exit."""
-
-    def __init__(self, config: Path, host: str, log_path: Path, root: Path = ROOT) -> None:
-        self.root = root
-        self.config = config
-        self.host = host
-        self.port = free_port(host)
-        self.url = f"http://{host}:{self.port}"
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "sfu",
-            "--log-level",
-            os.environ.get("SFU_BENCH_LOG_LEVEL", "WARNING"),
-            "serve",
-            "--config",
-            str(self.config),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-        ]
-        self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.root, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    async def wait_ready(self, timeout: float) -> None:
-        import aiohttp
-
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"the SFU exited with {self.proc.returncode}")
-                with contextlib.suppress(OSError, aiohttp.ClientError):
-                    async with http.get(f"{self.url}/healthz") as r:
-                        if r.status == 200:
-                            return
-                await asyncio.sleep(0.05)
-        raise TimeoutError("the SFU did not start in time")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        self._log.close()
-
-
 # -- measuring -------------------------------------------------------------------------------------
 
 
@@ -314,7 +232,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.lab = None
-        self.sfu: Sfu | None = None
+        self.sfu: SfuProcess | None = None
         self.publisher = None
         self.auth = None
         self.admin_token = ""
@@ -527,7 +445,9 @@ class Bench:
         self.admin_token = mint_token(
             self.auth, identity="bench-admin", room="*", grants=Grants(admin=True)
         )
-        self.sfu = Sfu(config_path, host, self.workdir / "sfu.log", Path(args.sfu_root or ROOT))
+        self.sfu = SfuProcess(
+            self.workdir / "sfu.log", config_path, host, cwd=Path(args.sfu_root or ROOT)
+        )
         self.sfu.start()
         await self.sfu.wait_ready(SFU_START_S)
         log(f"SFU at {self.sfu.url}; starting the publisher")
@@ -658,8 +578,8 @@ def summarise(
         "join_path": args.join_path,
         "sfu_root": args.sfu_root or str(ROOT),
         "joins": len(joins),
-        "join_ms_p50": pct(joins, 50),
-        "join_ms_p95": pct(joins, 95),
+        "join_ms_p50": percentile(joins, 50),
+        "join_ms_p95": percentile(joins, 95),
         "join_ms_min": min(joins) if joins else None,
         "join_ms_max": max(joins) if joins else None,
         "join_ms_mean": round(statistics.fmean(joins), 1) if joins else None,
@@ -675,11 +595,11 @@ def summarise(
         "first_frame_ms",
     ):
         values = [v.get("phases", {}).get(phase) for v in viewers]
-        result[f"{phase}_p50"] = pct(values, 50)
-        result[f"{phase}_p95"] = pct(values, 95)
+        result[f"{phase}_p50"] = percentile(values, 50)
+        result[f"{phase}_p95"] = percentile(values, 95)
     client_steps = sorted({k for v in viewers for k in v["client_ms"]})
     result["client_ms_p50"] = {
-        step: pct([v["client_ms"].get(step) for v in viewers], 50) for step in client_steps
+        step: percentile([v["client_ms"].get(step) for v in viewers], 50) for step in client_steps
     }
     paths = [v.get("join_path") for v in viewers]
     result["join_paths"] = {p: paths.count(p) for p in sorted(set(paths), key=str)}
@@ -697,14 +617,14 @@ def summarise(
         both = [max(c["buyer_join_ms"], c["assistant_sees_buyer_ms"]) for c in calls]
         result["consult"] = {
             "calls": len(calls),
-            "join_ms_p50": pct(buyer, 50),
-            "join_ms_p95": pct(buyer, 95),
-            "remote_live_ms_p50": pct(assistant, 50),
-            "remote_live_ms_p95": pct(assistant, 95),
-            "assistant_sees_buyer_ms_p50": pct(sees, 50),
-            "assistant_sees_buyer_ms_p95": pct(sees, 95),
-            "both_see_each_other_ms_p50": pct(both, 50),
-            "both_see_each_other_ms_p95": pct(both, 95),
+            "join_ms_p50": percentile(buyer, 50),
+            "join_ms_p95": percentile(buyer, 95),
+            "remote_live_ms_p50": percentile(assistant, 50),
+            "remote_live_ms_p95": percentile(assistant, 95),
+            "assistant_sees_buyer_ms_p50": percentile(sees, 50),
+            "assistant_sees_buyer_ms_p95": percentile(sees, 95),
+            "both_see_each_other_ms_p50": percentile(both, 50),
+            "both_see_each_other_ms_p95": percentile(both, 95),
             "per_call": calls,
         }
     targets = TARGETS_RTT if args.rtt_ms else TARGETS_LOOPBACK
@@ -731,7 +651,6 @@ def print_table(result: dict) -> None:
         f"join time ({result['link']}, {result['joins']} joins, fresh page each; "
         f"join path asked {result['join_path']}, used: {paths})"
     )
-    print(f"  {'':34}{'p50':>9}{'p95':>9}")
     rows = [
         ("connect() -> first frame", "join_ms"),
         ("  the join request reaches the SFU", "websocket_ms"),
@@ -742,27 +661,23 @@ def print_table(result: dict) -> None:
         ("  first packet (DTLS -> keyframe)", "first_packet_ms"),
         ("  first frame (packet -> shown)", "first_frame_ms"),
     ]
-    for label, key in rows:
-        p50, p95 = result.get(f"{key}_p50"), result.get(f"{key}_p95")
-        print(f"  {label:34}{fmt(p50):>9}{fmt(p95):>9}")
+    cells = [
+        (label, fmt(result.get(f"{key}_p50")), fmt(result.get(f"{key}_p95"))) for label, key in rows
+    ]
+    print(format_table(("", "p50", "p95"), cells, indent="  "))
     roles = ", ".join(f"{role} {n}" for role, n in result.get("browser_dtls_roles", {}).items())
     print(f"  browser's DTLS role: {roles or '-'}")
     if "consult" in result:
         c = result["consult"]
         print(f"1-to-1 page ({c['calls']} calls)")
-        print(
-            f"  {'buyer: connect() -> first frame':34}{fmt(c['join_ms_p50']):>9}"
-            f"{fmt(c['join_ms_p95']):>9}"
-        )
-        print(
-            f"  {'assistant: buyer live -> frame':34}{fmt(c['remote_live_ms_p50']):>9}"
-            f"{fmt(c['remote_live_ms_p95']):>9}"
-        )
-        for label, key in (
+        rows = [
+            ("buyer: connect() -> first frame", "join_ms"),
+            ("assistant: buyer live -> frame", "remote_live_ms"),
             ("assistant: buyer's connect() -> frame", "assistant_sees_buyer_ms"),
             ("both see each other", "both_see_each_other_ms"),
-        ):
-            print(f"  {label:34}{fmt(c[key + '_p50']):>9}{fmt(c[key + '_p95']):>9}")
+        ]
+        cells = [(label, fmt(c[f"{key}_p50"]), fmt(c[f"{key}_p95"])) for label, key in rows]
+        print(format_table(("", "p50", "p95"), cells, indent="  "))
     targets = ", ".join(f"{k} <= {v:g}" for k, v in result["targets"].items())
     verdict = "met" if result["meets_targets"] else "NOT met"
     print(f"targets ({targets}): {verdict}; first (warm-up) join {fmt(result['first_join_ms'])} ms")
@@ -826,10 +741,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def on_signal(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
+    sigterm_as_interrupt()
     with tempfile.TemporaryDirectory(prefix="join-time-") as tmp:
         try:
             result = asyncio.run(_run(args, Path(tmp)))
@@ -837,20 +749,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"join_time: {exc}", file=sys.stderr)
             return 2
         except BaseException as exc:
-            sfu_log = Path(tmp) / "sfu.log"
-            if sfu_log.exists():
-                tail = sfu_log.read_text(errors="replace")[-3000:]
-                if tail.strip():
-                    print(f"--- sfu.log (tail) ---\n{tail}", file=sys.stderr)
+            print_log_tail(Path(tmp) / "sfu.log")
             if isinstance(exc, KeyboardInterrupt):
                 return 130
             raise
     print_table(result)
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        log(f"wrote {path}")
+        log(f"wrote {write_json(args.json, result)}")
     return 0
 
 

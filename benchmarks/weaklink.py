@@ -59,7 +59,6 @@ import dataclasses
 import json
 import os
 import platform
-import signal
 import sys
 import tempfile
 import time
@@ -72,6 +71,16 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import weaklink_metrics as wm  # noqa: E402
 from benchmarks.browser import BrowserMissing, chromium_path, chromium_version, launch  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Log,
+    SfuProcess,
+    machine_busy,
+    print_log_tail,
+    proc_cpu_s,
+    sigterm_as_interrupt,
+    token,
+    write_json,
+)
 from benchmarks.netlab import PROFILES, LabError, NetLab, Profile, get_profile  # noqa: E402
 
 ROOM = "weaklink"
@@ -89,8 +98,7 @@ BUSY_MACHINE_PCT = 25.0  # other processes' CPU (% of one core) above which a ru
 DEFAULT_PLOT = ROOT / "build" / "weaklink-drop-recover.png"
 
 
-def log(message: str) -> None:
-    print(f"[weaklink] {message}", file=sys.stderr, flush=True)
+log = Log("weaklink")
 
 
 # ---------------------------------------------------------------------- profiles
@@ -419,8 +427,6 @@ class WeakLinkRun:
     async def _start_sfu(self) -> None:
         import aiohttp
 
-        from benchmarks.join_time import Sfu
-        from sfu.auth import Grants, mint_token
         from sfu.config import Config
 
         supported = bwe_setting_supported()
@@ -430,10 +436,8 @@ class WeakLinkRun:
         path = self.workdir / f"sfu-{self.profile.name}-{'on' if self.bwe else 'off'}.toml"
         path.write_text(sfu_config_text(self.lab.server_ip, self.bwe, supported))
         self.auth = Config.load(path).auth
-        self.admin_token = mint_token(
-            self.auth, identity="weaklink-admin", room="*", grants=Grants(admin=True)
-        )
-        self.sfu = Sfu(path, self.lab.server_ip, self.workdir / "sfu.log")
+        self.admin_token = token(self.auth, "weaklink-admin", "*", admin=True)
+        self.sfu = SfuProcess(self.workdir / "sfu.log", path, self.lab.server_ip)
         self.sfu.start()
         await self.sfu.wait_ready(15.0)
         self.http = aiohttp.ClientSession(
@@ -442,9 +446,7 @@ class WeakLinkRun:
         )
 
     def _token(self, identity: str, **grants: bool) -> str:
-        from sfu.auth import Grants, mint_token
-
-        return mint_token(self.auth, identity=identity, room=ROOM, grants=Grants(**grants))
+        return token(self.auth, identity, ROOM, **grants)
 
     async def _open_page(self, context, name: str):
         page = await context.new_page()
@@ -738,8 +740,6 @@ class WeakLinkRun:
 def tree_cpu_s(root: int) -> float:
     """CPU seconds (user + system) used so far by `root` and every process below it (the SFU,
     the browsers and their helpers, the lab's relay)."""
-    from benchmarks.fanout import proc_cpu_s
-
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -762,8 +762,6 @@ class CpuWatch:
     a shared machine make a run measure the machine, not the SFU)."""
 
     def __init__(self) -> None:
-        from benchmarks.fanout import machine_busy
-
         self._busy = machine_busy
         self.start = (time.monotonic(), machine_busy(), tree_cpu_s(os.getpid()))
 
@@ -823,11 +821,7 @@ async def run_one(profile: Profile, bwe: bool, args: argparse.Namespace, workdir
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise
     except BaseException:
-        sfu_log = workdir / "sfu.log"
-        if sfu_log.exists():
-            tail = sfu_log.read_text(errors="replace")[-3000:]
-            if tail.strip():
-                log(f"--- sfu.log (tail) ---\n{tail}")
+        print_log_tail(workdir / "sfu.log")
         if run.page_errors:
             log(f"page errors: {run.page_errors[:10]}")
         raise
@@ -916,10 +910,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
-    def on_signal(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
+    sigterm_as_interrupt()
     results: dict[str, dict] = {}
     status = 0
     try:
@@ -941,10 +932,7 @@ def main(argv: list[str] | None = None) -> int:
             if run.get("sfu_keys_missing"):
                 print(f"{key}: the SFU's stats lack {', '.join(run['sfu_keys_missing'])}")
     if args.json and results:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1) + "\n")
-        log(f"wrote {path}")
+        log(f"wrote {write_json(args.json, results, indent=1)}")
     drops = [r for r in results.values() if r["profile"] == "drop-recover"]
     if args.plot and drops:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)

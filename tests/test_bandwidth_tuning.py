@@ -45,6 +45,7 @@ from sfu.media.forwarder import (
     BASE_RTT_WINDOW_S,
     NOTABLE_LOSS,
     RTX_BURST_S,
+    RTX_FALLBACK_MIN_BPS,
     RTX_PACKET_BYTES,
     DownTrack,
     bind,
@@ -435,8 +436,9 @@ def test_without_end_probe_a_short_probe_waits_for_the_timeout_and_fails() -> No
 
 def test_rtx_budget_token_bucket() -> None:
     dt = DownTrack(kind="video", mid="1", ssrc=1, send=lambda _: True)
-    assert dt.rtx_budget_bps is None
-    assert all(dt.take_rtx_budget(100.0) for _ in range(1000))  # unlimited
+    assert dt.rtx_budget_bps is None  # no estimate: a share of what it sends, or the minimum
+    fallback = int(RTX_FALLBACK_MIN_BPS / 8 * RTX_BURST_S / RTX_PACKET_BYTES)
+    assert sum(dt.take_rtx_budget(100.0) for _ in range(1000)) == fallback
     rate = 440_000
     dt.rtx_budget_bps = rate
     burst = int(rate / 8 * RTX_BURST_S / RTX_PACKET_BYTES)
@@ -450,7 +452,9 @@ def test_rtx_budget_token_bucket() -> None:
     # a long pause refills only up to the burst
     assert sum(dt.take_rtx_budget(260.0) for _ in range(100)) == burst
     dt.rtx_budget_bps = None
-    assert all(dt.take_rtx_budget(260.0) for _ in range(100))
+    dt.bitrate_bps = 4_000_000  # sending 4 Mbit/s: half of it for retransmissions
+    allowed = sum(dt.take_rtx_budget(300.0) for _ in range(100))
+    assert allowed == int(2_000_000 / 8 * RTX_BURST_S / RTX_PACKET_BYTES)
 
 
 def test_rtx_budget_on_a_weak_link_still_refills_at_its_rate() -> None:

@@ -11,6 +11,7 @@ from sfu.media.twcc import (
     LARGE_DELTA,
     NOT_RECEIVED,
     SMALL_DELTA,
+    StatusRuns,
     TransportSequencer,
     TwccFeedback,
     TwccRecorder,
@@ -299,3 +300,141 @@ def test_recorder_to_sequencer_end_to_end() -> None:
     lost = {s for s, t in truth.items() if t is None and s < last_received}
     assert {s for s, t in final.items() if t is None} == lost
     assert seqr.feedback_gaps == 0
+
+
+# -- amplification: a few bytes claiming tens of thousands of statuses (issue 12, item 4) --------
+
+
+def twcc_bomb(base_seq: int = 0, symbol: int = NOT_RECEIVED, count: int = 0xFFFF) -> bytes:
+    """40 bytes claiming `count` statuses: nine run length chunks of 8191 of one symbol."""
+    chunks = b"".join(((symbol << 13) | 8191).to_bytes(2, "big") for _ in range(9))
+    body = base_seq.to_bytes(2, "big") + count.to_bytes(2, "big") + bytes(4) + chunks + bytes(2)
+    return bytes([0x8F, 205]) + ((12 + len(body)) // 4 - 1).to_bytes(2, "big") + bytes(8) + body
+
+
+def test_bomb_parses_into_runs_bounded_by_its_length() -> None:
+    bomb = twcc_bomb()
+    assert len(bomb) == 40
+    fb = TwccFeedback.parse(bomb)
+    assert len(fb.statuses) == 0xFFFF  # what it claims...
+    assert fb.statuses.runs == [(NOT_RECEIVED, 0xFFFF)]  # ...kept as one run
+    assert fb.deltas == []
+    assert fb.statuses[0] == fb.statuses[-1] == NOT_RECEIVED
+    # received statuses each need a delta byte: claiming many without them is malformed
+    with pytest.raises(ValueError, match="deltas truncated"):
+        TwccFeedback.parse(twcc_bomb(symbol=SMALL_DELTA))
+    # mixed vectors and runs: runs grow with the chunks, not with the counts they claim
+    chunks = [0x1FFF, 0xA000] * 7  # lost x 8191, then a 1-bit vector (1 received, 13 lost)
+    fb = TwccFeedback(1, 2, 0, 0, 0)
+    body = b"".join(c.to_bytes(2, "big") for c in chunks) + bytes([4] * 7) + bytes(1)
+    count = (8191 + 14) * 7
+    data = bytearray(fb.serialize()[:20]) + body
+    data[2:4] = (len(data) // 4 - 1).to_bytes(2, "big")
+    data[14:16] = count.to_bytes(2, "big")
+    parsed = TwccFeedback.parse(bytes(data))
+    assert len(parsed.statuses) == count
+    assert len(parsed.statuses.runs) <= len(data) // 2
+    assert parsed.deltas == [4] * 7
+
+
+def test_status_runs_read_like_the_list() -> None:
+    statuses = [0, 0, 1, 2, 2, 2, 0, 1]
+    runs = TwccFeedback.parse(
+        TwccFeedback(1, 2, 0, 0, 0, statuses, [1, 300, -2, 7, 9]).serialize()
+    ).statuses
+    assert runs == statuses and statuses == runs and list(runs) == statuses
+    assert [runs[i] for i in range(-len(statuses), len(statuses))] == statuses * 2
+    assert runs[2:5] == statuses[2:5]
+    assert runs != statuses[:-1] and runs != [*statuses[:-1], 0]
+    with pytest.raises(IndexError):
+        runs[len(statuses)]
+
+
+def test_sequencer_bomb_costs_at_most_the_packets_sent() -> None:
+    """The bomb's results are bounded by what was sent; repeating it yields nothing."""
+    seqr = TransportSequencer(history=4096, start_seq=65500)
+    for i in range(100):
+        seqr.next_seq(1000, now=i * 0.001)
+    bomb = twcc_bomb(base_seq=65400)  # covers the 100 sent packets and 65435 never sent
+    first = seqr.on_feedback(bomb)
+    assert [r.seq for r in first] == list(range(65500, 65600))
+    assert all(r.arrival_time is None for r in first)
+    for _ in range(50):
+        assert seqr.on_feedback(bomb) == []
+    # the packets can still be reported received (once) by honest feedback
+    honest = TwccFeedback.from_arrivals(1, 2, 65500 & 0xFFFF, [1000 * i for i in range(100)])
+    assert len(seqr.on_feedback(honest)) == 100
+    assert seqr.on_feedback(honest) == []
+    # a bomb over a full ring: at most one result per remembered packet, then nothing
+    seqr = TransportSequencer(history=256)
+    for i in range(10_000):
+        seqr.next_seq(1000, now=i * 0.001)
+    results = seqr.on_feedback(twcc_bomb(base_seq=0))
+    assert len(results) == 256 and results[0].seq == 10_000 - 256
+    assert seqr.on_feedback(twcc_bomb(base_seq=0)) == []
+    assert seqr.on_feedback(twcc_bomb(base_seq=20_000)) == []  # never sent
+
+
+class CountingRuns(StatusRuns):
+    """Statuses that count how many symbols a reader takes one by one."""
+
+    taken = 0
+
+    def __iter__(self):
+        for symbol in super().__iter__():
+            CountingRuns.taken += 1
+            yield symbol
+
+    def __getitem__(self, index):
+        CountingRuns.taken += 1
+        return super().__getitem__(index)
+
+
+def test_sequencer_walks_runs_not_the_statuses_they_claim() -> None:
+    seqr = TransportSequencer(history=4096)
+    for i in range(4096):
+        seqr.next_seq(1000, now=i * 0.001)
+    fb = TwccFeedback.parse(twcc_bomb(base_seq=0))
+    fb.statuses = CountingRuns(fb.statuses.runs)
+    CountingRuns.taken = 0
+    for _ in range(3):
+        seqr.on_feedback(fb)
+    assert CountingRuns.taken == 0
+
+
+def test_sequencer_skips_received_runs_outside_the_ring_but_keeps_their_clock() -> None:
+    seqr = TransportSequencer(history=64)
+    for i in range(300):
+        seqr.next_seq(100, now=i * 0.001)
+    # 200..299 in one feedback: 200..235 fell out of the ring, their deltas still count
+    fb = TwccFeedback.from_arrivals(1, 2, 200, [1000 * i for i in range(100)])
+    results = seqr.on_feedback(fb)
+    assert [r.seq for r in results] == list(range(236, 300))
+    assert results[0].arrival_time == pytest.approx(0.036)
+
+
+def test_recorder_bounds_the_span_a_jumping_sender_makes_it_report() -> None:
+    rec = TwccRecorder(max_status=2000, max_span=4096)
+    seq = 0
+    for i in range(200):  # each packet jumps ~30000 ahead: 6 million numbers in all
+        rec.on_packet(seq & 0xFFFF, 1_000_000 + i * 1000)
+        seq += 30_000
+    packets = rec.build()
+    assert 1 <= len(packets) <= 3
+    statuses = sum(len(TwccFeedback.parse(p).statuses) for p in packets)
+    assert statuses <= 4096
+    assert len(rec._arrivals) <= 200
+    rec.on_packet(seq & 0xFFFF, 2_000_000)
+    packets = rec.build()
+    assert 1 <= len(packets) <= 3
+    assert TwccFeedback.parse(packets[-1]).statuses[-1] == SMALL_DELTA
+
+
+def test_recorder_reports_a_long_loss_run_without_failing() -> None:
+    """More losses in a row than one packet holds (max_status) used to raise IndexError."""
+    rec = TwccRecorder(max_status=100)
+    rec.on_packet(0, 1_000_000)
+    rec.on_packet(250, 1_100_000)
+    packets = [TwccFeedback.parse(p) for p in rec.build()]
+    assert sum(len(p.statuses) for p in packets) == 251
+    assert [s for p in packets for s in p.statuses].count(NOT_RECEIVED) == 249

@@ -26,6 +26,7 @@ class Vp8Descriptor:
 
     @classmethod
     def parse(cls, payload: bytes | memoryview) -> Vp8Descriptor:
+        """Read the descriptor; raises ValueError (only) if it is truncated (tests/fuzz)."""
         n = len(payload)
         if n < 1:
             raise ValueError("VP8 payload empty")
@@ -74,7 +75,10 @@ class Vp8Descriptor:
 
 
 def vp8_is_keyframe(payload: bytes | memoryview) -> bool:
-    """True for the first packet of a VP8 keyframe (cheap path without building a descriptor)."""
+    """True for the first packet of a VP8 keyframe (cheap path without building a descriptor).
+
+    Never raises; False for anything too short (agrees with `Vp8Descriptor.parse`).
+    """
     n = len(payload)
     if n < 1:
         return False
@@ -99,7 +103,10 @@ def vp8_is_keyframe(payload: bytes | memoryview) -> bool:
 
 
 def h264_is_keyframe(payload: bytes | memoryview) -> bool:
-    """True if the packet carries an IDR slice or SPS (RFC 6184: single NAL, STAP-A, FU-A)."""
+    """True if the packet carries an IDR slice or SPS (RFC 6184: single NAL, STAP-A, FU-A).
+
+    Never raises; a STAP-A walk stops at the payload's end or a zero size.
+    """
     n = len(payload)
     if n < 1:
         return False

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -48,6 +49,14 @@ NOTABLE_LOSS = 3  # receiver-report fraction lost (of 256, about 1 %) that marks
 BASE_RTT_WINDOW_S = 30.0
 RTX_BURST_S = 0.2  # retransmission budget: burst allowance, in seconds of the budget rate
 RTX_PACKET_BYTES = 1100  # budget charged per retransmission (a typical video packet)
+# Without a transport-cc estimate, retransmissions still have a budget: this share of what
+# the track sends, at least RTX_FALLBACK_MIN_BPS. Otherwise one viewer NACKing the whole ring
+# 200 times a second (100-byte packets) made the node resend ~70k packets/s (a core).
+RTX_FALLBACK_SHARE = 0.5
+RTX_FALLBACK_MIN_BPS = 500_000
+# A packet is resent at most once in this long (an honest receiver asks again after an RTT);
+# this also bounds the keyframe packets that the budget lets through.
+RESEND_SPACING_S = 0.05
 # Bitrates assumed for simulcast layers not yet measured (lowest first).
 NOMINAL_LAYER_BPS = (150_000, 500_000, 1_500_000)
 
@@ -87,7 +96,8 @@ class DownTrack:
         self.playout_delay: tuple[int, int] | None = None  # (min, max) in 10 ms units
         self.loss_seen_at = 0.0  # when a receiver report last showed loss
         self._rtt_samples: deque[tuple[float, float]] = deque()  # (time, rtt) for base_rtt_s
-        # retransmissions: at most this bitrate (None: unlimited), set from the estimate
+        # retransmissions: at most this bitrate, set from the estimate (None: no estimate, a
+        # share of what the track sends; see RTX_FALLBACK_SHARE)
         self.rtx_budget_bps: float | None = None
         self._rtx_tokens = 0.0
         self._rtx_tokens_at = 0.0
@@ -314,7 +324,7 @@ class DownTrack:
         """One retransmission allowed now? A token bucket refilled at `rtx_budget_bps`."""
         rate = self.rtx_budget_bps
         if rate is None:
-            return True
+            rate = max(RTX_FALLBACK_MIN_BPS, RTX_FALLBACK_SHARE * self.bitrate_bps)
         elapsed = now_s - self._rtx_tokens_at
         self._rtx_tokens_at = now_s
         burst = max(rate / 8 * RTX_BURST_S, RTX_PACKET_BYTES)
@@ -464,6 +474,7 @@ class Forwarder:
         "_dropped_seqs",
         "filtering",
         "_ring",
+        "_resent_at",
     )
 
     def __init__(self, producer: Producer, downtrack: DownTrack, selector=None) -> None:
@@ -499,6 +510,7 @@ class Forwarder:
         # out seq & RING_MASK -> (out seq, in seq, spatial layer, out timestamp, out picture
         # id, out TL0PICIDX; -1 when the payload went out untouched)
         self._ring: list[tuple[int, int, int, int, int, int] | None] = [None] * RING_SIZE
+        self._resent_at = array("d", [-1.0]) * RING_SIZE  # by ring slot: last NACK resend
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -819,16 +831,22 @@ class Forwarder:
         Not packets of a layer we have since left (the subscriber restarts on the new layer's
         keyframe), and not beyond the DownTrack's retransmission budget: on a congested link a
         storm of retransmissions would only deepen the congestion that lost the packets. The
-        packets of the keyframe the current layer started on are exempt.
+        packets of the keyframe the current layer started on are exempt. A packet is resent at
+        most once per RESEND_SPACING_S, so the work a NACK causes is bounded whatever it lists.
         """
         if self.producer.kind != "video":
             return 0
         dt = self.downtrack
         sent = 0
         now = time.monotonic()
+        resent_at = self._resent_at
         for out_seq in out_seqs:
-            entry = self._ring[out_seq & RING_MASK]
+            slot = out_seq & RING_MASK
+            entry = self._ring[slot]
             if entry is None or entry[0] != out_seq or entry[2] != self.current:
+                continue
+            if now - resent_at[slot] < RESEND_SPACING_S:  # asked again at once: not yet
+                dt.retransmissions_skipped += 1
                 continue
             # the keyframe this layer started on is what the viewer waits for: never held
             # back by the budget (lab: a q keyframe repaired at 70 kbit/s froze 0.6 s longer)
@@ -836,6 +854,7 @@ class Forwarder:
                 dt.retransmissions_skipped += 1
                 continue
             if self.resend(out_seq):
+                resent_at[slot] = now
                 sent += 1
         return sent
 

@@ -90,7 +90,9 @@ class RtpHeader:
     def parse(cls, data: bytes, ext: ExtensionIds | None = None) -> RtpHeader:
         """Read the fixed header, CSRCs and the extensions named in `ext`.
 
-        Raises ValueError for anything that is not a well-formed RTP version 2 packet.
+        Raises ValueError for anything that is not a well-formed RTP version 2 packet, and no
+        other exception whatever the bytes (tests/fuzz). Extension elements that do not fit
+        their block, or have an id we do not read, are skipped.
         """
         length = len(data)
         if length < 12:
@@ -161,7 +163,7 @@ def _read_extensions(
             h.rid = bytes(data[pos : pos + size])
         elif ext_id == ext.repaired_rid:
             h.repaired_rid = bytes(data[pos : pos + size])
-        elif ext_id == ext.audio_level:
+        elif ext_id == ext.audio_level and size:  # (a two-byte element may be empty)
             h.audio_level = data[pos]
         elif ext_id == ext.transport_cc and size == 2:
             h.transport_seq = (data[pos] << 8) | data[pos + 1]

@@ -24,15 +24,24 @@ S=0: fourteen 1-bit symbols, S=1: seven 2-bit symbols). Symbols: 0 not received,
 with a small delta (1 byte, 0..63.75 ms), 2 received with a large or negative delta (2 bytes,
 signed). Deltas are in 250 us ticks, the first relative to the reference time, each next one
 relative to the previous received packet.
+
+Bounds (the packet comes from the network): a run length chunk may claim 8191 statuses in two
+bytes, so a 40-byte packet can claim 65535 lost packets. `parse()` therefore keeps statuses as
+runs (`StatusRuns`: memory and time proportional to the packet's length, never to the counts it
+claims), and `TransportSequencer.on_feedback()` walks a run of losses only over the packets it
+sent, still remembers and has not reported yet: each sent packet yields at most one "lost" and
+one "received" result over its lifetime, whatever the feedback claims.
 """
 
 from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterable, Sequence
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from itertools import accumulate, repeat
+from typing import NamedTuple, overload
 
 RTCP_RTPFB = 205
 FMT_TWCC = 15
@@ -49,6 +58,7 @@ _MAX_RUN = (1 << 13) - 1
 _MAX_STATUS_COUNT = 0xFFFF
 
 _FB_HEADER = struct.Struct("!BBHIIHHI")  # V/P/FMT, PT, length, sender, media, base, count, ref|fbc
+_I16 = struct.Struct("!h")
 
 
 class PacketResult(NamedTuple):
@@ -65,12 +75,98 @@ class PacketResult(NamedTuple):
     cluster: int = -1  # probe cluster id the packet was sent in, -1 for none
 
 
+class StatusRuns(Sequence[int]):
+    """Packet status symbols stored as runs: what `TwccFeedback.parse()` hands back.
+
+    Reads like the list of symbols (len, index, iterate, compare with a list), but a run length
+    chunk costs one entry however many statuses it claims. `runs` is the (symbol, count) list,
+    adjacent runs of the same symbol merged; its length is at most one per status vector symbol
+    or run chunk of the packet, so it is bounded by the packet's length.
+    """
+
+    __slots__ = ("runs", "_starts", "_len")
+
+    def __init__(self, runs: Iterable[tuple[int, int]] = ()) -> None:
+        merged: list[tuple[int, int]] = []
+        for symbol, count in runs:
+            if count <= 0:
+                continue
+            if merged and merged[-1][0] == symbol:
+                merged[-1] = (symbol, merged[-1][1] + count)
+            else:
+                merged.append((symbol, count))
+        self.runs = merged
+        self._len = sum(count for _, count in merged)
+        self._starts: list[int] | None = None
+
+    @classmethod
+    def from_merged(cls, runs: list[tuple[int, int]], length: int) -> StatusRuns:
+        """Adopt runs that are merged already and add up to `length` (the parser's)."""
+        self = cls.__new__(cls)
+        self.runs = runs
+        self._len = length
+        self._starts = None
+        return self
+
+    def __len__(self) -> int:
+        return self._len
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError("status index out of range")
+        if self._starts is None:
+            self._starts = list(accumulate((count for _, count in self.runs[:-1]), initial=0))
+        return self.runs[bisect_right(self._starts, index) - 1][0]
+
+    def __iter__(self) -> Iterator[int]:
+        for symbol, count in self.runs:
+            yield from repeat(symbol, count)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StatusRuns):
+            return self.runs == other.runs
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return len(other) == self._len and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it stands for
+
+    def __repr__(self) -> str:
+        return f"StatusRuns({self.runs!r})"
+
+
+def status_runs(statuses: Sequence[int]) -> list[tuple[int, int]]:
+    """(symbol, count) runs of any status sequence (a `StatusRuns` hands its own back)."""
+    if isinstance(statuses, StatusRuns):
+        return statuses.runs
+    runs: list[tuple[int, int]] = []
+    for symbol in statuses:
+        if runs and runs[-1][0] == symbol:
+            runs[-1] = (symbol, runs[-1][1] + 1)
+        else:
+            runs.append((symbol, 1))
+    return runs
+
+
 @dataclass
 class TwccFeedback:
     """One transport-cc feedback packet.
 
-    `statuses` holds one symbol per reported packet (base_seq, base_seq + 1, ...), `deltas`
-    one receive delta in 250 us ticks per received packet, in the same order.
+    `statuses` holds one symbol per reported packet (base_seq, base_seq + 1, ...): a list when
+    built here, a `StatusRuns` when parsed (its size follows the packet's length, not the
+    status count the packet claims). `deltas` holds one receive delta in 250 us ticks per
+    received packet, in the same order; received statuses each take a delta byte, so their
+    number is bounded by the packet's length too.
     """
 
     sender_ssrc: int
@@ -78,14 +174,18 @@ class TwccFeedback:
     base_seq: int
     reference_time: int  # 24 bits, 64 ms units, receiver's clock
     fb_count: int  # 8 bits, incremented per feedback packet sent
-    statuses: list[int] = field(default_factory=list)
+    statuses: Sequence[int] = field(default_factory=list)
     deltas: list[int] = field(default_factory=list)
 
     # ------------------------------------------------------------------ reading
 
     @classmethod
     def parse(cls, data: bytes) -> TwccFeedback:
-        """Parse one whole RTCP packet (header included); raises ValueError if malformed."""
+        """Parse one whole RTCP packet (header included); raises ValueError if malformed.
+
+        ValueError is the only exception it raises for any input. Time and memory are
+        proportional to `len(data)`: runs stay runs (see `StatusRuns`).
+        """
         if len(data) < 20:
             raise ValueError("transport-cc feedback shorter than 20 bytes")
         b0, ptype, words, sender, media, base, count, ref_fbc = _FB_HEADER.unpack_from(data, 0)
@@ -102,40 +202,67 @@ class TwccFeedback:
                 raise ValueError("bad RTCP padding")
             end -= pad
         pos = 20
-        statuses: list[int] = []
-        while len(statuses) < count:
+        runs: list[tuple[int, int]] = []  # (symbol, count), adjacent equal symbols merged
+        symbol, run = -1, 0  # the run being built
+        left = count
+        while left:
             if pos + 2 > end:
                 raise ValueError("transport-cc packet chunks truncated")
-            (chunk,) = struct.unpack_from("!H", data, pos)
+            chunk = (data[pos] << 8) | data[pos + 1]
             pos += 2
-            left = count - len(statuses)
             if not chunk & 0x8000:  # run length chunk
-                symbol = (chunk >> 13) & 0x3
-                if symbol == 3:
+                s = (chunk >> 13) & 0x3
+                if s == 3:
                     raise ValueError("reserved status symbol in run length chunk")
-                run = chunk & _MAX_RUN
-                statuses.extend([symbol] * min(run, left))
-            elif not chunk & 0x4000:  # status vector, fourteen 1-bit symbols
-                for i in range(min(14, left)):
-                    statuses.append((chunk >> (13 - i)) & 0x1)
+                n = min(chunk & _MAX_RUN, left)
+                left -= n
+                if s == symbol:
+                    run += n
+                elif n:
+                    if run:
+                        runs.append((symbol, run))
+                    symbol, run = s, n
+                continue
+            if not chunk & 0x4000:  # status vector, fourteen 1-bit symbols
+                n = min(14, left)
+                shift, width, mask = 13, 1, 0x1
             else:  # status vector, seven 2-bit symbols
-                for i in range(min(7, left)):
-                    symbol = (chunk >> (12 - 2 * i)) & 0x3
-                    if symbol == 3:
-                        raise ValueError("reserved status symbol in status vector chunk")
-                    statuses.append(symbol)
+                n = min(7, left)
+                shift, width, mask = 12, 2, 0x3
+            left -= n
+            for _ in range(n):
+                s = (chunk >> shift) & mask
+                shift -= width
+                if s == symbol:
+                    run += 1
+                    continue
+                if s == 3:
+                    raise ValueError("reserved status symbol in status vector chunk")
+                if run:
+                    runs.append((symbol, run))
+                symbol, run = s, 1
+        if run:
+            runs.append((symbol, run))
+        received = sum(n for s, n in runs if s)
+        if received > end - pos:  # each received status needs at least one delta byte
+            raise ValueError("transport-cc receive deltas truncated")
         deltas: list[int] = []
-        for symbol in statuses:
-            if symbol == SMALL_DELTA:
-                if pos + 1 > end:
+        for s, n in runs:
+            if s == SMALL_DELTA:
+                if pos + n > end:
                     raise ValueError("transport-cc receive deltas truncated")
-                deltas.append(data[pos])
-                pos += 1
-            elif symbol == LARGE_DELTA:
-                if pos + 2 > end:
+                deltas += data[pos : pos + n]
+                pos += n
+            elif s == LARGE_DELTA:
+                if pos + 2 * n > end:
                     raise ValueError("transport-cc receive deltas truncated")
-                deltas.append(struct.unpack_from("!h", data, pos)[0])
-                pos += 2
+                deltas += (
+                    struct.unpack_from(f"!{n}h", data, pos)
+                    if n > 1
+                    else _I16.unpack_from(data, pos)
+                )
+                pos += 2 * n
+        statuses = StatusRuns.from_merged(runs, count)
         return cls(sender, media, base, ref_fbc >> 8, ref_fbc & 0xFF, statuses, deltas)
 
     def arrivals(self) -> list[tuple[int, int | None]]:
@@ -281,7 +408,7 @@ class TransportSequencer:
 
     One per subscriber transport. `next_seq()` is called on the hot path: it writes into
     preallocated arrays, so a ring of `history` packets costs 25 bytes each and no objects.
-    Feedback for packets older than the ring is ignored.
+    Feedback for packets older than the ring, or never sent, is ignored.
     """
 
     _UNREPORTED, _LOST, _RECEIVED = 0, 1, 2
@@ -291,11 +418,12 @@ class TransportSequencer:
             raise ValueError("history must be a power of two >= 64")
         self._mask = history - 1
         self._next = start_seq & 0xFFFF
+        self._first = self._next  # the first number stamped: nothing before it was sent
         self._ext = array("q", [-1]) * history
         self._send = array("d", [0.0]) * history
         self._size = array("i", [0]) * history
         self._cluster = array("i", [-1]) * history
-        self._state = array("b", [0]) * history
+        self._state = bytearray(history)  # _UNREPORTED, _LOST or _RECEIVED; find() skips runs
         self._ref_ext: int | None = None  # unwrapped reference time of the last feedback
         self._ref_raw = 0
         self._last_fb_count: int | None = None
@@ -336,6 +464,12 @@ class TransportSequencer:
         A packet is reported at most once as lost and at most once as received (a later
         feedback may report a packet that was lost earlier as received: it is then returned
         again with its arrival time). Unknown or too old sequence numbers are skipped.
+
+        Raises ValueError (only) for malformed bytes. The work is bounded whatever the feedback
+        claims: runs of losses are walked only over the packets still in the ring and not yet
+        reported (a C-level search per run, one step per result), received statuses cost one
+        step each but each needs a delta byte in the packet. So results never outnumber the
+        packets sent, and over a packet's lifetime it yields at most two.
         """
         fb = feedback if isinstance(feedback, TwccFeedback) else TwccFeedback.parse(feedback)
         self.feedback_packets += 1
@@ -355,33 +489,46 @@ class TransportSequencer:
         self._ref_raw = raw
         ticks = self._ref_ext * TICKS_PER_REFERENCE
         results: list[PacketResult] = []
-        ext = self._unwrap(fb.base_seq)
+        mask = self._mask
+        state, send, size, cluster = self._state, self._send, self._size, self._cluster
+        # The packets we still know: every ring slot in [lo, hi] holds that very packet.
+        hi = self._next - 1
+        lo = max(self._next - (mask + 1), self._first)
+        deltas = fb.deltas
         d = 0
-        for symbol in fb.statuses:
-            if symbol != NOT_RECEIVED:
-                ticks += fb.deltas[d]
-                d += 1
-            i = ext & self._mask
-            if self._ext[i] == ext:
-                state = self._state[i]
-                if symbol == NOT_RECEIVED:
-                    if state == self._UNREPORTED:
-                        self._state[i] = self._LOST
-                        results.append(
-                            PacketResult(self._send[i], None, self._size[i], ext, self._cluster[i])
-                        )
-                elif state != self._RECEIVED:
-                    self._state[i] = self._RECEIVED
-                    results.append(
-                        PacketResult(
-                            self._send[i],
-                            ticks * (TICK_US / 1e6),
-                            self._size[i],
-                            ext,
-                            self._cluster[i],
-                        )
-                    )
-            ext += 1
+        ext = self._unwrap(fb.base_seq)
+        for symbol, count in status_runs(fb.statuses):
+            stop = ext + count
+            if symbol == NOT_RECEIVED:
+                a, b = max(ext, lo), min(stop, hi + 1)
+                while a < b:
+                    i = a & mask
+                    j = i + min(b - a, mask + 1 - i)  # up to b or the ring's end
+                    k = state.find(self._UNREPORTED, i, j)
+                    if k < 0:
+                        a += j - i
+                        continue
+                    a += k - i
+                    state[k] = self._LOST
+                    results.append(PacketResult(send[k], None, size[k], a, cluster[k]))
+                    a += 1
+            elif stop <= lo or ext > hi:  # none of these packets is known: only the clock moves
+                ticks += sum(deltas[d : d + count])
+                d += count
+            else:
+                for e in range(ext, stop):
+                    ticks += deltas[d]
+                    d += 1
+                    if lo <= e <= hi:
+                        i = e & mask
+                        if state[i] != self._RECEIVED:
+                            state[i] = self._RECEIVED
+                            results.append(
+                                PacketResult(
+                                    send[i], ticks * (TICK_US / 1e6), size[i], e, cluster[i]
+                                )
+                            )
+            ext = stop
         return results
 
 
@@ -395,12 +542,24 @@ class TwccRecorder:
     received; a packet that arrives after it was reported lost is reported again in the next
     feedback (the sender's `TransportSequencer` expects that). A run that cannot be encoded
     in one packet (delta beyond 16 bits, too many packets) is split across packets.
+
+    The sequence numbers come from the publisher: one `build()` reports at most `max_span`
+    packets (the newest; a sender that skipped further ahead learns nothing of the ones
+    before, which it sent to no one), and forgetting old arrivals costs what was stored, never
+    the size of a jump.
     """
 
-    def __init__(self, sender_ssrc: int = 0, media_ssrc: int = 0, max_status: int = 2000) -> None:
+    def __init__(
+        self,
+        sender_ssrc: int = 0,
+        media_ssrc: int = 0,
+        max_status: int = 2000,
+        max_span: int = 4096,
+    ) -> None:
         self.sender_ssrc = sender_ssrc
         self.media_ssrc = media_ssrc
         self.max_status = max_status
+        self.max_span = max_span
         self._arrivals: dict[int, int] = {}  # unwrapped seq -> arrival us
         self._highest: int | None = None
         self._next_report: int | None = None  # first unwrapped seq not yet reported
@@ -430,8 +589,8 @@ class TwccRecorder:
         if self._highest is None or self._next_report is None:
             return []
         packets: list[bytes] = []
-        start = self._next_report
         highest = self._highest
+        start = max(self._next_report, highest - self.max_span + 1)
         while start <= highest:
             first = start
             while self._arrivals.get(first) is None:
@@ -448,9 +607,10 @@ class TwccRecorder:
                     prev = ticks
                 arrivals.append(arrival)
                 seq += 1
-            while arrivals[-1] is None:  # end on a received packet; the rest goes next time
-                arrivals.pop()
-                seq -= 1
+            if any(a is not None for a in arrivals):  # (else: max_status losses in a row)
+                while arrivals[-1] is None:  # end on a received packet; the rest next time
+                    arrivals.pop()
+                    seq -= 1
             fb = TwccFeedback.from_arrivals(
                 self.sender_ssrc, self.media_ssrc, start, arrivals, self._fb_count
             )
@@ -459,6 +619,9 @@ class TwccRecorder:
             start = seq
         self._next_report = highest + 1
         keep_from = highest - 0x4000
+        if keep_from - self._oldest > len(self._arrivals):  # a jump: keep what is left
+            self._arrivals = {k: v for k, v in self._arrivals.items() if k >= keep_from}
+            self._oldest = keep_from
         while self._oldest < keep_from:
             self._arrivals.pop(self._oldest, None)
             self._oldest += 1
