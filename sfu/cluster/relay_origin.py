@@ -51,6 +51,11 @@ NTP_FRACTION = 1 << 32
 RELAY_CONNECT_TIMEOUT_S = 20.0
 MAX_RELAYS = 256  # per origin node: every edge node and room costs one
 MAX_TRACKS_PER_RELAY = 64
+# A packet is resent to an edge at most once per this interval, whatever its NACKs list, so
+# the work a NACK causes is bounded (the edge asks again every nack_retry_ms until it arrives:
+# across a 250 ms link most of those asks cross the retransmission already on its way).
+RESEND_SPACING_S = 0.2
+RESEND_SLOTS = 1024  # resend times kept per layer (by sequence number modulo this)
 
 
 class RelayError(Exception):
@@ -77,6 +82,8 @@ class RelayTap:
         self.packets_sent = [0] * len(ssrcs)
         self.octets_sent = [0] * len(ssrcs)
         self.retransmitted = 0
+        self.resends_skipped = 0
+        self._resent_at = [[0.0] * RESEND_SLOTS for _ in ssrcs]
         self.closed = False
 
     @property
@@ -124,7 +131,14 @@ class RelayTap:
         if cache is None:
             return 0
         sent = 0
+        now = time.monotonic()
+        resent_at = self._resent_at[spatial]
         for seq in seqs:
+            slot = seq % RESEND_SLOTS
+            if now - resent_at[slot] < RESEND_SPACING_S:
+                self.resends_skipped += 1
+                continue
+            resent_at[slot] = now
             entry = cache.get(seq)
             if entry is not None and self.peer.send_rtp(
                 self._packet(entry[0], entry[1], self.ssrcs[spatial])

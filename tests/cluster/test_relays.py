@@ -18,6 +18,8 @@ from sfu.client import RoomClient
 from sfu.cluster.relay_edge import RemoteProducer
 from tests.conftest import LOOPBACK, RunningNode, start_node
 from tests.media_sources import ColorVideoTrack, ToneAudioTrack, mean_rgb
+from tests.simulcast_packets import L1T3, payload_types, three_layers
+from tests.test_quality_signalling import publish_simulcast
 
 from .conftest import RedisServer, unique_prefix
 from .test_nodes import cluster_config
@@ -115,3 +117,76 @@ async def test_publish_at_a_play_at_b_over_one_relay(pair: Pair):
     await until(lambda: not b.relay_edge.links, what="relay closed at B")
     await until(lambda: not a.relay_origin.relays, what="relay closed at A")
     await until(lambda: not video_a.forwarders, what="tap detached at A")
+
+
+async def test_simulcast_crosses_once_and_each_b_viewer_gets_its_own_layer(
+    redis_server: RedisServer,
+):
+    """Every layer of a simulcast track crosses on one relay; B picks each viewer's layer."""
+    prefix = unique_prefix()
+    configs = [
+        cluster_config(redis_server.url, prefix, "sa-east", "sa-1"),
+        cluster_config(redis_server.url, prefix, "eu-west", "eu-1"),
+    ]
+    for config in configs:
+        config.rtc.bwe = False  # the requested quality alone decides (no estimate in the way)
+    a = await start_node(configs[0])
+    b = await start_node(configs[1])
+    pub = feeding = None
+    viewers: list[RoomClient] = []
+    try:
+        pub, answer = await publish_simulcast(a)
+        track_id = answer["tracks"][0]["id"]
+        session = a.node.rooms.rooms[ROOM].participants["pub"].publisher
+        (mid,) = session.producers
+        mid_id, rid_id = session._ext.mid, session._ext.rid
+        vp8_pt, _ = payload_types(answer["sdp"])
+        streams = three_layers()
+
+        async def publish_frames() -> None:
+            k = 0
+            while True:
+                tid = L1T3[k % 4]
+                for i, stream in enumerate(streams):
+                    ext = [(mid_id, mid.encode()), (rid_id, "qhf"[i].encode())]
+                    for p in stream.frame(keyframe=k % 8 == 0, tid=tid, pt=vp8_pt, ext=ext):
+                        session._on_rtp(p, 0)
+                k += 1
+                await asyncio.sleep(1 / 30)
+
+        feeding = asyncio.ensure_future(publish_frames())
+        events: dict[str, list[dict]] = {"low": [], "auto": []}
+        for name in ("low", "auto"):
+            viewer = await RoomClient.connect(b.url, b.token(name), network=LOOPBACK)
+            viewers.append(viewer)
+            viewer.on("layer_changed", events[name].append)
+        await viewers[0].request({"type": "quality", "track_id": track_id, "quality": "low"})
+        await until(lambda: any(e["spatial"] == 2 for e in events["auto"]), what="auto on f")
+        await until(lambda: any(e["spatial"] == 0 for e in events["low"]), what="low on q")
+        assert events["auto"][-1]["rid"] == "f" and events["auto"][-1]["width"] == 1280
+        assert events["low"][-1]["rid"] == "q"
+
+        # the low viewer moves up: B switches its layer, from the layers it already has
+        seen = len(events["low"])
+        await viewers[0].request({"type": "quality", "track_id": track_id, "quality": "medium"})
+        await until(lambda: any(e["spatial"] == 1 for e in events["low"][seen:]), what="h")
+        assert events["low"][-1]["reason"] == "up"
+
+        # one relay carries all three layers; A's producer has one tap, not one per viewer
+        assert len(a.node.relay_origin.relays) == 1 and b.node.relay_edge.opened == 1
+        remote = b.node.rooms.rooms[ROOM].producers[track_id]
+        assert isinstance(remote, RemoteProducer) and len(remote.layers) == 3
+        assert all(layer.packets > 0 for layer in remote.layers)
+        assert [(e.width, e.height) for e in remote.layers] == [
+            (s.width, s.height) for s in streams
+        ]
+        assert len(a.node.rooms.rooms[ROOM].producers[track_id].forwarders) == 1
+    finally:
+        if feeding is not None:
+            feeding.cancel()
+        for viewer in viewers:
+            await viewer.close()
+        if pub is not None:
+            await pub.close()
+        await b.runner.cleanup()
+        await a.runner.cleanup()
