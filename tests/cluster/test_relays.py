@@ -16,6 +16,7 @@ import pytest
 
 from sfu.client import RoomClient
 from sfu.cluster.relay_edge import RemoteProducer
+from sfu.media.rtcp import Pli
 from tests.conftest import LOOPBACK, RunningNode, start_node
 from tests.media_sources import ColorVideoTrack, ToneAudioTrack, mean_rgb
 from tests.simulcast_packets import L1T3, payload_types, three_layers
@@ -190,3 +191,98 @@ async def test_simulcast_crosses_once_and_each_b_viewer_gets_its_own_layer(
             await pub.close()
         await b.runner.cleanup()
         await a.runner.cleanup()
+
+
+async def test_data_messages_and_events_cross_nodes_in_order(pair: Pair):
+    a, b = pair.a.node, pair.b.node
+    host = await pair.join(pair.a, "host")
+    viewer = await pair.join(pair.b, "viewer")
+    other = await pair.join(pair.b, "other")
+    # each node knows the room's participants of the other
+    await until(lambda: {"viewer", "other"} <= set(a.rooms.rooms[ROOM].remote), what="A sees B")
+    await until(lambda: "host" in b.rooms.rooms[ROOM].remote, what="B sees A")
+    # the viewer at B was told of the host at A (in `joined`, or by an event)
+    await until(lambda: "host" in viewer.participants, what="viewer told of the host")
+    assert viewer.participants["host"]["node_id"] == "sa-1"
+    assert host.participants["viewer"]["node_id"] == "eu-1"
+
+    received: dict[str, list] = {"host": [], "viewer": [], "other": []}
+    for name, client in (("host", host), ("viewer", viewer), ("other", other)):
+        client.on("data", lambda m, name=name: received[name].append((m["from"], m["payload"])))
+    for i in range(30):
+        await host.send_data({"n": i}, topic="chat")
+        await viewer.send_data({"n": i}, topic="chat")
+    await host.send_data("for the viewer only", to=["viewer"])
+    await until(
+        lambda: (
+            len(received["host"]) >= 30
+            and len(received["other"]) >= 60
+            and len(received["viewer"]) >= 31
+        ),
+        what="all data delivered",
+    )
+    await asyncio.sleep(0.3)  # nothing more arrives
+    # in the order each sender sent them, across the nodes
+    assert [p["n"] for f, p in received["host"]] == list(range(30))
+    assert all(f == "viewer" for f, _ in received["host"])
+    assert [p["n"] for f, p in received["viewer"] if f == "host" and isinstance(p, dict)] == list(
+        range(30)
+    )
+    assert [p for f, p in received["other"] if f == "host"] == [{"n": i} for i in range(30)]
+    assert received["viewer"][-1] == ("host", "for the viewer only")
+    assert "for the viewer only" not in [p for _, p in received["other"]]
+
+    # a participant leaving at A is seen leaving at B
+    await host.leave()
+    await viewer.wait_for("participant_left", lambda m: m["identity"] == "host", timeout=10)
+    await until(lambda: "host" not in b.rooms.rooms[ROOM].remote, what="host gone at B")
+
+
+async def test_two_hosts_on_two_nodes_cohost_and_each_nodes_viewers_see_both(pair: Pair):
+    host_a = await pair.join(pair.a, "host-a")
+    await host_a.publish([ColorVideoTrack((220, 40, 40))], sources=["camera"])
+    host_b = await pair.join(pair.b, "host-b")
+    await host_b.publish([ColorVideoTrack((40, 40, 220))], sources=["camera"])
+    viewer_a = await pair.join(pair.a, "viewer-a")
+    viewer_b = await pair.join(pair.b, "viewer-b")
+    for viewer in (viewer_a, viewer_b):
+        red = await viewer.next_track(kind="video", publisher="host-a", timeout=20)
+        blue = await viewer.next_track(kind="video", publisher="host-b", timeout=20)
+        red_frame = await asyncio.wait_for(red.track.recv(), 20)
+        blue_frame = await asyncio.wait_for(blue.track.recv(), 20)
+        assert mean_rgb(red_frame)[0] > 150 and mean_rgb(blue_frame)[2] > 150
+    # the hosts see each other too
+    seen_by_a = await host_a.next_track(kind="video", publisher="host-b", timeout=20)
+    assert mean_rgb(await asyncio.wait_for(seen_by_a.track.recv(), 20))[2] > 150
+    # one relay each way
+    assert len(pair.a.node.relay_origin.relays) == 1 and len(pair.b.node.relay_origin.relays) == 1
+    assert len(pair.a.node.relay_edge.links) == 1 and len(pair.b.node.relay_edge.links) == 1
+
+
+async def test_keyframe_request_of_a_b_viewer_reaches_the_publisher_at_a(pair: Pair):
+    host = await pair.join(pair.a, "host")
+    await host.publish([ColorVideoTrack((220, 40, 40))], sources=["camera"])
+    plis: list[float] = []
+    sender = host.publisher.pc.getTransceivers()[0].sender
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp(packet) -> None:
+        if getattr(packet, "fmt", None) == 1 and type(packet).__name__ == "RtcpPsfbPacket":
+            plis.append(time.monotonic())
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp
+    viewer = await pair.join(pair.b, "viewer")
+    await frame_of(viewer)
+    relay = next(iter(pair.a.node.relay_origin.relays.values()))
+    await asyncio.sleep(1.0)  # past every throttle
+    before, relayed_before = len(plis), relay.keyframe_requests
+    # the viewer's own PLI, for the video m-line B sends it
+    downtrack = next(
+        dt
+        for dt in pair.b.node.rooms.rooms[ROOM].participants["viewer"].subscriber.downtracks
+        if dt.kind == "video"
+    )
+    assert viewer.subscriber.send_rtcp(Pli(0x1234, downtrack.ssrc).serialize())
+    await until(lambda: relay.keyframe_requests > relayed_before, what="PLI relayed to A")
+    await until(lambda: len(plis) > before, what="PLI at the publisher")
