@@ -261,6 +261,7 @@ class SignallingConnection:
             room = node.rooms.get_or_create(room_name)
         except TooManyRooms as exc:
             raise SignallingError("node_full", str(exc)) from exc
+        await node.remote_rooms.prepare(room)  # the room's other nodes, for `joined`
         participant = Participant(
             identity=access.identity,
             name=name[:128],

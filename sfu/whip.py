@@ -137,6 +137,7 @@ async def _start_session(
         room = node.rooms.get_or_create(room_name)
     except TooManyRooms as exc:
         return _problem(503, str(exc))
+    await node.remote_rooms.prepare(room)  # tracks on other nodes, for a WHEP player
     resource_id = node.new_resource_id()
     identity = access.identity
     if kind == ParticipantKind.WHEP:

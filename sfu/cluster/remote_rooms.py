@@ -67,6 +67,7 @@ class RemoteRooms:
         self.edge = edge
         self.data_in = 0
         self.data_out = 0
+        self._prepared: set[str] = set()  # rooms read from the directory before their join
 
     def start(self) -> None:
         self.membership.listeners.append(self.on_message)
@@ -77,20 +78,44 @@ class RemoteRooms:
 
     # -- from the directory ---------------------------------------------------------------------
 
+    async def prepare(self, room: Room) -> None:
+        """Before the first local participant of `room` is answered: what other nodes hold
+        there, so its `joined` lists them (bounded by the Redis timeout; without Redis, or
+        when it fails, the join goes on and the room's messages fill in later)."""
+        if room.participants or room.name in self._prepared:
+            return
+        if not self.membership.backend.available:
+            return
+        self._prepared.add(room.name)
+        try:
+            await asyncio.wait_for(self.load(room.name), self.config.cluster.redis_timeout_s)
+        except (ClusterError, TimeoutError) as exc:
+            logger.info(
+                "cluster: room %s joined without its other nodes' state: %s", room.name, exc
+            )
+
     async def load(self, room_name: str) -> None:
-        """This node follows the room now: take in what other nodes hold there."""
+        """Take in what other nodes hold in the room; called again once this node follows the
+        room's channel, which also drops what went away between the two reads."""
         directory = self.membership.backend.directory
         participants = await directory.participants(room_name)
         tracks = await directory.tracks(room_name)
         room = self.rooms.rooms.get(room_name)
         if room is None:
             return
-        for record in participants:
-            if record.node_id != self.node_id:
-                self._joined(room, record)
-        for track in tracks:
-            if track.node_id != self.node_id:
-                self._published(room, track)
+        others = [r for r in participants if r.node_id != self.node_id]
+        for record in others:
+            self._joined(room, record)
+        present = {(r.identity, r.sid) for r in others}
+        for identity, info in list(room.remote.items()):
+            if (identity, info["sid"]) not in present:
+                self._left(room, {"identity": identity, "sid": info["sid"]})
+        remote_tracks = [t for t in tracks if t.node_id != self.node_id]
+        for track in remote_tracks:
+            self._published(room, track)
+        listed = {t.track_id for t in remote_tracks}
+        for track_id in list(room.remote_tracks - listed):
+            self._unpublished(room, track_id)
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -197,6 +222,7 @@ class RemoteRooms:
 
     def _on_room_event(self, event: str, room: Room, participant=None, producer=None) -> None:
         if event == "room_finished":
+            self._prepared.discard(room.name)
             for track_id in list(room.remote_tracks):
                 producer = room.producers.get(track_id)
                 if producer is not None:
