@@ -17,6 +17,7 @@ from .cluster.membership import ClusterMembership
 from .cluster.relay_edge import RelayEdge
 from .cluster.relay_origin import RelayOrigin
 from .cluster.remote_rooms import RemoteRooms
+from .cluster.routing import JoinRouter
 from .config import Config
 from .joins import JoinLog
 from .media.peer import NetworkSettings
@@ -55,6 +56,12 @@ class SfuNode:
         )
         self.remote_rooms = RemoteRooms(
             self.node_id, config, self.rooms, self.cluster, self.relay_edge
+        )
+        self.router = JoinRouter(
+            config,
+            self.cluster,
+            participants=lambda: sum(len(r.participants) for r in self.rooms.rooms.values()),
+            draining=lambda: self.closing or getattr(self, "draining", False),
         )
 
     def authenticate(self, token: str | None) -> AccessToken:

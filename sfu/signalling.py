@@ -53,10 +53,11 @@ class State(enum.Enum):
 
 
 class SignallingError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details = details or {}  # more fields of the error message (a redirect's node)
 
 
 def _require_str(msg: dict, key: str, *, max_len: int = 1 << 20) -> str:
@@ -92,6 +93,7 @@ class SignallingConnection:
         self.joined_reply: dict | None = None  # an HTTP join's `joined` (the HTTP response)
         self.on_leave: Callable[[], None] | None = None  # (the HTTP session's bookkeeping)
         self._message_bytes = 0  # length of the message being handled
+        self._route: dict[str, Any] = {}  # the node serving this join and fallbacks (joined)
         limits = node.config.limits
         self._data_messages = TokenBucket(
             limits.data_messages_per_s, max(1.0, 2 * limits.data_messages_per_s)
@@ -169,7 +171,7 @@ class SignallingConnection:
             self._message_bytes = len(text)
             await handler(msg)
         except SignallingError as exc:
-            await self._send_error(exc.code, exc.message, request_id)
+            await self._send_error(exc.code, exc.message, request_id, exc.details)
         except Exception:
             logger.exception("signalling: unexpected error")
             await self._send_error("internal", "internal server error", request_id)
@@ -185,8 +187,15 @@ class SignallingConnection:
         elif self.ws is not None and not self.ws.closed:
             await self.ws.send_json(message)
 
-    async def _send_error(self, code: str, message: str, request_id: Any = None) -> None:
-        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    async def _send_error(
+        self, code: str, message: str, request_id: Any = None, details: dict | None = None
+    ) -> None:
+        error: dict[str, Any] = {
+            "type": "error",
+            "code": code,
+            "message": message,
+            **(details or {}),
+        }
         if request_id is not None:
             error["request_id"] = request_id
         await self._send(error)
@@ -254,6 +263,14 @@ class SignallingConnection:
         meanwhile are held back and follow `joined`.
         """
         node = self.node
+        route = node.router.route()  # which node serves this join (docs/cluster.md, Routing)
+        self._route = {"node": route.node, "fallbacks": route.fallbacks}
+        if route.redirect:
+            raise SignallingError(
+                "redirect",
+                f"this node is full or draining: join {route.node['url']}",
+                {"node": route.node, "fallbacks": route.fallbacks},
+            )
         auto_subscribe = msg.get("auto_subscribe", True) is not False
         name = msg.get("name") if isinstance(msg.get("name"), str) else access.name
         metadata = msg.get("metadata") if isinstance(msg.get("metadata"), dict) else {}
@@ -341,6 +358,7 @@ class SignallingConnection:
             "participants": others,
             "tracks": [p.info.to_json() for p in room.live_producers(exclude=participant)],
             "ice_servers": node.ice_servers(),
+            **self._route,
             "grants": {
                 "publish": access.grants.publish,
                 "subscribe": access.grants.subscribe,
@@ -791,6 +809,7 @@ HTTP_STATUS = {
     "already_attached": 409,
     "room_full": 503,
     "node_full": 503,
+    "redirect": 421,  # this node sends the join to another one (the body names it)
 }
 
 
@@ -856,7 +875,7 @@ class HttpJoins:
 
 
 def _http_error(exc: SignallingError) -> web.Response:
-    body = {"type": "error", "code": exc.code, "message": exc.message}
+    body = {"type": "error", "code": exc.code, "message": exc.message, **exc.details}
     status = HTTP_STATUS.get(exc.code, 500)
     headers = dict(CORS_HEADERS)
     if status == 401:

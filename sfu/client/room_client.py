@@ -22,10 +22,11 @@ ANY_INTERFACE = NetworkSettings(addresses=())
 class SignallingError(Exception):
     """An `error` message from the server, raised where a request awaited its reply."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.details = details or {}  # the whole error message (a redirect names its node)
 
 
 @dataclass
@@ -52,6 +53,8 @@ class RoomClient:
         self.tracks: dict[str, dict] = {}  # published track infos in the room, by id
         self.remote_tracks: dict[str, RemoteTrack] = {}
         self.published: list[dict] = []
+        self.node: dict = {}  # the node serving this client: node_id, region, url
+        self.fallbacks: list[dict] = []  # other nodes to try if it goes away
         self.ice_servers: list[dict] = []
         self.publisher: MediaPeer | None = None
         self.subscriber: MediaPeer | None = None
@@ -83,12 +86,16 @@ class RoomClient:
         publish: list[MediaStreamTrack] | None = None,
         sources: list[str] | None = None,
         inline_offer: bool = True,
+        redirects: int = 3,
     ) -> RoomClient:
         """Open the signalling socket at `url` (http(s) base of the node) and join.
 
         `publish`: tracks to publish as part of the join (their offer rides in `join`, the
         answer in `joined`: one round trip); `client.published` then holds their infos.
         `inline_offer`: ask for the first subscriber offer inside `joined` (see protocol.md).
+        `redirects`: how many times to follow a node that sends the join to another one
+        (docs/cluster.md, "Routing"); `client.node` is the node that serves it, and
+        `client.fallbacks` the nodes to try when that one goes away.
         """
         base = url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
         publisher: MediaPeer | None = None
@@ -140,9 +147,21 @@ class RoomClient:
             if publisher is not None and "publish_answer" in joined:
                 await publisher.accept_answer(joined["publish_answer"]["sdp"])
                 client.published.extend(joined["publish_answer"]["tracks"])
+        except SignallingError as exc:
+            await client.close()
+            target = exc.details.get("node") if exc.code == "redirect" else None
+            if not redirects or not isinstance(target, dict) or not target.get("url"):
+                raise
+            return await cls.connect(
+                target["url"], token, name=name, auto_subscribe=auto_subscribe,
+                network=network, metadata=metadata, timeout=timeout, publish=publish,
+                sources=sources, inline_offer=inline_offer, redirects=redirects - 1,
+            )  # fmt: skip
         except BaseException:
             await client.close()
             raise
+        client.node = joined.get("node") or {}
+        client.fallbacks = joined.get("fallbacks") or []
         return client
 
     # -- requests and events -----------------------------------------------------------------------
@@ -228,7 +247,7 @@ class RoomClient:
         future = self._replies.get(request_id) if request_id is not None else None
         if future is not None and not future.done():
             if kind == "error":
-                future.set_exception(SignallingError(message["code"], message["message"]))
+                future.set_exception(SignallingError(message["code"], message["message"], message))
             else:
                 future.set_result(message)
         if kind == "joined":

@@ -104,6 +104,9 @@ class ClusterMembership:
         # other nodes from the directory then: nothing published after it is missed)
         self.on_follow: list[Callable[[str], Awaitable[None]]] = []
         self.received = 0
+        # the live nodes as of the last heartbeat (join routing reads it: joins never wait
+        # for Redis)
+        self.nodes: list[NodeInfo] = []
         self._ops: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_LIMIT)
         self._out_of_step = False  # changes were lost: a resync must come before others
         self._resync_queued = False
@@ -332,6 +335,7 @@ class ClusterMembership:
     async def _heartbeat(self) -> None:
         self.last_load = self.load.sample()
         await self.backend.registry.heartbeat(self.info())
+        self.nodes = await self.backend.registry.live_nodes()
 
     async def _heartbeat_loop(self) -> None:
         while True:
