@@ -34,7 +34,7 @@ async def three(redis_server: RedisServer) -> AsyncIterator[dict[str, RunningNod
                 config.cluster.max_participants = 1
             nodes[node_id] = await start_node(config)
         for running in nodes.values():  # each has heard every heartbeat
-            await until(lambda r=running: len(r.node.cluster.nodes) == 3, what="registry")
+            await until(lambda r=running: len(r.node.cluster.nodes) == 3, 30, "registry")
         yield nodes
     finally:
         for running in reversed(nodes.values()):
