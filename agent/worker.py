@@ -1,7 +1,7 @@
 """`python -m agent worker`: takes jobs from an SFU node and runs one session per job.
 
 The worker loads its models once (before it offers itself, so a job never waits for a model
-load), connects to the node's worker socket (`/api/agent-workers/ws`, see sfu/agents.py) with
+load), connects to the node's worker socket (`/api/agent-workers/ws`, see sfu/agents/) with
 a token it mints from the node's API key and secret (same config file, or the same built-in
 development key), registers the job kinds it takes and how many at once, heartbeats, and runs
 each assigned job until it ends or the node cancels it. If the node goes away it stops its

@@ -273,7 +273,7 @@ class Bench:
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", config.server.port).start()
-        from sfu.signalling import NODE_KEY
+        from sfu.api.keys import NODE_KEY
 
         self.node = app[NODE_KEY]
         self.config = config

@@ -1,4 +1,8 @@
-"""The aiohttp application: the whole server as one embeddable object."""
+"""The aiohttp application: the whole server as one embeddable object.
+
+The routes live in sfu/api/ (each a thin adapter over its wire format); every join, WHIP and
+WHEP request goes down the one join path, sfu/rooms/joins.py.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import logging
 
 from aiohttp import web
 
-from . import captions_archive, whip
-from .agents import add_agent_routes
+from .api import captions, whip
+from .api.agents import add_agent_routes
+from .api.http_join import add_http_join_routes
+from .api.keys import NODE_KEY
+from .api.websocket import websocket_handler
 from .auth import AUTH_KEY, require_grant
 from .cluster.relay_routes import add_relay_routes
 from .cluster.views import rooms_response
@@ -15,7 +22,6 @@ from .config import Config
 from .demo import add_demo_routes
 from .metrics.routes import add_metrics
 from .node import SfuNode
-from .signalling import NODE_KEY, add_http_join_routes, websocket_handler
 from .webhooks.events import add_webhooks
 
 logger = logging.getLogger(__name__)
@@ -43,7 +49,7 @@ def create_app(config: Config | None = None) -> web.Application:
     add_relay_routes(app, node.relay_origin)  # /internal/relay: other nodes of the cluster
     add_demo_routes(app, node)
     add_agent_routes(app, node)
-    captions_archive.add_routes(app, node)
+    captions.add_routes(app, node)
     add_webhooks(app, node)  # [webhooks] urls: signed events to the shop's backend
     add_metrics(app, node)  # GET /metrics ([metrics]); after the agents and webhooks
     app.on_startup.append(_on_startup)

@@ -14,7 +14,9 @@ Scopes (README, "Token model and scopes"):
   sees every room; agent workers need a node-wide `agent` token to register (their job tokens
   are minted per room by the node). Node-wide `publish`/`subscribe` alone allow no room.
 
-`require_grant(request, ...)` is the one check the HTTP handlers use.
+`check_access(access, ...)` is the one scope check; `require_grant(request, ...)` applies it to
+the HTTP API handlers, and the join path (sfu/rooms/joins.py) to every join, WHIP and WHEP
+request.
 """
 
 from __future__ import annotations
@@ -195,11 +197,24 @@ def require_grant(
     except AuthError as exc:
         raise _refusal(web.HTTPUnauthorized, "unauthorized", str(exc)) from None
     try:
-        access.require_any(grants)
-        if node_wide:
-            access.require_node_wide()
-        if room is not None:
-            access.require_room(room)
+        check_access(access, *grants, room=room, node_wide=node_wide)
     except PermissionDenied as exc:
         raise _refusal(web.HTTPForbidden, "forbidden", str(exc)) from None
     return access
+
+
+def check_access(
+    access: AccessToken, *grants: str, room: str | None = None, node_wide: bool = False
+) -> None:
+    """The one scope check: raise PermissionDenied unless `access` holds one of `grants` (any
+    token when none is named), is node-wide when `node_wide`, and may act in `room`.
+
+    require_grant() answers HTTP API requests with it; the join path (sfu/rooms/joins.py)
+    checks every join, WHIP and WHEP request with it and answers in each surface's format.
+    """
+    if grants:
+        access.require_any(grants)
+    if node_wide:
+        access.require_node_wide()
+    if room is not None:
+        access.require_room(room)

@@ -43,8 +43,8 @@ class _AccessLogger(AbstractAccessLogger):
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from .api.keys import NODE_KEY
     from .app import create_app
-    from .signalling import NODE_KEY
 
     config = Config.load(args.config or os.environ.get("SFU_CONFIG"), env=os.environ)
     if args.host:

@@ -19,10 +19,11 @@ from .cluster.relay_origin import RelayOrigin
 from .cluster.remote_rooms import RemoteRooms
 from .cluster.routing import JoinRouter
 from .config import Config
-from .joins import JoinLog
 from .media.peer import NetworkSettings
-from .participant import Participant
 from .room import RoomRegistry
+from .rooms.joins import JoinService
+from .rooms.participant import Participant
+from .rooms.timeline import JoinLog
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class SfuNode:
             participants=lambda: sum(len(r.participants) for r in self.rooms.rooms.values()),
             draining=lambda: self.closing or getattr(self, "draining", False),
         )
+        # the one join / publish / subscribe path every surface (sfu/api/) goes through
+        self.join_service = JoinService(self)
 
     def authenticate(self, token: str | None) -> AccessToken:
         return verify_token(self.config.auth, token)

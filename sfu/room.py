@@ -12,7 +12,7 @@ from .config import LimitSettings
 
 if TYPE_CHECKING:
     from .media.producer import Producer
-    from .participant import Participant
+    from .rooms.participant import Participant
 
 logger = logging.getLogger(__name__)
 

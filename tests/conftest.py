@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 
 from sfu import Config, create_app
+from sfu.api.keys import NODE_KEY
 from sfu.auth import Grants, mint_token
 from sfu.media.peer import NetworkSettings
-from sfu.signalling import NODE_KEY
 
 LOOPBACK = NetworkSettings(addresses=("127.0.0.1",))
 

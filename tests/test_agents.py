@@ -1,4 +1,4 @@
-"""Agent dispatch on the node (sfu/agents.py): the admin call, the workers' socket, rooms that
+"""Agent dispatch on the node (sfu/agents/): the admin call, the workers' socket, rooms that
 ask for an agent, and jobs moving off a dead worker. The workers here are bare WebSockets
 speaking the protocol, so no model is loaded."""
 

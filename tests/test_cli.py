@@ -147,7 +147,7 @@ def test_media_tokens_need_a_room(args: list):
 
 def test_token_with_a_config_uses_its_key():
     token = mint("--room", "R", "--identity", "I", "--config", "configs/eu-west.toml")
-    assert jwt.decode(token, options={"verify_signature": False})["iss"] == "eu-west"
+    assert jwt.decode(token, options={"verify_signature": False})["iss"] == "cluster"
     assert verify_token(Config.load(ROOT / "configs" / "eu-west.toml").auth, token)
     with pytest.raises(Exception, match="unknown API key"):
         verify_token(AuthSettings(), token)

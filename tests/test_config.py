@@ -70,6 +70,14 @@ def test_region_examples_use_their_region_and_no_dev_secret(region: str):
         assert len(secret) >= 32
 
 
+def test_region_examples_share_their_api_keys_so_a_token_works_on_every_node():
+    sa = Config.load(ROOT / "configs" / "sa-east.toml")
+    eu = Config.load(ROOT / "configs" / "eu-west.toml")
+    assert sa.auth.api_keys == eu.auth.api_keys
+    assert sa.cluster.redis_url and sa.cluster.redis_url == eu.cluster.redis_url
+    assert sa.server.node_id != eu.server.node_id
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

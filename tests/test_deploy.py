@@ -69,7 +69,7 @@ def test_secrets_and_host_values_come_from_the_environment():
     assert config.metrics.port == 9100
     # without env the file's values stand
     plain = Config.load(ROOT / "configs" / "eu-west.toml")
-    assert "eu-west" in plain.auth.api_keys and plain.server.port == 8080
+    assert "cluster" in plain.auth.api_keys and plain.server.port == 8080
 
 
 def test_defaults_can_take_overrides_too():
@@ -252,7 +252,7 @@ def test_check_config_warns_about_placeholders_and_strict_fails():
     path = str(ROOT / "configs" / "eu-west.toml")
     result = run_cli("check-config", path)
     assert result.returncode == 0
-    assert "auth.api_keys.eu-west is still the example placeholder secret" in result.stderr
+    assert "auth.api_keys.cluster is still the example placeholder secret" in result.stderr
     strict = run_cli("check-config", "--strict", path)
     assert strict.returncode == 1
     # with the real secret from the environment there is nothing left to warn about

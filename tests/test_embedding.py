@@ -11,10 +11,10 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from sfu.api.keys import NODE_KEY
 from sfu.auth import Grants, mint_token
 from sfu.client import RoomClient
 from sfu.media.peer import MediaPeer
-from sfu.signalling import NODE_KEY
 
 from .conftest import LOOPBACK, free_port
 from .media_sources import ColorVideoTrack, ToneAudioTrack

@@ -195,7 +195,7 @@ async def test_a_socket_that_never_joins_nor_reads_is_closed_at_the_join_timeout
     """It sends junk (each answered with a 30 kB error it never reads, so the node's writes
     to it back up) and is still shut out: the close cannot get through, so it is aborted,
     and nothing of it stays on the node."""
-    from sfu import signalling
+    from sfu.api import signalling
 
     monkeypatch.setattr(signalling, "JOIN_TIMEOUT_S", 1.0)
     with captured_logs() as logs:

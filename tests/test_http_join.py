@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from sfu import Config
+from sfu.api.http_join import HTTP_JOINS_KEY
 from sfu.client import RoomClient
 from sfu.media.peer import MediaPeer
-from sfu.signalling import HTTP_JOINS_KEY
 
 from .conftest import LOOPBACK, start_node
 from .media_sources import ColorVideoTrack, mean_rgb

@@ -9,9 +9,9 @@ import asyncio
 
 import pytest
 
-from sfu import signalling
+from sfu.api import websocket
+from sfu.api.http_join import HTTP_JOINS_KEY
 from sfu.client import RoomClient
-from sfu.signalling import HTTP_JOINS_KEY
 
 from .browser import launch_chromium, serve_pages
 from .conftest import LOOPBACK
@@ -68,7 +68,7 @@ async (count) => {
 async def test_browser_http_join_attaches_and_gets_what_happened_before(sfu_node, monkeypatch):
     pub = await RoomClient.connect(sfu_node.url, sfu_node.token("host"), network=LOOPBACK)
     others: list[RoomClient] = []
-    original_attach = signalling._attach
+    original_attach = websocket._attach
 
     async def attach_after_events(joins, ws, session_id):
         # Between the HTTP join and the socket's attach: someone joins and says hello.
@@ -86,7 +86,7 @@ async def test_browser_http_join_attaches_and_gets_what_happened_before(sfu_node
                 await asyncio.sleep(0.01)
         await original_attach(joins, ws, session_id)
 
-    monkeypatch.setattr(signalling, "_attach", attach_after_events)
+    monkeypatch.setattr(websocket, "_attach", attach_after_events)
     try:
         await pub.publish([ColorVideoTrack((200, 30, 30))], sources=["camera"])
         async with launch_chromium() as browser:

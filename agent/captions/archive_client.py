@@ -1,4 +1,4 @@
-"""Posts final captions to the SFU's caption archive (sfu/captions_archive.py).
+"""Posts final captions to the SFU's caption archive (sfu/api/captions.py).
 
 `POST {url}/api/rooms/{room}/captions` with the captioner's own token (it must carry the `agent`
 grant; admin tokens work too), body `{session, started_at, entries: [...]}`. Entries are keyed by

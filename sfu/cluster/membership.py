@@ -37,8 +37,8 @@ from .records import (
 if TYPE_CHECKING:
     from ..config import Config
     from ..media.producer import Producer
-    from ..participant import Participant
     from ..room import Room, RoomRegistry
+    from ..rooms.participant import Participant
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..media.forwarder import DownTrack
     from ..media.producer import Producer
     from ..node import SfuNode
-    from ..participant import Participant
+    from ..rooms.participant import Participant
     from ..webhooks.sender import WebhookNotifier
 
 LOSS_BUCKETS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -241,7 +241,7 @@ class SfuCollector(Collector):
         )
         family = HistogramMetricFamily(
             "sfu_join_phase_seconds",
-            "time from the join request to each phase (sfu/joins.py)",
+            "time from the join request to each phase (sfu/rooms/timeline.py)",
             labels=[*names, "phase"],
         )
         for phase, histogram in self.events.join_phases.items():

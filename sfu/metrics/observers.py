@@ -1,13 +1,14 @@
 """Histograms and counters observed from events, not from packets.
 
 * Join phases: read from the node's JoinLog at each scrape; every phase of every recent join is
-  observed once, when it has happened (sfu/joins.py marks them).
+  observed once, when it has happened (sfu/rooms/timeline.py marks them).
 * Agent turns and captions: from the data messages the room relays (Room.data_relayed). The
   agent's final "transcript" line carries `timings_ms` (endpointing, stt, answer,
   tts_first_audio, reply); an "interruption" message says barge-in or noise; a final caption
   on "captions/<lang>" carries its speech `end` (unix time), so the delay is now - end. Only
   messages from agent or captioner participants count, and only plausible numbers.
-* Agent jobs ending (sfu/agents.py job listeners) and the event loop's lag (a timer task).
+* Agent jobs ending (sfu/agents/dispatcher.py job listeners) and the event loop's lag (a timer
+  task).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..agents import is_agent_participant
-from ..joins import PHASES, JoinLog, JoinTimeline
+from ..rooms.timeline import PHASES, JoinLog, JoinTimeline
 from .histogram import Histogram
 
 if TYPE_CHECKING:
     from ..agents import AgentJob
-    from ..participant import Participant
     from ..room import Room
+    from ..rooms.participant import Participant
 
 JOIN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 AGENT_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)

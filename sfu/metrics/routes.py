@@ -28,8 +28,8 @@ from .totals import Totals
 if TYPE_CHECKING:
     from ..media.producer import Producer
     from ..node import SfuNode
-    from ..participant import Participant
     from ..room import Room
+    from ..rooms.participant import Participant
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Events (field `event`): room_started, room_finished, participant_joined, participant_left,
 track_published, track_unpublished (from the room registry, sfu/room.py), agent_job_started,
-agent_job_ended (from the agent dispatcher, sfu/agents.py). recording_started and
+agent_job_ended (from the agent dispatcher, sfu/agents/dispatcher.py). recording_started and
 recording_ended are reserved for recording. Every body has `id` (unique; retries repeat it),
 `event`, `seq` (increasing per node), `created_at` (unix seconds), `node_id`, `region` and
 `room` {name, sid, created_at, num_participants}; then `participant` {sid, identity, name,
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from ..agents import AgentJob
     from ..media.producer import Producer
     from ..node import SfuNode
-    from ..participant import Participant
     from ..room import Room
+    from ..rooms.participant import Participant
 
 EVENTS = (
     "room_started",

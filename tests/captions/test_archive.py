@@ -8,7 +8,7 @@ import re
 import aiohttp
 
 from sfu.auth import Grants, mint_token
-from sfu.captions_archive import CaptionArchive, to_vtt, vtt_time
+from sfu.captions import CaptionArchive, to_vtt, vtt_time
 
 from .conftest import admin_token, captioner_token
 

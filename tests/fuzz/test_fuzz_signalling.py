@@ -1,4 +1,5 @@
-"""The signalling message decoder (sfu/signalling.py) on arbitrary WebSocket text.
+"""The signalling message decoder (sfu/api/protocol.py, sfu/api/signalling.py) on arbitrary
+WebSocket text.
 
 `SignallingConnection._dispatch` is where a text frame becomes a request: JSON decoding, the
 type lookup, the join-state check, and each handler's field validation. Documented
@@ -21,8 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfu import Config, create_app
+from sfu.api.keys import NODE_KEY
+from sfu.api.signalling import SignallingConnection, State
 from sfu.auth import Grants, mint_token
-from sfu.signalling import NODE_KEY, SignallingConnection, State
 
 from .budget import fuzz
 from .corpus import corpus

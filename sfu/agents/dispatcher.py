@@ -29,86 +29,27 @@ use the same machinery): a job goes only to a worker that listed its kind.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from .auth import Grants, mint_token, require_grant
+from ..auth import Grants, mint_token
+from .jobs import DEFAULT_KIND, KIND_CHARS, AgentJob, JobBook, is_agent_participant
 
 if TYPE_CHECKING:
-    from .node import SfuNode
-    from .participant import Participant
-    from .room import Room
+    from ..node import SfuNode
+    from ..room import Room
+    from ..rooms.participant import Participant
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KIND = "agent"
-ACTIVE = ("pending", "assigned", "running")
 HEARTBEAT_INTERVAL_S = 1.0
 MAX_ATTEMPTS = 3  # a job a worker reports failed is retried this many times in all
 JOB_TOKEN_TTL_S = 12 * 3600
-FINISHED_KEPT = 200  # finished jobs kept for the admin listing
-_KIND_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
-
-
-def is_agent_participant(identity: str, metadata: dict | None = None) -> bool:
-    """Agents and captioners ("agent-…", "captioner-…", or that role in their metadata) are
-    machines: they do not keep a room alive."""
-    return identity.startswith(("agent", "captioner-")) or (metadata or {}).get("role") in (
-        "agent",
-        "captioner",
-    )
-
-
-@dataclass
-class AgentJob:
-    id: str
-    room: str
-    kind: str
-    source: str  # "admin" or "auto"
-    state: str = "pending"  # pending -> assigned -> running -> ended | failed
-    worker: str | None = None
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    attempts: int = 0  # times a worker was given it
-    moves: int = 0  # times it moved because its worker died
-    reason: str = ""
-
-    @property
-    def identity(self) -> str:
-        return f"agent-{self.id}"
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
-
-    def set_state(self, state: str, reason: str = "") -> None:
-        self.state = state
-        self.updated_at = time.time()
-        if reason:
-            self.reason = reason
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "job_id": self.id,
-            "room": self.room,
-            "kind": self.kind,
-            "source": self.source,
-            "state": self.state,
-            "worker": self.worker,
-            "identity": self.identity,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "attempts": self.attempts,
-            "moves": self.moves,
-            "reason": self.reason,
-        }
 
 
 class WorkerLink:
@@ -158,7 +99,8 @@ class AgentDispatcher:
     def __init__(self, node: SfuNode) -> None:
         self.node = node
         self.settings = node.config.agents
-        self.jobs: dict[str, AgentJob] = {}
+        self.book = JobBook()
+        self.jobs = self.book.jobs  # by id (the book's own dict)
         self.workers: dict[str, WorkerLink] = {}
         self._watchdog: asyncio.Task | None = None
         node.rooms.listeners.append(self._on_room_event)
@@ -179,19 +121,13 @@ class AgentDispatcher:
     # -- jobs ----------------------------------------------------------------------------------
 
     def create_job(self, room: str, kind: str = DEFAULT_KIND, source: str = "admin") -> AgentJob:
-        job = AgentJob(id=uuid.uuid4().hex[:12], room=room, kind=kind, source=source)
-        self.jobs[job.id] = job
+        job = self.book.new(room, kind, source)
         logger.info("agent job %s (%s) for room %s created (%s)", job.id, kind, room, source)
-        self._trim()
         self._dispatch()
         return job
 
     def active_jobs(self, room: str | None = None, kind: str | None = None) -> list[AgentJob]:
-        return [
-            j
-            for j in self.jobs.values()
-            if j.active and (room is None or j.room == room) and (kind is None or j.kind == kind)
-        ]
+        return self.book.active(room, kind)
 
     def end_job(self, job: AgentJob, reason: str, state: str = "ended") -> None:
         """Finish a job; its worker (if any) is told to leave the room."""
@@ -208,7 +144,7 @@ class AgentDispatcher:
 
     def _dispatch(self) -> None:
         """Give every pending job (oldest first) to the least-loaded worker that takes its kind."""
-        for job in sorted(self.jobs.values(), key=lambda j: j.created_at):
+        for job in self.book.oldest_first():
             if job.state != "pending":
                 continue
             candidates = [
@@ -249,13 +185,6 @@ class AgentDispatcher:
         )
         logger.info("agent job %s assigned to worker %s", job.id, worker.name)
 
-    def _trim(self) -> None:
-        finished = sorted(
-            (j for j in self.jobs.values() if not j.active), key=lambda j: j.updated_at
-        )
-        for job in finished[: max(0, len(finished) - FINISHED_KEPT)]:
-            del self.jobs[job.id]
-
     # -- rooms ---------------------------------------------------------------------------------
 
     def _on_room_event(self, event: str, room: Room, participant: Participant) -> None:
@@ -284,7 +213,7 @@ class AgentDispatcher:
         if (
             not isinstance(kinds, list)
             or not kinds
-            or not all(isinstance(k, str) and k and set(k) <= _KIND_CHARS for k in kinds)
+            or not all(isinstance(k, str) and k and set(k) <= KIND_CHARS for k in kinds)
         ):
             raise ValueError("'kinds' must be a non-empty list of lower-case kind names")
         if not isinstance(capacity, int) or isinstance(capacity, bool) or not 1 <= capacity <= 64:
@@ -308,7 +237,8 @@ class AgentDispatcher:
         )
         self._dispatch()
 
-    def _on_worker_message(self, worker: WorkerLink, msg: dict) -> None:
+    def on_worker_message(self, worker: WorkerLink, msg: dict) -> None:
+        """One message of the worker protocol; ValueError for a bad one (answered `error`)."""
         kind = msg.get("type")
         worker.last_seen = time.monotonic()
         if kind == "register":
@@ -325,7 +255,7 @@ class AgentDispatcher:
                         worker.send({"type": "cancel", "job_id": job_id, "reason": "moved"})
             return
         job_id = msg.get("job_id")
-        job = self.jobs.get(job_id) if isinstance(job_id, str) else None
+        job = self.book.get(job_id)
         if job is None or job.worker != worker.id or not job.active:
             return  # late news about a job that ended or moved
         if kind == "job_started":
@@ -379,35 +309,19 @@ class AgentDispatcher:
                     self._worker_gone(worker, f"missed heartbeats for {timeout:g} s")
                     asyncio.ensure_future(worker.ws.close(code=4408, message=b"heartbeat timeout"))
 
-    async def serve_worker(self, request: web.Request) -> web.StreamResponse:
-        """GET /api/agent-workers/ws: a worker's socket (node-wide token, `agent` grant)."""
-        access = require_grant(request, "agent", node_wide=True, query_token=True)
-        ws = web.WebSocketResponse(max_msg_size=self.node.config.limits.max_message_bytes)
-        await ws.prepare(request)
+    def connect(self, ws: web.WebSocketResponse, identity: str) -> WorkerLink:
+        """A worker's socket is open (it registers with its first message)."""
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.ensure_future(self._watch())
-        worker = WorkerLink(ws, access.identity)
-        self.node.websockets.add(ws)
-        try:
-            async for raw in ws:
-                if raw.type != WSMsgType.TEXT:
-                    break
-                try:
-                    msg = json.loads(raw.data)
-                    if not isinstance(msg, dict):
-                        raise ValueError("messages must be JSON objects")
-                    self._on_worker_message(worker, msg)
-                except ValueError as exc:
-                    await ws.send_json({"type": "error", "message": str(exc)})
-        finally:
-            self.node.websockets.discard(ws)
-            self._worker_gone(worker, "disconnected")
-        return ws
+        return WorkerLink(ws, identity)
+
+    def disconnected(self, worker: WorkerLink) -> None:
+        self._worker_gone(worker, "disconnected")
 
     def info(self, room: str | None = None) -> dict[str, Any]:
         """Workers and jobs; with `room`, that room's jobs only and no workers (a room admin's
         view: workers serve every room)."""
-        jobs = sorted(self.jobs.values(), key=lambda j: j.created_at)
+        jobs = self.book.oldest_first()
         return {
             "workers": [w.to_json() for w in self.workers.values()] if room is None else [],
             "jobs": [j.to_json() for j in jobs if room is None or j.room == room],
@@ -419,55 +333,3 @@ class AgentDispatcher:
 
 
 AGENTS_KEY: web.AppKey[AgentDispatcher] = web.AppKey("agent_dispatcher", AgentDispatcher)
-
-
-def add_agent_routes(app: web.Application, node: SfuNode) -> AgentDispatcher:
-    """The dispatcher for `node` and its routes (admin API and the workers' socket)."""
-    dispatcher = AgentDispatcher(node)
-    app[AGENTS_KEY] = dispatcher
-
-    async def create(request: web.Request) -> web.Response:
-        room = request.match_info["room"]
-        require_grant(request, "admin", room=room)
-        kind = DEFAULT_KIND
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return _bad_request('body must be JSON (optional: {"kind": "agent"})')
-            if body is not None:
-                if not isinstance(body, dict):
-                    return _bad_request("body must be a JSON object")
-                kind = body.get("kind", DEFAULT_KIND)
-        if not isinstance(kind, str) or not kind or not set(kind) <= _KIND_CHARS or len(kind) > 32:
-            return _bad_request("'kind' must be a short lower-case name such as \"agent\"")
-        if not room or len(room) > 128:
-            return _bad_request("bad room name")
-        job = dispatcher.create_job(room, kind, source="admin")
-        return web.json_response(job.to_json() | {"job_id": job.id}, status=201)
-
-    async def listing(request: web.Request) -> web.Response:
-        access = require_grant(request, "admin")
-        return web.json_response(dispatcher.info(None if access.node_wide else access.room))
-
-    async def delete(request: web.Request) -> web.Response:
-        access = require_grant(request, "admin")
-        job = dispatcher.jobs.get(request.match_info["job_id"])
-        if job is None or not access.allows_room(job.room):  # another room's job: not shown
-            return web.json_response({"error": "not_found"}, status=404)
-        dispatcher.end_job(job, "ended by an admin")
-        return web.json_response(job.to_json())
-
-    async def on_shutdown(app: web.Application) -> None:
-        await dispatcher.close()
-
-    app.router.add_post("/api/rooms/{room}/agents", create)
-    app.router.add_get("/api/agents", listing)
-    app.router.add_delete("/api/agents/{job_id}", delete)
-    app.router.add_get("/api/agent-workers/ws", dispatcher.serve_worker)
-    app.on_shutdown.append(on_shutdown)
-    return dispatcher
-
-
-def _bad_request(message: str) -> web.Response:
-    return web.json_response({"error": "bad_request", "message": message}, status=400)

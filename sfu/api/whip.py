@@ -3,6 +3,9 @@
 POST /whip/{room} with an SDP offer publishes; POST /whep/{room} with a recvonly offer plays
 what the room publishes (now and later). Both answer 201 with the SDP answer and a Location
 header; DELETE on that location ends the session.
+
+An adapter: each request goes down the one join path (sfu/rooms/joins.py); here are only the
+HTTP side (bodies, statuses, Location, CORS) and the resource ids of the sessions.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ import logging
 
 from aiohttp import web
 
-from .auth import AccessToken, AuthError, PermissionDenied
-from .media.publisher import PublisherSession
-from .media.sdp import SdpError, check_offer_size
-from .media.subscriber import QUALITY_LAYERS, SubscriberSession
-from .node import SfuNode
-from .participant import Participant, ParticipantKind
-from .room import RoomFull, TooManyRooms
-from .signalling import NODE_KEY
+from ..auth import AccessToken, bearer_token
+from ..media.sdp import SdpError
+from ..media.subscriber import QUALITY_LAYERS
+from ..node import SfuNode
+from ..room import Room
+from ..rooms.joins import JoinError
+from ..rooms.participant import Participant, ParticipantKind
+from .keys import NODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -29,35 +32,21 @@ CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
     "Access-Control-Expose-Headers": "Location, Link, ETag",
 }
+# a refused join's status (401 and 429 carry headers of their own: see _refused)
+# ("redirect": this node is full or draining; WHIP/WHEP clients retry or use another URL)
+WHIP_STATUS = {
+    "forbidden": 403,
+    "bad_sdp": 400,
+    "node_full": 503,
+    "room_full": 503,
+    "redirect": 503,
+}
 
 
 def _problem(status: int, reason: str, headers: dict | None = None) -> web.Response:
     return web.Response(
         status=status, text=reason + "\n", content_type="text/plain", headers=headers
     )
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
-
-
-async def _authorize(request: web.Request, grant: str) -> tuple[AccessToken, str] | web.Response:
-    node: SfuNode = request.app[NODE_KEY]
-    room = request.match_info["room"]
-    try:
-        access = node.authenticate(_bearer(request))
-    except AuthError as exc:
-        return _problem(401, str(exc), {"WWW-Authenticate": "Bearer"})
-    try:
-        access.require_room(room)
-        access.require(grant)
-    except PermissionDenied as exc:
-        return _problem(403, str(exc))
-    return access, room
 
 
 async def _read_offer(request: web.Request) -> str | web.Response:
@@ -80,115 +69,67 @@ def short_id(resource_id: str) -> str:
     return resource_id[:6] + "…"
 
 
-def whep_sessions(app: web.Application, token_identity: str) -> int:
-    """WHEP players (started or being started) this node holds for one token identity."""
-    started = sum(
-        1
-        for p in app[NODE_KEY].http_sessions.values()
-        if p.kind == ParticipantKind.WHEP and p.token_identity == token_identity
-    )
-    return started + app[WHEP_STARTING_KEY].get(token_identity, 0)
-
-
 async def _start(request: web.Request, kind: ParticipantKind) -> web.Response:
+    """Authorize, read and check the offer, then join: the session's media is negotiated
+    before it enters the room, so a bad offer never shows up there."""
     node: SfuNode = request.app[NODE_KEY]
-    grant = "publish" if kind == ParticipantKind.WHIP else "subscribe"
-    auth = await _authorize(request, grant)
-    if isinstance(auth, web.Response):
-        return auth
-    access, room_name = auth
+    joins = node.join_service
+    room_name = request.match_info["room"]
+    try:
+        access = joins.authenticate(bearer_token(request))
+        joins.authorize(
+            access, room_name, "publish" if kind == ParticipantKind.WHIP else "subscribe"
+        )
+    except JoinError as exc:
+        return _refused(exc)
     offer = await _read_offer(request)
     if isinstance(offer, web.Response):
         return offer
-    limits = node.config.limits
-    try:  # before anything is allocated for it
-        check_offer_size(
-            offer, max_media=limits.max_media_per_offer, max_rids=limits.max_rids_per_media
-        )
-    except SdpError as exc:
-        return _problem(400, str(exc))
-    if kind != ParticipantKind.WHEP:
-        return await _start_session(request, kind, access, room_name, offer)
-    # Each WHEP player is its own participant: without a cap, one viewer token fills a room.
-    held = whep_sessions(request.app, access.identity)
-    if held >= limits.max_whep_sessions_per_identity:
-        return _problem(
-            429,
-            f"too many WHEP sessions for {access.identity!r}: at most "
-            f"{limits.max_whep_sessions_per_identity}; DELETE one first",
-            {"Retry-After": "5", **CORS_HEADERS},
-        )
-    starting = request.app[WHEP_STARTING_KEY]  # (the answer takes a while: count them too)
-    starting[access.identity] = starting.get(access.identity, 0) + 1
     try:
-        return await _start_session(request, kind, access, room_name, offer)
-    finally:
-        left = starting.pop(access.identity) - 1
-        if left:
-            starting[access.identity] = left
+        joins.check_offer(offer)  # before anything is allocated for it
+        if kind != ParticipantKind.WHEP:
+            return await _start_session(request, kind, access, room_name, offer)
+        with joins.whep_slot(access.identity):
+            return await _start_session(request, kind, access, room_name, offer)
+    except JoinError as exc:
+        return _refused(exc)
 
 
 async def _start_session(
     request: web.Request, kind: ParticipantKind, access: AccessToken, room_name: str, offer: str
 ) -> web.Response:
     node: SfuNode = request.app[NODE_KEY]
-    limits = node.config.limits
-    try:
-        room = node.rooms.get_or_create(room_name)
-    except TooManyRooms as exc:
-        return _problem(503, str(exc))
-    await node.remote_rooms.prepare(room)  # tracks on other nodes, for a WHEP player
+    joins = node.join_service
     resource_id = node.new_resource_id()
     identity = access.identity
     if kind == ParticipantKind.WHEP:
         identity = f"{access.identity}#whep-{resource_id[:6]}"  # many players may share a token
-    participant = Participant(
-        identity=identity,
-        name=access.name,
-        kind=kind,
-        grants=access.grants,
-        room=room,
-        token_identity=access.identity,
-    )
-    try:
+    answer = ""
+    added: list = []
+
+    async def negotiate(participant: Participant, room: Room) -> None:
+        nonlocal answer, added
+        label = f"{kind.value}:{identity}"
         if kind == ParticipantKind.WHIP:
-            session = PublisherSession(
-                identity=identity,
-                network=node.network,
-                rtc=node.config.rtc,
-                max_tracks=limits.max_tracks_per_participant,
-                label=f"whip:{identity}",
-            )
-            participant.publisher = session
-            answer, added = await session.negotiate(offer)
+            published = await joins.publish(participant, offer, label=label, checked=True)
+            answer, added = published.answer["sdp"], published.added
             if not added:
-                raise SdpError("the offer sends no audio or video")
-        else:
-            subscriber = SubscriberSession(
-                identity=identity,
-                network=node.network,
-                rtc=node.config.rtc,
-                label=f"whep:{identity}",
-            )
-            participant.subscriber = subscriber
+                raise JoinError("bad_sdp", "the offer sends no audio or video")
+            return
+        subscriber = joins.open_subscriber(participant, label=label)
+        try:
             subscriber.set_default_quality(*_quality_query(request))
             answer = await subscriber.answer(offer, room.live_producers())
-            if not subscriber.downtracks:
-                raise SdpError("the offer receives no audio or video we can send")
-        await room.add(participant)
-    except SdpError as exc:
-        await participant.close()
-        node.rooms.discard(room)
-        return _problem(400, str(exc))
-    except RoomFull as exc:
-        await participant.close()
-        return _problem(503, str(exc))
-    if kind == ParticipantKind.WHIP:
-        for producer in added:
-            room.publish(participant, producer)
+        except SdpError as exc:
+            raise JoinError("bad_sdp", str(exc)) from exc
+        if not subscriber.downtracks:
+            raise JoinError("bad_sdp", "the offer receives no audio or video we can send")
+
+    participant = await joins.join(access, room_name, kind, identity=identity, prepare=negotiate)
+    joins.announce(participant, added)
     node.http_sessions[resource_id] = participant
-    peer = participant.publisher.peer if participant.publisher else participant.subscriber.peer
-    participant.watch(peer, limits.connect_timeout_s)
+    if participant.subscriber is not None:  # (a publisher's connection is watched already)
+        participant.watch(participant.subscriber.peer, node.config.limits.connect_timeout_s)
     participant.on_dropped = lambda reason: node.http_sessions.pop(resource_id, None)
     # Built from the request's own path so it keeps any prefix the app is mounted under.
     location = f"{request.rel_url.raw_path.rstrip('/')}/{resource_id}"
@@ -201,6 +142,15 @@ async def _start_session(
         content_type=SDP_TYPE,
         headers={"Location": location, "ETag": f'"{resource_id}"', **CORS_HEADERS},
     )
+
+
+def _refused(exc: JoinError) -> web.Response:
+    """A refused WHIP/WHEP request in the form these clients expect (text/plain)."""
+    if exc.code == "unauthorized":
+        return _problem(401, exc.message, {"WWW-Authenticate": "Bearer"})
+    if exc.code == "too_many":
+        return _problem(429, exc.message, {"Retry-After": "5", **CORS_HEADERS})
+    return _problem(WHIP_STATUS.get(exc.code, 500), exc.message)
 
 
 async def whip_post(request: web.Request) -> web.Response:
@@ -231,16 +181,15 @@ async def _delete(request: web.Request, kind: ParticipantKind) -> web.Response:
         or participant.room.name != request.match_info["room"]
     ):
         return _problem(404, "no such session", CORS_HEADERS)
-    token = _bearer(request)
+    token = bearer_token(request)
     if token is not None:  # clients usually send the token again; if they do, it must be good
+        joins = node.join_service
         try:
-            node.authenticate(token).require_room(participant.room.name)
-        except AuthError as exc:
-            return _problem(401, str(exc), CORS_HEADERS)
-        except PermissionDenied as exc:
-            return _problem(403, str(exc), CORS_HEADERS)
+            joins.authorize(joins.authenticate(token), participant.room.name)
+        except JoinError as exc:
+            return _problem(401 if exc.code == "unauthorized" else 403, exc.message, CORS_HEADERS)
     del node.http_sessions[resource_id]
-    await participant.room.remove(participant)
+    await node.join_service.leave(participant)
     logger.info("%s session %s deleted", kind.value, short_id(resource_id))
     return web.Response(status=200, headers=CORS_HEADERS)
 
@@ -254,12 +203,7 @@ async def options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Accept-Post": SDP_TYPE, **CORS_HEADERS})
 
 
-# token identity -> WHEP sessions being answered right now
-WHEP_STARTING_KEY: web.AppKey[dict[str, int]] = web.AppKey("sfu_whep_starting", dict)
-
-
 def add_routes(app: web.Application) -> None:
-    app[WHEP_STARTING_KEY] = {}
     for kind, post, delete in (("whip", whip_post, whip_delete), ("whep", whep_post, whep_delete)):
         app.router.add_post(f"/{kind}/{{room}}", post)
         app.router.add_route("OPTIONS", f"/{kind}/{{room}}", options)

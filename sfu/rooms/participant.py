@@ -16,15 +16,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .auth import Grants
-from .config import LimitSettings
-from .joins import JoinTimeline
-from .media.peer import MediaPeer
-from .media.publisher import PublisherSession
-from .media.subscriber import SubscriberSession
+from ..auth import Grants
+from ..config import LimitSettings
+from ..media.peer import MediaPeer
+from ..media.publisher import PublisherSession
+from ..media.subscriber import SubscriberSession
+from .timeline import JoinTimeline
 
 if TYPE_CHECKING:
-    from .room import Room
+    from ..room import Room
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class Participant:
         self._watchdogs: list[asyncio.Task] = []
         self.on_dropped: Callable[[str], None] | None = None
         self.join_timeline: JoinTimeline | None = None
+        # the node serving this join and the fallback nodes (sfu/cluster/routing.py)
+        self.route: dict = {}
         # events (and their sizes) held back until the join reply is out
         self._held: list[tuple[dict, int]] | None = None
         self._held_bytes = 0
