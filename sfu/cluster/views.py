@@ -17,12 +17,22 @@ SCOPES = ("local", "cluster")
 
 
 def local_rooms(node: SfuNode, only: str | None = None) -> list[dict[str, Any]]:
-    rooms = [room.info() for room in node.rooms.rooms.values() if only is None or room.name == only]
-    for room in rooms:
+    """This node's rooms; participants of other nodes in them (relayed here) come after this
+    node's own, each participant and track with the id of the node that holds it."""
+    rooms = []
+    for live in node.rooms.rooms.values():
+        if only is not None and live.name != only:
+            continue
+        room = live.info()
         for participant in room["participants"]:
             participant["node_id"] = node.node_id
             for track in participant["tracks"]:
                 track["node_id"] = node.node_id
+        for remote in live.remote.values():
+            entry = {**remote, "tracks": [{**t, "node_id": remote["node_id"]}
+                                          for t in remote["tracks"]]}  # fmt: skip
+            room["participants"].append(entry)
+        rooms.append(room)
     return rooms
 
 

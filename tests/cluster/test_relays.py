@@ -23,7 +23,7 @@ from tests.simulcast_packets import L1T3, payload_types, three_layers
 from tests.test_quality_signalling import publish_simulcast
 
 from .conftest import RedisServer, unique_prefix
-from .test_nodes import cluster_config
+from .test_nodes import cluster_config, get_json
 
 ROOM = "shop"
 
@@ -90,6 +90,15 @@ async def test_publish_at_a_play_at_b_over_one_relay(pair: Pair):
     assert viewer.participants.get("host", {}).get("node_id") == "sa-1"
     audio = await viewer.next_track(kind="audio", timeout=20)
     await asyncio.wait_for(audio.track.recv(), 20)
+    # B's /api/rooms: who is where, the host and its tracks on A, the viewer on B
+    status, body = await get_json(pair.b, "/api/rooms")
+    assert status == 200
+    (room,) = body["rooms"]
+    where = {p["identity"]: p["node_id"] for p in room["participants"]}
+    assert where == {"viewer-1": "eu-1", "host": "sa-1"}
+    host_entry = next(p for p in room["participants"] if p["identity"] == "host")
+    assert sorted(t["kind"] for t in host_entry["tracks"]) == ["audio", "video"]
+    assert {t["node_id"] for t in host_entry["tracks"]} == {"sa-1"}
 
     # one relay each way of looking at it: B receives both tracks on one connection
     assert len(b.relay_edge.links) == 1
