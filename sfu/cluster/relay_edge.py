@@ -194,6 +194,8 @@ class RelayEdge:
         self._sweep_task: asyncio.Task | None = None
         self._pending: set[tuple[str, str]] = set()
         self._closed = False
+        # called at each sweep first (remote_rooms.py drops what nodes that died left)
+        self.on_sweep: list = []
 
     # -- demand ----------------------------------------------------------------------------------
 
@@ -338,6 +340,8 @@ class RelayEdge:
     async def sweep(self) -> None:
         """Drop tracks nobody wants from their relays; close relays idle for two sweeps;
         open what is wanted but not carried (a relay that failed, a missed demand)."""
+        for callback in self.on_sweep:
+            callback()
         for key, link in list(self.links.items()):
             room = self.rooms.rooms.get(link.room)
             wanted = self.wanted(room, link.origin) if room is not None else frozenset()

@@ -68,13 +68,39 @@ class RemoteRooms:
         self.data_in = 0
         self.data_out = 0
         self._prepared: set[str] = set()  # rooms read from the directory before their join
+        self._seen_live: set[str] = set()  # nodes the registry listed as live
 
     def start(self) -> None:
         self.membership.listeners.append(self.on_message)
         self.membership.on_follow.append(self.load)
         self.rooms.observers.append(self._on_room_event)
         self.rooms.data_outbound = self._send_data
+        self.edge.on_sweep.append(self.drop_gone_nodes)
         self.edge.start()
+
+    def drop_gone_nodes(self) -> None:
+        """Participants and tracks of nodes that are no longer live (no heartbeat for
+        node_ttl_s: the registry as of the last heartbeat) leave the local rooms, which closes
+        their relays; a publisher who comes back on another node is announced from there."""
+        if not self.membership.backend.available:
+            return  # (the registry is not current: nobody is taken as gone meanwhile)
+        live = {n.node_id for n in self.membership.nodes}
+        if self.node_id not in live:
+            return  # not registered yet, or out of step
+        # only nodes seen live before and missing now: a node that has just started may be
+        # heard from before this node's registry copy lists it
+        gone = self._seen_live - live
+        self._seen_live = (self._seen_live | live) - gone
+        if not gone:
+            return
+        for room in list(self.rooms.rooms.values()):
+            for identity, info in list(room.remote.items()):
+                if info["node_id"] in gone:
+                    self._left(room, {"identity": identity, "sid": info["sid"]})
+            for track_id in list(room.remote_tracks):
+                producer = room.producers.get(track_id)
+                if producer is not None and getattr(producer, "origin", None) in gone:
+                    self._unpublished(room, track_id)
 
     # -- from the directory ---------------------------------------------------------------------
 

@@ -54,11 +54,17 @@ class Pair:
         return client
 
 
+def relay_config(redis_url: str, prefix: str, region: str, node_id: str, ttl_s: float = 5.0):
+    config = cluster_config(redis_url, prefix, region, node_id)
+    config.cluster.node_ttl_s = ttl_s  # (5 s: no node taken as gone on a loaded machine)
+    return config
+
+
 @pytest.fixture
 async def pair(redis_server: RedisServer) -> AsyncIterator[Pair]:
     prefix = unique_prefix()
-    a = await start_node(cluster_config(redis_server.url, prefix, "sa-east", "sa-1"))
-    b = await start_node(cluster_config(redis_server.url, prefix, "eu-west", "eu-1"))
+    a = await start_node(relay_config(redis_server.url, prefix, "sa-east", "sa-1"))
+    b = await start_node(relay_config(redis_server.url, prefix, "eu-west", "eu-1"))
     pair = Pair(a, b)
     try:
         yield pair
@@ -135,8 +141,8 @@ async def test_simulcast_crosses_once_and_each_b_viewer_gets_its_own_layer(
     """Every layer of a simulcast track crosses on one relay; B picks each viewer's layer."""
     prefix = unique_prefix()
     configs = [
-        cluster_config(redis_server.url, prefix, "sa-east", "sa-1"),
-        cluster_config(redis_server.url, prefix, "eu-west", "eu-1"),
+        relay_config(redis_server.url, prefix, "sa-east", "sa-1"),
+        relay_config(redis_server.url, prefix, "eu-west", "eu-1"),
     ]
     for config in configs:
         config.rtc.bwe = False  # the requested quality alone decides (no estimate in the way)
@@ -295,3 +301,33 @@ async def test_keyframe_request_of_a_b_viewer_reaches_the_publisher_at_a(pair: P
     assert viewer.subscriber.send_rtcp(Pli(0x1234, downtrack.ssrc).serialize())
     await until(lambda: relay.keyframe_requests > relayed_before, what="PLI relayed to A")
     await until(lambda: len(plis) > before, what="PLI at the publisher")
+
+
+async def test_a_dead_origins_participants_and_tracks_leave_b_and_its_relay_closes(
+    redis_server: RedisServer,
+):
+    prefix = unique_prefix()
+    a = await start_node(relay_config(redis_server.url, prefix, "sa-east", "sa-1", ttl_s=1.0))
+    b = await start_node(relay_config(redis_server.url, prefix, "eu-west", "eu-1", ttl_s=1.0))
+    pair = Pair(a, b)
+    try:
+        host = await pair.join(a, "host")
+        await host.publish([ColorVideoTrack((220, 40, 40))], sources=["camera"])
+        viewer = await pair.join(b, "viewer")
+        remote, _ = await frame_of(viewer)
+        assert len(b.node.relay_edge.links) == 1
+        # node A stops heartbeating, as a node that died would (no leave, no messages)
+        for task in a.node.cluster._tasks:
+            task.cancel()
+        await viewer.wait_for("participant_left", lambda m: m["identity"] == "host", timeout=15)
+        await viewer.wait_for(
+            "track_unpublished", lambda m: m["track_id"] == remote.track_id, timeout=15
+        )
+        room = b.node.rooms.rooms[ROOM]
+        assert not room.remote and not room.remote_tracks
+        await until(lambda: not b.node.relay_edge.links, what="relay from the dead node closed")
+    finally:
+        for client in pair.clients:
+            await client.close()
+        await b.runner.cleanup()
+        await a.runner.cleanup()
