@@ -69,6 +69,7 @@ async def _on_startup(app: web.Application) -> None:
         logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
     await node.cluster.start()
     node.remote_rooms.start()
+    node.fallbacks.start()
     logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
 
 
@@ -77,9 +78,15 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 `ok`; 503 `draining` once the node drains, so a load balancer stops sending joins."""
     node = request.app[NODE_KEY]
     return web.json_response(
-        {"status": "ok", "node_id": node.node_id, "region": node.config.server.region}
+        {
+            "status": "draining" if node.draining else "ok",
+            "node_id": node.node_id,
+            "region": node.config.server.region,
+        },
+        status=503 if node.draining else 200,
     )
 
 

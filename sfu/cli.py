@@ -41,7 +41,6 @@ class _AccessLogger(AbstractAccessLogger):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
 
     from .api.keys import NODE_KEY
     from .app import create_app
@@ -60,17 +59,40 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("event loop: %s", loop_name)
     app = create_app(config)
     set_static_fields(node_id=app[NODE_KEY].node_id)
-    web.run_app(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        print=lambda _: logging.getLogger("sfu").info(
-            "listening on http://%s:%d", config.server.host, config.server.port
-        ),
-        shutdown_timeout=5.0,
-        access_log_class=_AccessLogger,
-    )
+    asyncio.run(_run(app, config))
     return 0
+
+
+async def _run(app, config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then drain (refuse joins, tell clients to move, wait at
+    most `[server] drain_timeout_s`) and shut down. A second signal cuts the drain short."""
+    import signal
+
+    from aiohttp import web
+
+    from .api.keys import NODE_KEY
+
+    logger = logging.getLogger("sfu")
+    runner = web.AppRunner(app, access_log_class=_AccessLogger, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.server.host, config.server.port).start()
+        logger.info("listening on http://%s:%d", config.server.host, config.server.port)
+        loop = asyncio.get_running_loop()
+        signals: asyncio.Queue[str] = asyncio.Queue()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, signals.put_nowait, sig.name)
+        name = await signals.get()
+        logger.info("%s: draining (at most %g s)", name, config.server.drain_timeout_s)
+        drain = asyncio.ensure_future(app[NODE_KEY].drain())
+        again = asyncio.ensure_future(signals.get())
+        await asyncio.wait({drain, again}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            logger.info("%s again: shutting down without waiting", again.result())
+            drain.cancel()
+        again.cancel()
+    finally:
+        await runner.cleanup()
 
 
 def token(args: argparse.Namespace) -> int:

@@ -40,6 +40,9 @@ class ServerSettings:
     node_id: str = ""  # empty: "<region>-<random>" at start
     # Serve the demo token endpoint (never in production: anyone may mint tokens).
     demo_tokens: bool = False
+    # On SIGTERM the node drains: it refuses new joins, tells its clients to move to another
+    # node, and waits at most this many seconds for them to leave before it exits.
+    drain_timeout_s: float = 10.0
 
 
 @dataclass
@@ -213,8 +216,6 @@ class ClusterSettings:
     # Participants on this node at which it sends new joins to another node of its region
     # (the join answer names it; clients follow). 0: no limit (joins stay here).
     max_participants: int = 0
-    # Fallback nodes listed in each join answer (same region first, then the others).
-    fallback_nodes: int = 3
 
 
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -360,6 +361,8 @@ class Config:
             raise ConfigError(f"logging.level must be one of {', '.join(LOG_LEVELS)}")
 
     def _validate_cluster(self) -> None:
+        if not (0 <= self.server.drain_timeout_s <= 3600):
+            raise ConfigError("server.drain_timeout_s must be within 0..3600 seconds")
         c = self.cluster
         if c.redis_url and not c.redis_url.startswith(REDIS_URL_SCHEMES):
             raise ConfigError(
@@ -377,8 +380,6 @@ class Config:
             raise ConfigError("cluster.redis_timeout_s must be positive")
         if c.max_participants < 0:
             raise ConfigError("cluster.max_participants must be 0 (no limit) or positive")
-        if not 0 <= c.fallback_nodes <= 16:
-            raise ConfigError("cluster.fallback_nodes must be 0 to 16")
 
     def _validate_limits(self) -> None:
         lim = self.limits

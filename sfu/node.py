@@ -13,11 +13,13 @@ import uuid
 
 from .auth import AccessToken, AuthError, verify_token
 from .cluster import create_backend
+from .cluster.drain import FallbackNodes, drain
 from .cluster.membership import ClusterMembership
 from .cluster.relay_edge import RelayEdge
 from .cluster.relay_origin import RelayOrigin
 from .cluster.remote_rooms import RemoteRooms
 from .cluster.routing import JoinRouter
+from .cluster.takeover import replace_on_rejoin_elsewhere
 from .config import Config
 from .media.peer import NetworkSettings
 from .room import RoomRegistry
@@ -50,6 +52,10 @@ class SfuNode:
         self.cluster = ClusterMembership(
             self.node_id, config, self.rooms, create_backend(config.cluster)
         )
+        # other nodes' URLs for the clients' fallback (join answer, `move`); the SIGTERM drain
+        self.fallbacks = FallbackNodes(self.cluster)
+        self.cluster.listeners.append(replace_on_rejoin_elsewhere(self.rooms))
+        self.draining = False
         # relays: tracks published here sent to other nodes, and theirs received here
         self.relay_origin = RelayOrigin(self.rooms, self.network, config.rtc.rtcp_interval_s)
         self.relay_edge = RelayEdge(
@@ -62,7 +68,7 @@ class SfuNode:
             config,
             self.cluster,
             participants=lambda: sum(len(r.participants) for r in self.rooms.rooms.values()),
-            draining=lambda: self.closing or getattr(self, "draining", False),
+            fallbacks=lambda: self.fallbacks.urls(),
         )
         # the one join / publish / subscribe path every surface (sfu/api/) goes through
         self.join_service = JoinService(self)
@@ -116,9 +122,20 @@ class SfuNode:
             "rooms": rooms,
             "joins": self.joins.summary(),
             "dropped": {"malformed_stun": self.network.drops.malformed_stun},
-            "cluster": self.cluster.status(),
+            "cluster": {
+                **self.cluster.status(),
+                "draining": self.draining,
+                "fallbacks": self.fallbacks.urls(),
+            },
             "relays": {"out": self.relay_origin.stats(), **self.remote_rooms.status()},
         }
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Refuse joins, tell clients to move to other nodes, wait for them (bounded; default
+        `[server] drain_timeout_s`). Call close() (or shut the app down) afterwards."""
+        if timeout_s is None:
+            timeout_s = self.config.server.drain_timeout_s
+        return await drain(self, timeout_s)
 
     async def close(self) -> None:
         """Graceful shutdown: tell clients, then close every peer connection."""
@@ -132,6 +149,7 @@ class SfuNode:
         await self.relay_edge.close()
         await self.relay_origin.close_all()
         self.http_sessions.clear()
+        await self.fallbacks.stop()
         await self.cluster.stop()
         logger.info("node %s closed", self.node_id)
 

@@ -59,10 +59,8 @@ class Room:
     async def add(self, participant: Participant) -> None:
         """Join; a second connection with the same identity replaces the first."""
         old = self.participants.get(participant.identity)
-        if old is not None:
-            old.send_event(
-                {"type": "error", "code": "replaced", "message": "same identity joined again"}
-            )
+        if old is not None:  # (a client resuming after a failure, or a second tab)
+            old.replaced()  # told why, its socket closed: it can act no more as this identity
             await self.remove(old, replacing=True)
         if len(self.participants) >= self.limits.max_participants_per_room:
             raise RoomFull(f"room {self.name!r} is full")

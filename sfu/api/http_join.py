@@ -50,6 +50,7 @@ HTTP_STATUS = {
     "room_full": 503,
     "node_full": 503,
     "redirect": 421,  # this node sends the join to another one (the body names it)
+    "draining": 503,
 }
 
 

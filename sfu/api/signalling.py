@@ -33,7 +33,7 @@ from ..node import SfuNode
 from ..ratelimit import TokenBucket
 from ..room import Room
 from ..rooms.joins import JoinError
-from ..rooms.participant import EVENT_COST, Participant, ParticipantKind
+from ..rooms.participant import EVENT_COST, REPLACED, Participant, ParticipantKind
 from ..rooms.timeline import JoinTimeline
 from . import protocol
 from .protocol import SignallingError
@@ -290,11 +290,12 @@ class SignallingConnection:
             "participants": others,
             "tracks": [p.info.to_json() for p in room.live_producers(exclude=participant)],
             "ice_servers": node.ice_servers(),
-            **participant.route,  # node, fallbacks
+            **participant.route,  # the node serving it (sfu/cluster/routing.py)
             "grants": {
                 "publish": access.grants.publish,
                 "subscribe": access.grants.subscribe,
             },
+            "fallbacks": node.fallbacks.urls(),  # other nodes, if this one fails
             **publish_reply,
         }
         if inline:
@@ -368,7 +369,8 @@ class SignallingConnection:
         if self._writer is not None:
             self._writer.cancel()
         if self.ws is not None:  # (an HTTP join that never attached has nothing to close)
-            await close_or_abort(self.ws, 4000, b"dropped")
+            reason = b"replaced" if participant.dropped == REPLACED else b"dropped"
+            await close_or_abort(self.ws, 4000, reason)
 
     async def _on_publish(self, msg: dict) -> None:
         participant = self._joined()

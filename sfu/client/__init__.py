@@ -6,9 +6,12 @@
     frame = await track.recv()
     await client.leave()
 
-Used by the tests, the benchmarks and the agent.
+`RoomClient.connect(..., reconnect=Reconnect(fallbacks=[...]))` resumes on the same or another
+node when the connection dies or the node drains (resume.py). Used by the tests, the
+benchmarks and the agent.
 """
 
+from .resume import Reconnect
 from .room_client import RemoteTrack, RoomClient, SignallingError
 
-__all__ = ["RemoteTrack", "RoomClient", "SignallingError"]
+__all__ = ["Reconnect", "RemoteTrack", "RoomClient", "SignallingError"]

@@ -16,7 +16,9 @@ from .records import NodeInfo
 
 
 def _table(nodes: list[NodeInfo], now: float) -> str:
-    header = ("NODE", "REGION", "URL", "CPU%", "ROOMS", "PARTS", "TRACKS", "MBIT/S", "SEEN")
+    header = (
+        *("NODE", "REGION", "URL", "CPU%", "ROOMS", "PARTS", "TRACKS", "MBIT/S", "SEEN", "STATE"),
+    )
     rows = [header]
     for n in nodes:
         rows.append(
@@ -30,6 +32,7 @@ def _table(nodes: list[NodeInfo], now: float) -> str:
                 str(n.load.tracks),
                 f"{n.load.bitrate_bps / 1e6:.2f}",
                 f"{max(0.0, now - n.heartbeat_at):.1f}s ago",
+                "draining" if n.draining else "live",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

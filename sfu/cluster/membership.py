@@ -113,6 +113,7 @@ class ClusterMembership:
         self._following: set[str] = set()  # rooms whose channel this node subscribes to
         self._tasks: list[asyncio.Task] = []
         self._started = False
+        self.draining = False  # set by the drain (sfu/cluster/drain.py); goes out in heartbeats
 
     @property
     def public_url(self) -> str:
@@ -131,6 +132,7 @@ class ClusterMembership:
             public_url=self.public_url,
             started_at=self.started_at,
             load=self.last_load,
+            draining=self.draining,
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -331,6 +333,12 @@ class ClusterMembership:
             )
 
     # -- heartbeat ------------------------------------------------------------------------------
+
+    async def mark_draining(self) -> None:
+        """Tell the registry now (not at the next heartbeat) that this node is draining."""
+        self.draining = True
+        with contextlib.suppress(ClusterError):
+            await self._heartbeat()
 
     async def _heartbeat(self) -> None:
         self.last_load = self.load.sample()

@@ -100,6 +100,8 @@ class NodeInfo(_Record):
     # Time of the last heartbeat, set by the registry (Redis: the server's clock, so nodes'
     # clocks need not agree); 0 in a record a node sends.
     heartbeat_at: float = 0.0
+    # Shutting down (SIGTERM): takes no joins, its clients are moving; route none to it.
+    draining: bool = False
 
     @classmethod
     def from_json(cls, data: Any) -> NodeInfo:

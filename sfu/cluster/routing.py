@@ -1,11 +1,11 @@
 """Which node serves a join, and where a client goes when that node fails.
 
-The join answer names the node that serves the client: normally the one it asked. A node
-that is full (`[cluster] max_participants`) or draining sends a new join to another live node
-of its own region, the least loaded one; the answer then carries `code: "redirect"` and that
-node, and the client joins there with the same token (every node shares the API keys). Each
-answer also lists fallback nodes: the other live nodes, those of the same region first, least
-loaded first, for the client to try when its node goes away.
+The join answer names the node that serves the client (`node`): normally the one it asked.
+A node that is full (`[cluster] max_participants`) sends a new join to another live node of
+its own region that is not draining, the least loaded one; the answer then carries
+`code: "redirect"` and that node, and the client joins there with the same token (every node
+shares the API keys). A draining node refuses joins itself (`draining`, drain.py). Each answer
+also lists fallback node URLs (`fallbacks`, drain.py's FallbackNodes: same region first).
 
 Everything comes from the registry as of the node's last heartbeat (`membership.nodes`):
 routing a join never waits for Redis.
@@ -43,12 +43,12 @@ class JoinRouter:
         config: Config,
         membership: ClusterMembership,
         participants: Callable[[], int],
-        draining: Callable[[], bool],
+        fallbacks: Callable[[], list[str]],
     ) -> None:
         self.config = config
         self.membership = membership
         self._participants = participants
-        self._draining = draining
+        self._fallbacks = fallbacks
         self.redirected = 0
 
     def full(self) -> bool:
@@ -57,15 +57,16 @@ class JoinRouter:
 
     def route(self) -> Route:
         me = self.membership.info()
-        region = me.region
-        others = [n for n in self.membership.nodes if n.node_id != me.node_id]
-        # same region first, then the others; least loaded first within each
-        others.sort(key=lambda n: (n.region != region, n.load.participants, n.node_id))
-        count = self.config.cluster.fallback_nodes
-        if self.full() or self._draining():
-            target = next((n for n in others if n.region == region), None)
-            if target is not None:
+        fallbacks = self._fallbacks()
+        if self.full():
+            others = [
+                n
+                for n in self.membership.nodes
+                if n.node_id != me.node_id and n.region == me.region and not n.draining
+            ]
+            if others:
+                target = min(others, key=lambda n: (n.load.participants, n.node_id))
                 self.redirected += 1
-                rest = [node_ref(n) for n in others if n is not target]
-                return Route(node_ref(target), rest[:count], redirect=True)
-        return Route(node_ref(me), [node_ref(n) for n in others[:count]])
+                rest = [url for url in fallbacks if url != target.public_url]
+                return Route(node_ref(target), rest, redirect=True)
+        return Route(node_ref(me), fallbacks)

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+DRAINING = "this node is shutting down (draining) and takes no joins: join another node"
+
+
 class JoinError(Exception):
     """A join or media request refused; `code` is the signalling error code (docs/protocol.md),
     which each surface turns into its own answer (an `error` message, an HTTP status)."""
@@ -137,7 +140,10 @@ class JoinService:
         """The room `name` on this node, created if need be.
 
         The room directory's call site: every join on every surface passes here once.
+        A draining node (SIGTERM, sfu/cluster/drain.py) takes no joins.
         """
+        if self.node.draining:
+            raise JoinError("draining", DRAINING)
         try:
             return self.node.rooms.get_or_create(name)
         except TooManyRooms as exc:
@@ -165,7 +171,7 @@ class JoinService:
         if route.redirect:
             raise JoinError(
                 "redirect",
-                f"this node is full or draining: join {route.node['url']}",
+                f"this node is full: join {route.node['url']}",
                 {"node": route.node, "fallbacks": route.fallbacks},
             )
         room = self.open_room(room_name)
@@ -186,7 +192,7 @@ class JoinService:
             token_identity=access.identity,
         )
         participant.join_timeline = timeline
-        participant.route = {"node": route.node, "fallbacks": route.fallbacks}
+        participant.route = {"node": route.node}
         try:
             if prepare is not None:
                 await prepare(participant, room)

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 # What an event is taken to cost in the outbound queue when the sender does not say (most
 # events are a few hundred bytes of JSON; `data` and `offer` events pass their real size).
 EVENT_COST = 256
+REPLACED = "replaced"  # the error code (and `dropped` reason) of a connection a rejoin replaced
 
 
 class ParticipantKind(enum.StrEnum):
@@ -227,6 +228,25 @@ class Participant:
         if self.on_dropped is not None:
             self.on_dropped(reason)
         asyncio.ensure_future(self.room.remove(self))
+
+    def replaced(self) -> None:
+        """The same identity joined again (this node or another): this connection ends.
+
+        Like drop() it queues one error (`replaced`) and tells `on_dropped` (which closes the
+        signalling socket once that error is flushed, so the old client can act no more as
+        this identity, e.g. send data); the caller removes it from the room.
+        """
+        if self.closed or self.dropped is not None:
+            return
+        self.dropped = REPLACED
+        logger.info("%s in %s: replaced by a new connection", self.identity, self.room.name)
+        if self.events is not None:
+            self._put(
+                {"type": "error", "code": REPLACED, "message": "same identity joined again"},
+                EVENT_COST,
+            )
+        if self.on_dropped is not None:
+            self.on_dropped(REPLACED)
 
     async def close(self) -> None:
         """Close both connections; every producer it published is unpublished."""

@@ -75,6 +75,7 @@ async def test_nodes_lists_live_nodes_with_region_url_and_load(redis_server, tmp
             "TRACKS",
             "MBIT/S",
             "SEEN",
+            "STATE",
         ]
         assert lines[1].split()[:3] == ["eu-west-1", "eu-west", "https://eu.example"]
         assert lines[2].split()[:8] == [

@@ -27,11 +27,42 @@
 // join rides in the WebSocket upgrade request instead and `joined` follows the handshake.
 // Meanwhile the SDK creates the subscriber connection and (with `connect(..., {publish:
 // stream})`) the publish offer, which goes with the join.
+//
+// When the connection dies (the socket closes unexpectedly, ICE fails or stays disconnected,
+// nothing arrives on the tracks we receive while the node does not answer a ping) or the node
+// says `move` (it is draining), the SDK joins again, on the same node or on a fallback node
+// (the join answer's `fallbacks`, then `options.fallbacks`), with bounded, jittered backoff,
+// and publishes its tracks again: `reconnecting` and `reconnected` events (docs/cluster.md).
 
 /** How long a request may wait for its reply. */
 const REQUEST_TIMEOUT_MS = 10000;
 /** Upper bound on waiting for ICE gathering with `waitForIceGathering: true`. */
 const GATHERING_TIMEOUT_MS = 3000;
+/** How often a connected room looks at its connections' health (for reconnecting). */
+const WATCH_INTERVAL_MS = 1000;
+
+/**
+ * How the SDK resumes after a failure (`connect(..., {reconnect: {...}})`).
+ * @typedef {Object} ReconnectOptions
+ * @property {number} [initialDelayMs=200] wait before the first attempt; doubled each attempt
+ * @property {number} [maxDelayMs=5000] ... up to this
+ * @property {number} [jitter=0.3] each wait times a random factor in [1 - jitter, 1 + jitter]
+ * @property {number} [maxAttempts=12] then give up (`error` "reconnect_failed", disconnected)
+ * @property {number} [deadAfterMs=3000] ICE disconnected, or no media while the node does not
+ *   answer, this long: the connection is dead
+ * @property {() => Promise<string>} [getToken] a fresh token for each attempt (tokens expire)
+ */
+const RECONNECT_DEFAULTS = {
+  initialDelayMs: 200,
+  maxDelayMs: 5000,
+  jitter: 0.3,
+  maxAttempts: 12,
+  deadAfterMs: 3000,
+  getToken: null,
+};
+
+/** Errors after which reconnecting cannot help, or must not happen (another tab took over). */
+const RESUME_FINAL_ERRORS = new Set(["unauthorized", "forbidden", "bad_request", "replaced"]);
 
 /**
  * Camera simulcast layers, lowest first: the rids the SFU's simulcast support accepts.
@@ -44,7 +75,7 @@ export const SIMULCAST_ENCODINGS = [
 ];
 
 /**
- * @typedef {"connecting"|"connected"|"disconnected"|"failed"} ConnectionState
+ * @typedef {"connecting"|"connected"|"reconnecting"|"disconnected"|"failed"} ConnectionState
  */
 
 /**
@@ -78,6 +109,9 @@ export const SIMULCAST_ENCODINGS = [
  *   SFU, which learns the browser's address from its checks; it makes joins ~10-120 ms slower.
  * @property {string} [captionLanguage] live captions in this language (e.g. "pt"); see
  *   {@link Room#setCaptionLanguage}
+ * @property {boolean|ReconnectOptions} [reconnect=true] resume on this or a fallback node when
+ *   the connection dies or the node drains; `false`: a dead connection ends the room
+ * @property {string[]} [fallbacks] node URLs to try after the ones the node names itself
  */
 
 /**
@@ -203,6 +237,7 @@ const FINAL_JOIN_ERRORS = new Set([
   "forbidden",
   "room_full",
   "node_full",
+  "draining",
   "bad_request",
   "redirect",
 ]);
@@ -243,13 +278,61 @@ export async function connect(url, token, options = {}) {
       await room._connect(url, token);
       return room;
     } catch (err) {
-      // a full or draining node names another node of its region: join there, same token
+      // a full node names another node of its region: join there, with the same token
       const next = err instanceof SfuError && err.code === "redirect" && err.details.node;
       if (!next || !next.url || hop >= MAX_REDIRECTS) throw err;
       await room.disconnect().catch(() => {});
       url = next.url;
     }
   }
+}
+
+/**
+ * URLs from a `fallbacks` list (join answer, `move` event): strings or `{url}` objects.
+ * @param {any} value
+ * @returns {string[]}
+ */
+export function fallbackUrls(value) {
+  if (!Array.isArray(value)) return [];
+  const urls = [];
+  for (const item of value.slice(0, 16)) {
+    const url = item && typeof item === "object" ? item.url : item;
+    if (typeof url === "string" && /^https?:\/\//.test(url)) urls.push(url.replace(/\/+$/, ""));
+  }
+  return urls;
+}
+
+/**
+ * The nodes to try, in order, without duplicates: after a `move` the nodes it names (never
+ * the draining node itself), else the node we were on first; then the ones the node named,
+ * then the application's.
+ * @param {string} current
+ * @param {string[]} learned
+ * @param {string[]} configured
+ * @param {string[]|null} moving
+ * @returns {string[]}
+ */
+export function nextTargets(current, learned, configured, moving = null) {
+  const strip = (u) => String(u || "").replace(/\/+$/, "");
+  const here = strip(current);
+  const order = moving && moving.length ? [...moving, ...learned, ...configured] : [here, ...learned, ...configured];
+  const targets = [];
+  for (const raw of order) {
+    const url = strip(raw);
+    if (url && !targets.includes(url) && !(moving && moving.length && url === here)) targets.push(url);
+  }
+  return targets.length ? targets : [here];
+}
+
+/**
+ * Milliseconds to wait before attempt `attempt` (0 first): doubling, capped, jittered.
+ * @param {ReconnectOptions} policy
+ * @param {number} attempt
+ * @param {() => number} [rand]
+ */
+export function backoffMs(policy, attempt, rand = Math.random) {
+  const base = Math.min(policy.maxDelayMs, policy.initialDelayMs * 2 ** Math.min(attempt, 30));
+  return base * (1 - policy.jitter + 2 * policy.jitter * rand());
 }
 
 /**
@@ -384,6 +467,10 @@ class Emitter {
  * - `error` (SfuError): errors the SFU sent on its own (not replies to a request)
  * - `qualityChanged` (QualityChange): the SFU switched the simulcast layer it sends us for a
  *   track (bandwidth estimate or our setQuality() wish)
+ * - `reconnecting` ({reason, attempt, url}): the connection died or the node drains; the SDK
+ *   is joining again (state `reconnecting`; remote tracks are unsubscribed meanwhile)
+ * - `reconnected` ({url, reason, attempts, tracks}): in the room again (state `connected`),
+ *   our tracks published again (`tracks`: old track id → new one); `trackSubscribed` follows
  */
 export class Room extends Emitter {
   /** @param {ConnectOptions} [options] */
@@ -453,6 +540,21 @@ export class Room extends Emitter {
     this._afterConnect = new Promise((resolve) => {
       this._resolveAfterConnect = resolve;
     });
+    /** @type {ReconnectOptions|null} */
+    this._reconnect =
+      options.reconnect === false
+        ? null
+        : { ...RECONNECT_DEFAULTS, ...(typeof options.reconnect === "object" ? options.reconnect : {}) };
+    /** @type {string[]} other nodes, as the node named them (join answer, `move`) */
+    this.fallbacks = [];
+    /** successful resumes so far */
+    this.resumes = 0;
+    this._token = "";
+    this._resuming = false;
+    this._leaving = false; // disconnect() called
+    this._final = null; // an error after which we must not come back (e.g. "replaced")
+    this._watchTimer = null;
+    this._health = { packets: -1, changedAt: 0, disconnectedSince: null, checking: false };
   }
 
   _mark(step) {
@@ -464,12 +566,18 @@ export class Room extends Emitter {
   async _connect(url, token) {
     this._t0 = performance.now();
     this._url = url;
+    this._token = token;
+    await this._join(url, token, this.options.publish ? publishItems(this.options.publish) : null);
+    this._startWatch();
+  }
+
+  /** One join on `url` (the first, or a resume's): subscriber connection, publish offer, join. */
+  async _join(url, token, items) {
     // While the join is under way: the subscriber connection (the SFU's offer comes with
     // `joined`) and the publish offer, if any. Neither needs anything from the SFU.
     this.subscriberPc = this._createPc();
     let publishing = null;
     try {
-      const items = this.options.publish ? publishItems(this.options.publish) : null;
       publishing = items ? this._preparePublish(items) : null;
       if (publishing) publishing.catch(() => {}); // (awaited below)
       if (this.options.httpJoin !== false && (await this._joinOverHttp(url, token, publishing))) {
@@ -588,9 +696,9 @@ export class Room extends Emitter {
         this._mark("attached");
       },
       (err) => {
-        if (this.state === "disconnected") return;
+        if (this.state === "disconnected" || this._ws !== ws) return;
         this._emit("error", toSfuError(err, "attach_failed"));
-        this._teardown("disconnected");
+        this._lost("the WebSocket did not attach");
       },
     );
   }
@@ -703,10 +811,10 @@ export class Room extends Emitter {
     this.name = msg.room;
     this.localParticipant = msg.participant;
     this.grants = msg.grants || this.grants;
-    /** The node serving this room ({node_id, region, url}) and others to try if it goes. */
+    /** The node serving this room: {node_id, region, url} (docs/cluster.md, "Routing"). */
     this.node = msg.node || null;
-    this.fallbacks = msg.fallbacks || [];
     this.iceServers = [...(msg.ice_servers || []), ...(this.options.iceServers || [])];
+    if (msg.fallbacks) this.fallbacks = fallbackUrls(msg.fallbacks);
     if ((msg.ice_servers || []).length && this.subscriberPc) {
       // made before the SFU's servers were known; it has not gathered yet, so this applies
       this.subscriberPc.setConfiguration({
@@ -820,23 +928,188 @@ export class Room extends Emitter {
         this._emit("data", { from: msg.from, topic: msg.topic || "", payload: msg.payload });
         if (isCaption(msg)) this._emit("caption", toCaption(msg));
         break;
+      case "move":
+        this.fallbacks = fallbackUrls(msg.fallbacks).length ? fallbackUrls(msg.fallbacks) : this.fallbacks;
+        if (this._reconnect) this._resume(`moved: ${msg.reason || ""}`, this.fallbacks);
+        break;
       case "error":
         this._emit("error", new SfuError(msg.code, msg.message));
-        if (msg.code === "dropped" || msg.code === "replaced") this._teardown("disconnected");
+        if (RESUME_FINAL_ERRORS.has(msg.code)) this._final = msg.code;
+        if (msg.code === "replaced") this._teardown("disconnected");
+        else if (msg.code === "dropped") this._lost(`dropped: ${msg.message}`);
         break;
       default:
         break; // pong, left, and message types newer than this SDK
     }
   }
 
-  _onSocketClosed() {
+  _onSocketClosed(event) {
+    if (event && event.target && event.target !== this._ws) return; // (a socket given up)
     if (this._session && !this._attached) this._leaveOverHttp(); // (never attached: leave now)
+    this._rejectPending();
+    if (event && event.code === 4401) this._final = "unauthorized";
+    this._lost(`the signalling socket closed (${event ? event.code : "?"})`);
+  }
+
+  _rejectPending() {
     for (const [, pending] of this._pending) {
       clearTimeout(pending.timer);
       pending.reject(new SfuError("closed", "the connection to the SFU closed"));
     }
     this._pending.clear();
+  }
+
+  // -- failures: resume on this or another node ------------------------------------------------------
+
+  /** The connection is dead: resume (if allowed and possible), else end. */
+  _lost(reason) {
+    if (this.state === "disconnected" || this._resuming || this._leaving) return;
+    if (this._reconnect && !this._final && this.state === "connected") {
+      this._resume(reason, null);
+    } else {
+      this._teardown("disconnected");
+    }
+  }
+
+  /**
+   * Leave the dead (or draining) connection and join again, on the targets in turn, with
+   * backoff; publish our tracks again. `moving`: the nodes a `move` named.
+   */
+  async _resume(reason, moving) {
+    if (this._resuming || this._leaving || this.state === "disconnected" || !this._reconnect) return;
+    this._resuming = true;
+    const policy = this._reconnect;
+    const oldUrl = this._url;
+    const locals = [...this.localTracks.values()];
+    const items = locals.map((l) => ({
+      track: l.track,
+      stream: l.stream || new MediaStream([l.track]),
+      source: l.source,
+      simulcast: !!l.simulcast,
+    }));
+    console.info(`sfu-client: reconnecting (${reason})`);
+    this._dropConnection();
+    this._setState("reconnecting");
+    const targets = nextTargets(oldUrl, this.fallbacks, this.options.fallbacks || [], moving);
+    let lastError = null;
+    for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+      const url = targets[attempt % targets.length];
+      this._emit("reconnecting", { reason, attempt: attempt + 1, url });
+      await new Promise((resolve) => setTimeout(resolve, backoffMs(policy, attempt)));
+      if (!this._resuming) return; // disconnect() meanwhile
+      try {
+        if (policy.getToken) this._token = await policy.getToken();
+        this._url = url;
+        await this._join(url, this._token, items.length ? items : null);
+        const published = await withTimeout(this.publishing, this.options.timeoutMs, "publish");
+        if (!this._resuming) return;
+        this._resuming = false;
+        this.resumes += 1;
+        const tracks = {};
+        locals.forEach((old, i) => {
+          if (published[i]) tracks[old.id] = published[i].id;
+        });
+        console.info(`sfu-client: reconnected to ${url}`);
+        this._emit("reconnected", { url, reason, attempts: attempt + 1, tracks });
+        return;
+      } catch (err) {
+        lastError = err;
+        if (!this._resuming) return;
+        this._dropConnection();
+        this._setState("reconnecting");
+        if (err instanceof SfuError && RESUME_FINAL_ERRORS.has(err.code)) break;
+      }
+    }
+    if (!this._resuming) return;
+    this._resuming = false;
+    this._emit("error", new SfuError("reconnect_failed", `${reason}; last: ${errorText(lastError)}`));
     this._teardown("disconnected");
+  }
+
+  /** Give up the socket and both peer connections (leaving first if the socket still works:
+   * a node that is alive must not keep us twice); the owned tracks stay. */
+  _dropConnection() {
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      ws.onclose = null;
+      ws.onmessage = null;
+      try {
+        if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "leave" }));
+        if (ws.readyState <= WebSocket.OPEN) ws.close();
+      } catch {
+        // gone already
+      }
+    }
+    for (const pc of [this.publisherPc, this.subscriberPc]) if (pc) pc.close();
+    this.publisherPc = null;
+    this.subscriberPc = null;
+    this._rejectPending();
+    this._session = null;
+    this._attached = false;
+    this._leftOverHttp = false;
+    this._outbox = [];
+    this._offers = Promise.resolve();
+    this._publishing = Promise.resolve();
+    this.publishing = Promise.resolve([]);
+    this._health = { packets: -1, changedAt: performance.now(), disconnectedSince: null, checking: false };
+    const remotes = [...this.remoteTracks.values()];
+    this.remoteTracks.clear();
+    this.localTracks.clear();
+    this.tracks.clear();
+    this.participants.clear();
+    for (const remote of remotes) this._emit("trackUnsubscribed", remote);
+  }
+
+  _startWatch() {
+    if (!this._reconnect || this._watchTimer || this.state === "disconnected") return;
+    this._health.changedAt = performance.now();
+    this._watchTimer = setInterval(() => this._checkHealth(), WATCH_INTERVAL_MS);
+  }
+
+  /** ICE failed or disconnected too long, or no media while the node is silent: resume. */
+  async _checkHealth() {
+    const health = this._health;
+    if (this._resuming || this.state !== "connected" || health.checking) return;
+    health.checking = true;
+    try {
+      const now = performance.now();
+      const deadMs = this._reconnect.deadAfterMs;
+      const pcs = [this.publisherPc, this.subscriberPc].filter(Boolean);
+      if (pcs.some((pc) => pc.connectionState === "failed")) return this._lost("ICE failed");
+      if (pcs.some((pc) => pc.connectionState === "disconnected")) {
+        if (health.disconnectedSince === null) health.disconnectedSince = now;
+        else if (now - health.disconnectedSince >= deadMs) return this._lost("ICE disconnected");
+      } else {
+        health.disconnectedSince = null;
+      }
+      const packets = await this._packetsReceived();
+      if (health !== this._health) return; // (a resume started meanwhile)
+      if (packets === null || packets !== health.packets) {
+        health.packets = packets === null ? -1 : packets;
+        health.changedAt = now;
+      } else if (now - health.changedAt >= deadMs) {
+        try {
+          await this._request({ type: "ping" }, deadMs);
+          health.changedAt = performance.now(); // the node is fine: the publisher is quiet
+        } catch {
+          if (health === this._health) this._lost("no media, and the node does not answer");
+        }
+      }
+    } finally {
+      health.checking = false;
+    }
+  }
+
+  /** RTP packets received so far on the tracks we receive (null: none, or not connected). */
+  async _packetsReceived() {
+    const pc = this.subscriberPc;
+    if (!pc || !this.remoteTracks.size || pc.connectionState !== "connected") return null;
+    let total = 0;
+    (await pc.getStats()).forEach((stats) => {
+      if (stats.type === "inbound-rtp") total += stats.packetsReceived || 0;
+    });
+    return total;
   }
 
   // -- room state ---------------------------------------------------------------------------------
@@ -892,7 +1165,11 @@ export class Room extends Emitter {
       if (pc.connectionState === "connected") {
         this._mark(pc === this.subscriberPc ? "subscriberConnected" : "publisherConnected");
       }
-      if (pc.connectionState === "failed" && this.state === "connected") this._setState("failed");
+      const current = pc === this.publisherPc || pc === this.subscriberPc;
+      if (pc.connectionState === "failed" && this.state === "connected" && current) {
+        if (this._reconnect) this._lost("ICE failed");
+        else this._setState("failed");
+      }
     });
     return pc;
   }
@@ -1123,6 +1400,8 @@ export class Room extends Emitter {
         mid: transceiver.mid,
         track: item.track,
         sender: transceiver.sender,
+        stream: item.stream,
+        simulcast: !!item.simulcast,
       };
       this.localTracks.set(local.id, local);
       result.push(local);
@@ -1189,6 +1468,8 @@ export class Room extends Emitter {
    */
   async disconnect() {
     if (this.state === "disconnected") return;
+    this._leaving = true; // (the socket closing now is no failure)
+    this._resuming = false; // (a resume under way stops)
     if (this._ws && this._ws.readyState === WebSocket.OPEN && (this._attached || !this._session)) {
       try {
         await this._request({ type: "leave" }, 2000);
@@ -1210,6 +1491,12 @@ export class Room extends Emitter {
 
   _teardown(state) {
     if (this.state === "disconnected") return;
+    if (this._resuming) {
+      this._dropConnection(); // a failed attempt of a resume: the resume goes on
+      return;
+    }
+    if (this._watchTimer) clearInterval(this._watchTimer);
+    this._watchTimer = null;
     if (this._ws && this._ws.readyState <= WebSocket.OPEN) this._ws.close();
     for (const pc of [this.publisherPc, this.subscriberPc]) if (pc) pc.close();
     for (const track of this._ownedTracks) track.stop();
@@ -1266,6 +1553,14 @@ function toCaption(msg) {
     start: p.start,
     end: p.end,
   };
+}
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new SfuError("timeout", `no answer to '${what}'`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function errorText(err) {
