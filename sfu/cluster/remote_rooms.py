@@ -126,17 +126,21 @@ class RemoteRooms:
         directory = self.membership.backend.directory
         participants = await directory.participants(room_name)
         tracks = await directory.tracks(room_name)
+        # entries of a node that died are in the directory until a node prunes them (up to
+        # node_ttl_s plus a heartbeat): only live nodes' entries are taken in
+        live = {n.node_id for n in await self.membership.backend.registry.live_nodes()}
+        live.discard(self.node_id)
         room = self.rooms.rooms.get(room_name)
         if room is None:
             return
-        others = [r for r in participants if r.node_id != self.node_id]
+        others = [r for r in participants if r.node_id in live]
         for record in others:
             self._joined(room, record)
         present = {(r.identity, r.sid) for r in others}
         for identity, info in list(room.remote.items()):
             if (identity, info["sid"]) not in present:
                 self._left(room, {"identity": identity, "sid": info["sid"]})
-        remote_tracks = [t for t in tracks if t.node_id != self.node_id]
+        remote_tracks = [t for t in tracks if t.node_id in live]
         for track in remote_tracks:
             self._published(room, track)
         listed = {t.track_id for t in remote_tracks}
@@ -247,6 +251,8 @@ class RemoteRooms:
     # -- rooms ------------------------------------------------------------------------------------
 
     def _on_room_event(self, event: str, room: Room, participant=None, producer=None) -> None:
+        if event == "participant_joined" and participant is not None:
+            self._superseded(room, participant.identity)
         if event == "room_finished":
             self._prepared.discard(room.name)
             for track_id in list(room.remote_tracks):
@@ -256,6 +262,18 @@ class RemoteRooms:
             room.remote.clear()
             task = asyncio.ensure_future(self.edge.close_room(room.name))
             task.add_done_callback(_quiet)
+
+    def _superseded(self, room: Room, identity: str) -> None:
+        """An identity that was on another node joined here (a client that resumed after its
+        node failed, or moved): one participant per identity, so the other node's entry and
+        its tracks go (the clients were told of the local join already)."""
+        info = room.remote.pop(identity, None)
+        if info is None:
+            return
+        for track_id in list(room.remote_tracks):
+            producer = room.producers.get(track_id)
+            if producer is not None and producer.info.publisher == identity:
+                producer.close()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -17,8 +17,8 @@ SCOPES = ("local", "cluster")
 
 
 def local_rooms(node: SfuNode, only: str | None = None) -> list[dict[str, Any]]:
-    """This node's rooms; participants of other nodes in them (relayed here) come after this
-    node's own, each participant and track with the id of the node that holds it."""
+    """This node's rooms: its participants, and (`remote_participants`) those of other nodes
+    in them, each participant and track with the id of the node that holds it."""
     rooms = []
     for live in node.rooms.rooms.values():
         if only is not None and live.name != only:
@@ -28,10 +28,11 @@ def local_rooms(node: SfuNode, only: str | None = None) -> list[dict[str, Any]]:
             participant["node_id"] = node.node_id
             for track in participant["tracks"]:
                 track["node_id"] = node.node_id
-        for remote in live.remote.values():
-            entry = {**remote, "tracks": [{**t, "node_id": remote["node_id"]}
-                                          for t in remote["tracks"]]}  # fmt: skip
-            room["participants"].append(entry)
+        # participants of other nodes in this room (relayed here), each with its node
+        room["remote_participants"] = [
+            {**remote, "tracks": [{**t, "node_id": remote["node_id"]} for t in remote["tracks"]]}
+            for remote in live.remote.values()
+        ]
         rooms.append(room)
     return rooms
 

@@ -100,9 +100,9 @@ async def test_publish_at_a_play_at_b_over_one_relay(pair: Pair):
     status, body = await get_json(pair.b, "/api/rooms")
     assert status == 200
     (room,) = body["rooms"]
-    where = {p["identity"]: p["node_id"] for p in room["participants"]}
-    assert where == {"viewer-1": "eu-1", "host": "sa-1"}
-    host_entry = next(p for p in room["participants"] if p["identity"] == "host")
+    assert [(p["identity"], p["node_id"]) for p in room["participants"]] == [("viewer-1", "eu-1")]
+    (host_entry,) = room["remote_participants"]
+    assert (host_entry["identity"], host_entry["node_id"]) == ("host", "sa-1")
     assert sorted(t["kind"] for t in host_entry["tracks"]) == ["audio", "video"]
     assert {t["node_id"] for t in host_entry["tracks"]} == {"sa-1"}
 
