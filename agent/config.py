@@ -30,12 +30,24 @@ class TicketSettings:
 
 @dataclass
 class AudioSettings:
+    # what is speech (agent/audio/vad.py): "silero" (a neural VAD: tones, music, clicks and
+    # coughs are not speech) or "webrtc" (webrtcvad, the fallback: takes tones and music for it)
+    vad: str = "silero"
+    vad_model: str = ""  # a Silero VAD .onnx; empty: the one faster-whisper ships
+    vad_threshold: float = 0.5  # Silero's speech probability that starts speech
     vad_aggressiveness: int = 2  # webrtcvad 0..3
     frame_ms: int = 20
     speech_start_ms: int = 60  # voiced audio needed before a turn starts
     end_of_turn_silence_ms: int = 300
+    # a question that seems unfinished ("Does the …", "How much is …": agent/answer/unfinished.py)
+    # waits for this much silence in all before it is answered; speech before then continues it
+    unfinished_wait_ms: int = 1500
     max_turn_s: float = 15.0
     barge_in_ms: int = 150  # buyer speech that stops the agent's voice
+    # Over the agent's voice, speech stops it at once (barge_in_ms), then what was said decides:
+    # a backchannel ("uh-huh", "ok", "sim", "vale") or a phantom lets the agent go on where it
+    # stopped; anything else, or more voiced speech than this, is an interruption.
+    backchannel_max_ms: int = 700
 
 
 @dataclass

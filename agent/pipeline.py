@@ -1,15 +1,15 @@
-"""The voice pipeline: 48 kHz audio in -> resample -> VAD -> endpointing -> STT -> answer -> TTS.
+"""The voice pipeline: 48 kHz audio in -> 16 kHz frames (InputStage) -> VAD -> endpointing ->
+STT -> answer -> TTS.
 
-`VoicePipeline` holds the loaded models and runs one buyer turn at a time; CPU-heavy work (STT,
-TTS, the answer engine) runs in a thread pool when called from asyncio. `run_file` drives the
-whole chain over a recording, as `python -m agent ask --audio IN.wav --out OUT.wav` does.
+`VoicePipeline` holds the loaded models and the stages' judgements the session and `ask --audio`
+share (is this a phantom, a backchannel, an unfinished question); its blocking methods run in
+its thread pool (`executor`) when called from asyncio. `run_recording` drives the whole chain
+over a recording on the audio clock, as `python -m agent ask --audio IN.wav --out OUT.wav` does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +18,23 @@ from typing import Any
 import numpy as np
 
 from .answer import Answer, ConversationState, GroundedEngine, TicketStore
-from .audio.endpoint import Endpointer, TurnEnded
-from .audio.frames import STT_RATE, WEBRTC_RATE, Resampler, concat, frames_of, read_audio, write_wav
-from .audio.stt import Transcript, WhisperStt, resolve_model_dir
+from .answer.intents import asks_something
+from .answer.unfinished import unfinished
+from .audio.backchannel import is_backchannel
+from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
+from .audio.frames import (
+    STT_RATE,
+    WEBRTC_RATE,
+    InputStage,
+    concat,
+    frames_of,
+    read_audio,
+    write_wav,
+)
+from .audio.phantom import judge
+from .audio.stt import SpeechToText, Transcript, WhisperStt, resolve_model_dir
 from .audio.tts import TtsRouter, build_tts
-from .audio.vad import WebRtcVad
+from .audio.vad import Vad, build_vad
 from .config import AgentConfig
 from .factory import build_engine
 
@@ -49,7 +61,7 @@ class VoicePipeline:
         self,
         config: AgentConfig,
         engine: GroundedEngine,
-        stt: WhisperStt,
+        stt: SpeechToText,
         tts: TtsRouter,
         store: TicketStore | None = None,
     ) -> None:
@@ -76,6 +88,11 @@ class VoicePipeline:
         t = config.tts
         tts = build_tts(t.backends, t.espeak_voices, t.espeak_wpm, t.hibari_speed)
         pipeline = cls(config, engine, stt, tts, store)
+        try:
+            pipeline.new_vad()  # a wrong [audio] vad setting or a missing VAD model fails now
+        except Exception:
+            pipeline.close()
+            raise
         if warm_up:
             pipeline.warm_up()
         pipeline.load_ms = (time.perf_counter() - t0) * 1e3
@@ -88,28 +105,76 @@ class VoicePipeline:
             for _ in self.tts.frames("Ok.", language):
                 break
 
+    def new_vad(self) -> Vad:
+        """The configured VAD for one audio stream (each stream keeps its own state)."""
+        a = self.config.audio
+        return build_vad(
+            a.vad,
+            model=a.vad_model,
+            threshold=a.vad_threshold,
+            aggressiveness=a.vad_aggressiveness,
+            sample_rate=STT_RATE,
+            frame_ms=a.frame_ms,
+        )
+
     def new_endpointer(self) -> Endpointer:
         a = self.config.audio
-        vad = WebRtcVad(a.vad_aggressiveness, STT_RATE, a.frame_ms)
-        return Endpointer(vad, a.speech_start_ms, a.end_of_turn_silence_ms, a.max_turn_s)
+        return Endpointer(self.new_vad(), a.speech_start_ms, a.end_of_turn_silence_ms, a.max_turn_s)
+
+    def hear_over_agent(
+        self, audio16k: np.ndarray, voiced_ms: float, language: str | None
+    ) -> tuple[str, Transcript]:
+        """What speech over the agent's voice was (blocking; call from a worker thread):
+        "backchannel" or "ignored_noise" (the agent goes on) or "interruption".
+
+        Short words are transcribed in the conversation's `language`: Whisper's language
+        detection guesses badly on them ("ajá" came out as English "What's that?")."""
+        transcript = self.stt.transcribe(audio16k, language=language)
+        return self.judge_over_agent(transcript, voiced_ms), transcript
+
+    def judge_over_agent(self, transcript: Transcript, voiced_ms: float) -> str:
+        """`hear_over_agent` for a transcript already made (in the conversation's language)."""
+        if judge(transcript).phantom:
+            return "ignored_noise"
+        max_ms = self.config.audio.backchannel_max_ms
+        if is_backchannel(transcript.text, voiced_ms, max_ms, self.has_content):
+            return "backchannel"
+        return "interruption"
+
+    def unfinished(self, text: str, state: ConversationState) -> str:
+        """Why the buyer seems not to have finished (agent/answer/unfinished.py); "" when the
+        question seems complete, or when there is no catalogue to judge by."""
+        shop = getattr(self.engine, "shop", None)
+        return unfinished(text, shop, state) if shop is not None else ""
+
+    def has_content(self, text: str) -> bool:
+        """Does the text ask the shop anything (agent/audio/backchannel.py)? Without a
+        catalogue to look in (another engine), everything might."""
+        shop = getattr(self.engine, "shop", None)
+        return asks_something(text, shop, social=False) if shop is not None else True
 
     # -- one turn ------------------------------------------------------------------------------
 
-    def understand(
-        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
-    ) -> tuple[Transcript, Answer, dict[str, float]]:
-        """STT and the answer engine for one turn (blocking; call from a worker thread)."""
+    def handle_turn(
+        self,
+        audio16k: np.ndarray,
+        state: ConversationState,
+        language: str | None = None,
+        transcript: Transcript | None = None,
+    ) -> TurnResult | None:
+        """STT (unless `transcript` is given), answer and TTS for one turn; None when the turn
+        was a phantom (noise that got past the VAD and that Whisper wrote words for)."""
         t0 = time.perf_counter()
-        transcript = self.stt.transcribe(audio16k, language=language, prior=state.language)
+        if transcript is None:
+            transcript = self.stt.transcribe(audio16k, language=language, prior=state.language)
+        if judge(transcript).phantom:
+            return None
         t1 = time.perf_counter()
         answer = self.engine.answer(transcript.text, state, transcript.language)
-        t2 = time.perf_counter()
-        return transcript, answer, {"stt": (t1 - t0) * 1e3, "answer": (t2 - t1) * 1e3}
-
-    def handle_turn(
-        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
-    ) -> TurnResult:
-        transcript, answer, timings = self.understand(audio16k, state, language)
+        timings = {
+            "stt": (t1 - t0) * 1e3,
+            "answer": (time.perf_counter() - t1) * 1e3,
+        }
         t0 = time.perf_counter()
         frames = []
         first = None
@@ -122,38 +187,10 @@ class VoicePipeline:
         timings["tts_total"] = (t1 - t0) * 1e3
         return TurnResult(transcript, answer, concat(frames), timings)
 
-    async def understand_async(
-        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
-    ) -> tuple[Transcript, Answer, dict[str, float]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.understand, audio16k, state, language)
-
-    async def speak(self, text: str, language: str) -> AsyncIterator[np.ndarray]:
-        """48 kHz 20 ms frames; synthesis runs in the pool, one sentence ahead of playback."""
-        loop = asyncio.get_running_loop()
-        frames = self.tts.frames(text, language, self.config.audio.frame_ms)
-        done = object()
-        while True:
-            batch = await loop.run_in_executor(self.executor, _take, frames, 25, done)
-            for frame in batch:
-                if frame is done:
-                    return
-                yield frame
-
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()
-
-
-def _take(iterator, n: int, done: object) -> list:
-    out = []
-    for _ in range(n):
-        item = next(iterator, done)
-        out.append(item)
-        if item is done:
-            break
-    return out
 
 
 # -- a whole recording ---------------------------------------------------------------------------
@@ -165,38 +202,86 @@ def run_recording(
     state: ConversationState,
     language: str | None = None,
 ) -> tuple[list[TurnResult], dict[str, float]]:
-    """Stream a 48 kHz recording through resampling, VAD and endpointing; answer each turn."""
+    """Stream a 48 kHz recording through resampling, VAD and endpointing; answer each turn.
+
+    As in a live session, a turn whose transcript is unfinished ("Does the …") waits for more:
+    if the buyer speaks again before `audio.unfinished_wait_ms` of silence, the two turns are
+    one question (transcribed together); if not, it is answered as it is, that much later."""
     frame_ms = pipeline.config.audio.frame_ms
-    resampler = Resampler(WEBRTC_RATE, STT_RATE)
+    audio_in = InputStage(frame_ms, STT_RATE)
     endpointer = pipeline.new_endpointer()
-    n16 = STT_RATE * frame_ms // 1000
-    pending = np.zeros(0, np.int16)
-    turns: list[TurnEnded] = []
+    n16 = audio_in.frame_samples
+    stream: list[np.ndarray] = []  # the 16 kHz audio the endpointer saw, frame by frame
+    events: list[SpeechStarted | TurnEnded] = []
     resample_s = vad_s = 0.0
     for frame in frames_of(audio48k, WEBRTC_RATE, frame_ms):
         t0 = time.perf_counter()
-        pending = np.concatenate([pending, resampler.push(frame)])
+        chunks = audio_in.push(frame, WEBRTC_RATE)
         t1 = time.perf_counter()
         resample_s += t1 - t0
-        while len(pending) >= n16:
-            chunk, pending = pending[:n16], pending[n16:]
-            turns.extend(e for e in endpointer.push(chunk) if isinstance(e, TurnEnded))
+        for chunk in chunks:
+            stream.append(chunk)
+            events.extend(endpointer.push(chunk))
         vad_s += time.perf_counter() - t1
     # a recording may stop right after the question: feed the configured silence
     silence = np.zeros(n16, np.int16)
     for _ in range(pipeline.config.audio.end_of_turn_silence_ms // frame_ms + 1):
-        turns.extend(e for e in endpointer.push(silence) if isinstance(e, TurnEnded))
-    turns.extend(endpointer.flush())
+        stream.append(silence)
+        events.extend(endpointer.push(silence))
+    events.extend(endpointer.flush())
+    audio16k = concat(stream)
+    turns: list[TurnEnded] = []
+    starts: list[float] = []  # when each turn's speech started (its SpeechStarted)
+    started = 0.0
+    for event in events:
+        if isinstance(event, SpeechStarted):
+            started = event.at_ms
+        else:
+            turns.append(event)
+            starts.append(started)
+    wait_ms = pipeline.config.audio.unfinished_wait_ms
+
+    def span(start: TurnEnded, end: TurnEnded) -> np.ndarray:
+        """The recording from one turn's start (pre-roll) to another's end, pauses included."""
+        per_ms = STT_RATE // 1000
+        return audio16k[int(start.start_ms) * per_ms : int(end.detected_ms) * per_ms]
+
     results = []
-    for turn in turns:
-        result = pipeline.handle_turn(turn.audio, state, language)
-        result.timings_ms["endpointing"] = turn.detected_ms - turn.speech_end_ms
-        result.timings_ms["turn_audio_s"] = len(turn.audio) / STT_RATE
+    phantoms = merges = waits = 0
+    i = 0
+    while i < len(turns):
+        first = turn = turns[i]
+        transcript = pipeline.stt.transcribe(turn.audio, language=language, prior=state.language)
+        endpointing = turn.detected_ms - turn.speech_end_ms
+        while not judge(transcript).phantom and pipeline.unfinished(transcript.text, state):
+            resumes = i + 1 < len(turns) and starts[i + 1] - turn.speech_end_ms <= wait_ms
+            if not resumes:
+                endpointing = max(endpointing, wait_ms)  # waited for more, then answered
+                waits += 1
+                break
+            i += 1
+            turn = turns[i]
+            merges += 1
+            transcript = pipeline.stt.transcribe(
+                span(first, turn), language=language, prior=state.language
+            )
+            endpointing = turn.detected_ms - turn.speech_end_ms
+        i += 1
+        result = pipeline.handle_turn(span(first, turn), state, language, transcript=transcript)
+        if result is None:
+            phantoms += 1
+            continue
+        result.timings_ms["endpointing"] = endpointing
+        result.timings_ms["turn_audio_s"] = (turn.detected_ms - first.start_ms) / 1000
         results.append(result)
     totals = {
         "resample": resample_s * 1e3,
         "vad_and_endpointing": vad_s * 1e3,
         "audio_s": len(audio48k) / WEBRTC_RATE,
+        "turns": len(turns),  # what the VAD and endpointing cut
+        "phantom_turns": phantoms,  # of those, dropped as phantoms (not answered)
+        "merged_turns": merges,  # unfinished questions joined with what the buyer said next
+        "unfinished_waits": waits,  # unfinished questions answered after the longer wait
     }
     return results, totals
 

@@ -3,18 +3,17 @@
 `AgentSession` joins with the Python SDK (`RoomClient`) as "agent-<job>" with metadata role
 "agent", publishes one audio track (its voice, `AgentVoice`) and subscribes to the audio of
 every other participant (WebSocket and WHIP publishers alike; never video, never other agents).
-Per speaker (`Listener`): 48 kHz frames -> 16 kHz -> VAD -> endpointing, with barge-in detection
-and an early STT pass that overlaps the end-of-turn wait. Per turn: STT -> answer engine ->
-TTS sentence by sentence (the first sentence plays while the next is synthesised) -> voice.
-CPU-heavy stages run in the pipeline's thread pool, never on the event loop.
+Per speaker, a `Listener` (agent/listener.py) turns the audio into turns. Per turn: STT ->
+answer engine -> TTS sentence by sentence (the first sentence plays while the next is
+synthesised) -> voice. CPU-heavy stages run in the pipeline's thread pool, never on the event
+loop. The data messages it sends are listed in agent/messages.py.
 
-Data messages it sends (payload shapes the demo page reads, sfu/static/demo/agent.html):
-- topic "transcript":   {id, speaker: "user"|"agent", identity, language, final, text, turn,
-                         timings_ms (agent lines), interrupted + heard (after a barge-in)}
-- topic "agent_state":  {state: "listening"|"thinking"|"speaking"|"interrupted", turn}
-- topic "interruption": {kind: "barge_in"|"ignored_noise", speaker, voiced_ms, turn,
-                         heard_text, heard_ms, total_ms, stopped_frames}
-- topic "tool_result":  {name, args, result, turn}
+Speech over the agent (past audio.barge_in_ms) pauses its voice at once; when the buyer stops,
+what was said decides: a backchannel ("uh-huh", "sim", "vale") or a phantom (noise Whisper
+wrote words for) resumes the answer where it stopped, anything else is a barge-in (the answer
+is dropped and the buyer's turn answered). Speech longer than audio.backchannel_max_ms is a
+barge-in without waiting for its end. A question that seems unfinished waits longer for the
+rest (audio.unfinished_wait_ms); speech that resumes before an answer plays continues its turn.
 """
 
 from __future__ import annotations
@@ -27,29 +26,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 
-from sfu.client.room_client import RemoteTrack, RoomClient
+from sfu.client.room_client import RoomClient
 from sfu.media.peer import NetworkSettings
 
 from .answer import Answer, ConversationState
-from .audio.bargein import BargeInDetector
-from .audio.endpoint import Endpointer, SpeechStarted, TurnEnded
-from .audio.frames import STT_RATE
+from .audio.endpoint import TurnEnded
+from .audio.phantom import judge
 from .audio.stt import Transcript
 from .audio.tts import split_sentences
+from .listener import EarlyStt, Listener
+from .messages import TOPIC_ASK, TOPIC_INTERRUPTION, TOPIC_STATE, TOPIC_TOOL, TOPIC_TRANSCRIPT
 from .pipeline import VoicePipeline
 from .voice import AgentVoice, Utterance, low_latency_receiver, trim_frames
 
 logger = logging.getLogger(__name__)
 
-TOPIC_TRANSCRIPT = "transcript"
-TOPIC_STATE = "agent_state"
-TOPIC_INTERRUPTION = "interruption"
-TOPIC_TOOL = "tool_result"
-TOPIC_ASK = "ask"  # buyers may type: {text, language?}
-MIN_TRANSCRIPT_CHARS = 2  # Whisper's "." or "" on a noise is no question
+MAX_PAUSE_S = 4.0  # a pause for speech over the agent that nothing resolved becomes a barge-in
 SENTENCE_PAUSE_FRAMES = 12  # silence kept after a sentence that another follows (240 ms)
 
 
@@ -80,129 +74,6 @@ class JobSpec:
         )
 
 
-@dataclass
-class EarlyStt:
-    """An STT pass started while the buyer is (perhaps) still talking."""
-
-    frames: int  # turn frames it covers
-    future: asyncio.Future
-
-
-class Listener:
-    """One remote speaker: resampling, VAD, endpointing, barge-in, early STT."""
-
-    def __init__(self, session: AgentSession, identity: str, remote: RemoteTrack) -> None:
-        self.session = session
-        self.identity = identity
-        self.remote = remote
-        config = session.pipeline.config
-        self.frame_ms = config.audio.frame_ms
-        self.endpointer: Endpointer = session.pipeline.new_endpointer()
-        self.barge = BargeInDetector(
-            config.audio.barge_in_ms, self.frame_ms, config.session.barge_in_gap_ms
-        )
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
-        self._n16 = STT_RATE * self.frame_ms // 1000
-        self._pending = np.zeros(0, np.int16)
-        self._early_frames = max(1, config.session.early_stt_ms // self.frame_ms)
-        self._silence = 0  # unvoiced frames since the last voiced one, inside a turn
-        self._turn_frames = 0
-        self._early: EarlyStt | None = None
-        self._barged = False  # this turn's speech interrupted the agent
-        self._started_while_speaking = False
-        self.line = 0  # turns heard from this speaker (names the transcript line)
-        self.last_voiced_at = 0.0  # monotonic arrival of the last voiced frame
-        self.task: asyncio.Task | None = None
-
-    async def run(self) -> None:
-        track = self.remote.track
-        while True:
-            try:
-                frame = await track.recv()
-            except Exception:  # MediaStreamError: the track ended
-                return
-            frame.pts = None  # aiortc's timestamps may jump; the resampler needs none
-            for out in self._resampler.resample(frame):
-                self._pending = np.concatenate([self._pending, out.to_ndarray().reshape(-1)])
-            while len(self._pending) >= self._n16:
-                chunk, self._pending = self._pending[: self._n16], self._pending[self._n16 :]
-                self._push(chunk)
-
-    def _push(self, chunk: np.ndarray) -> None:
-        session = self.session
-        now = time.monotonic()
-        events = self.endpointer.push(chunk)
-        voiced = self.endpointer.voiced_ms > 0
-        if voiced:
-            self.last_voiced_at = now
-        verdict = self.barge.push(voiced)
-        if verdict is not None and session.speaking:
-            kind, burst = verdict
-            if kind == "barge_in":
-                self._barged = True
-                session.barge_in(self, burst.voiced_ms)
-            else:
-                session.ignored_noise(self, burst.voiced_ms)
-        for event in events:
-            if isinstance(event, SpeechStarted):
-                self.line += 1
-                self._turn_frames = 0
-                self._silence = 0
-                self._early = None
-                self._barged = False
-                self._started_while_speaking = session.speaking
-            elif isinstance(event, TurnEnded):
-                self._turn_ended(event, now)
-        session.mark_talking(self, self.endpointer.in_turn)
-        if self.endpointer.in_turn:
-            self._turn_frames += 1
-            if voiced:
-                self._silence = 0
-                self._early = None  # speech resumed: the early pass is stale
-            else:
-                self._silence += 1
-                if self._silence == self._early_frames and self._early is None:
-                    audio = self.endpointer.current_audio()
-                    if audio is not None:
-                        state = session.state_for(self.identity)
-                        future = session.transcribe_soon(audio, state)
-                        line_id = self.line_id
-                        future.add_done_callback(lambda f: self._partial(f, line_id))
-                        self._early = EarlyStt(self._turn_frames, future)
-
-    @property
-    def line_id(self) -> str:
-        return f"{self.session.job.job_id}-{self.identity}-{self.line}"
-
-    def _partial(self, future: asyncio.Future, line_id: str) -> None:
-        """An early STT pass as a partial transcript line (final: false): what was said up to
-        a pause, shown while the buyer goes on or while the final pass runs."""
-        if future.cancelled() or future.exception() is not None:
-            return
-        if line_id in self.session.final_lines or not future.result().text.strip():
-            return  # the final line is out already: never overwrite it
-        self.session.send(
-            TOPIC_TRANSCRIPT,
-            {
-                "id": line_id,
-                "speaker": "user",
-                "identity": self.identity,
-                "language": future.result().language,
-                "final": False,
-                "text": future.result().text,
-            },
-        )
-
-    def _turn_ended(self, turn: TurnEnded, now: float) -> None:
-        early, self._early = self._early, None
-        if self._started_while_speaking and not self._barged:
-            # a noise over the agent's voice that still made a "turn": not a question
-            if early is not None:
-                early.future.cancel()
-            return
-        self.session.on_turn(self, turn, early, now)
-
-
 class AgentSession:
     """Runs until stopped, until its socket closes, or until no buyer was present for long."""
 
@@ -229,8 +100,18 @@ class AgentSession:
         self.speaking = False
         self.turn = 0
         self.utterance: Utterance | None = None
+        self.paused_by: Listener | None = None  # whose speech over the agent paused its voice
+        self._paused_at = 0.0
+        self._pause_timer: asyncio.TimerHandle | None = None
         self.history: list[dict[str, Any]] = []  # per answer: question, answer, heard
-        self.counters = {"barge_ins": 0, "ignored_noises": 0, "turns": 0}
+        self.counters = {
+            "barge_ins": 0,
+            "ignored_noises": 0,
+            "backchannels": 0,
+            "turns": 0,
+            "merged_turns": 0,  # turns continued after a pause (the answer being made dropped)
+            "unfinished_waits": 0,  # questions that seemed unfinished: a longer end of turn
+        }
         self._reply: asyncio.Task | None = None  # the turn being answered
         self._claimed = 0  # its number
         self._talking: set[Listener] = set()  # speakers in the middle of a turn
@@ -392,11 +273,24 @@ class AgentSession:
 
     # -- turns -----------------------------------------------------------------------------------
 
-    def transcribe_soon(self, audio16k: np.ndarray, state: ConversationState) -> asyncio.Future:
+    def transcribe_soon(
+        self, audio16k: np.ndarray, state: ConversationState, language: str | None = None
+    ) -> asyncio.Future:
+        """STT in the pool: `language` forces one, else it is detected (the buyer's so far is
+        the prior)."""
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(
-            self.pipeline.executor, self.pipeline.stt.transcribe, audio16k, None, state.language
+            self.pipeline.executor,
+            self.pipeline.stt.transcribe,
+            audio16k,
+            language,
+            state.language,
         )
+
+    @property
+    def speaking_language(self) -> str | None:
+        """The language of the answer being spoken (the conversation's), if any."""
+        return self.utterance.language if self.utterance is not None else None
 
     def state_for(self, identity: str) -> ConversationState:
         """The conversation with one buyer (kept across their turns, spoken or typed)."""
@@ -405,11 +299,11 @@ class AgentSession:
             state = self.states[identity] = ConversationState(customer=identity)
         return state
 
-    def _new_turn(self, coro_factory) -> None:
+    def _new_turn(self, coro_factory) -> asyncio.Task:
         """Start on a new turn; it replaces the current answer once it proves to be words."""
         self.turn += 1
         self.counters["turns"] += 1
-        self._spawn(coro_factory(self.turn))
+        return self._spawn(coro_factory(self.turn))
 
     def _claim(self, number: int) -> bool:
         """Make turn `number` the one being answered: the answer to an older turn (being
@@ -422,9 +316,18 @@ class AgentSession:
         self._reply, self._claimed = current, number
         return True
 
-    def on_turn(self, listener: Listener, turn: TurnEnded, early: EarlyStt | None, now: float):
-        """A buyer finished speaking a turn."""
-        self._new_turn(lambda number: self._hear(listener, turn, early, now, number))
+    def on_turn(
+        self,
+        listener: Listener,
+        turn: TurnEnded,
+        early: EarlyStt | None,
+        now: float,
+        over_agent: bool = False,
+    ) -> asyncio.Task:
+        """A buyer finished speaking a turn (`over_agent`: it paused the agent's voice)."""
+        return self._new_turn(
+            lambda number: self._hear(listener, turn, early, now, number, over_agent)
+        )
 
     def _on_data(self, message: dict) -> None:
         """Typed questions (topic "ask": {text, language?}) are answered by voice too."""
@@ -449,8 +352,12 @@ class AgentSession:
         early: EarlyStt | None,
         detected_at: float,
         number: int,
+        over_agent: bool = False,
     ) -> None:
-        """STT for a spoken turn (the early pass when it is still valid), then the answer."""
+        """STT for a spoken turn (the early pass when it is still valid), then the answer.
+
+        A turn that paused the agent is first judged: a backchannel or a phantom resumes the
+        agent, anything else makes the pause a barge-in and is answered."""
         timings = {"endpointing": (detected_at - listener.last_voiced_at) * 1e3}
         if not self.speaking:
             self._set_state("thinking")
@@ -459,7 +366,30 @@ class AgentSession:
         t0 = time.monotonic()
         transcript: Transcript | None = None
         early_result: Transcript | None = None
-        if early is not None:
+        voiced_ms = turn.voiced_ms
+        max_ms = self.config.audio.backchannel_max_ms
+        if over_agent and self.paused_by is listener and voiced_ms <= max_ms:
+            # the early pass of a turn over the agent was made in the conversation's language
+            # (Listener): it heard all of a short turn, so it is the judgement's transcript
+            if early is not None and early.language is not None:
+                try:
+                    transcript = await early.future
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    transcript = None
+            if transcript is None:
+                if early is not None:
+                    early.future.cancel()
+                transcript = await self.transcribe_soon(turn.audio, state, self.speaking_language)
+            early = None
+            kind = self.pipeline.judge_over_agent(transcript, voiced_ms)
+            if kind != "interruption":
+                self.resume_after(listener, kind, transcript.text, voiced_ms)
+                return
+        if over_agent and self.paused_by is listener:
+            self.commit_barge_in(listener, voiced_ms)
+        if early is not None and transcript is None:
             try:
                 transcript = early_result = await early.future
             except asyncio.CancelledError:
@@ -471,11 +401,26 @@ class AgentSession:
         t1 = time.monotonic()
         timings["stt"] = transcript.timings_ms.get("total", (t1 - t0) * 1e3)
         timings["stt_wait"] = (t1 - t0) * 1e3
-        if len(transcript.text.strip(" .,!?¿¡")) < MIN_TRANSCRIPT_CHARS:
-            # a cough or a knock that made a "turn": whatever was being said goes on
+        verdict = judge(transcript)
+        if verdict.phantom:
+            # noise Whisper wrote words for ("Thank you.", "I'm gonna get you."): no turn
+            logger.debug(
+                "agent %s: phantom %r (%s)", self.job.job_id, transcript.text, verdict.reason
+            )
             if self._reply is None or self._reply.done():
                 self._set_state("listening")
             return
+        if not over_agent and self.pipeline.unfinished(transcript.text, state):
+            # "Does the …": wait a little longer for the rest; if the buyer goes on, this
+            # task is cancelled and the turns are heard as one (Listener._continues)
+            wait_s = self.config.audio.unfinished_wait_ms / 1000
+            left = listener.last_voiced_at + wait_s - time.monotonic()
+            if left > 0:
+                self.counters["unfinished_waits"] += 1
+                if not self.speaking:
+                    self._set_state("listening")
+                await asyncio.sleep(left)
+            timings["endpointing"] = (time.monotonic() - listener.last_voiced_at) * 1e3
         await self._respond(
             listener.identity,
             transcript.text,
@@ -585,6 +530,9 @@ class AgentSession:
                     generation = self.voice.begin()
                     self.utterance = utterance
                     self.speaking = True
+                    for listener in self.listeners.values():
+                        if listener.carry is not None and listener.carry.number == number:
+                            listener.carry = None  # answered: what follows is a new turn
                     self._set_state("speaking")
                     self.send(
                         TOPIC_TRANSCRIPT,
@@ -614,14 +562,70 @@ class AgentSession:
                 # cancelled (a newer turn, or leaving) while speaking: stop the voice too
                 self.speaking = False
                 self.voice.interrupt()
+                if self.paused_by is not None:
+                    self._unpause()
 
     # -- interruptions -----------------------------------------------------------------------------
 
-    def barge_in(self, listener: Listener, voiced_ms: int) -> None:
-        """Buyer speech over the agent: silence now, drop what was being prepared."""
+    def pause_for(self, listener: Listener) -> bool:
+        """Buyer speech over the agent: silence now, keep the answer until it is judged.
+        False when the agent is not speaking or another buyer's speech paused it already."""
+        if not self.speaking or self.paused_by is not None:
+            return False
+        self.voice.pause()  # first: the next frame out is silence
+        self.paused_by = listener
+        self._paused_at = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._pause_timer = loop.call_later(MAX_PAUSE_S, self._pause_expired, listener)
+        return True
+
+    def _pause_expired(self, listener: Listener) -> None:
+        if self.paused_by is listener:
+            self.commit_barge_in(listener, listener.endpointer.voiced_in_turn_ms)
+
+    def _unpause(self) -> float:
+        """Forget the pause; returns how long it lasted (ms)."""
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+        self.paused_by = None
+        return (time.monotonic() - self._paused_at) * 1e3
+
+    def resume_after(self, listener: Listener, kind: str, text: str, voiced_ms: int) -> None:
+        """The speech that paused the agent asked for nothing: go on where it stopped."""
+        if self.paused_by is not listener:
+            return
+        paused_ms = self._unpause()
+        self.voice.resume()
+        self.counters["backchannels" if kind == "backchannel" else "ignored_noises"] += 1
+        self.send(
+            TOPIC_INTERRUPTION,
+            {
+                "kind": kind,
+                "speaker": listener.identity,
+                "voiced_ms": voiced_ms,
+                "turn": self.turn,
+                "text": text,
+                "paused_ms": round(paused_ms, 1),
+            },
+        )
+        logger.info(
+            "agent %s: %s from %s (%r), resumed after %.0f ms",
+            self.job.job_id,
+            kind,
+            listener.identity,
+            text,
+            paused_ms,
+        )
+
+    def commit_barge_in(self, listener: Listener, voiced_ms: int) -> None:
+        """The speech that paused the agent is an interruption: drop the answer (what was
+        queued, what was being prepared) and record what the buyer heard of it."""
+        if self.paused_by is listener:
+            self._unpause()
         if not self.speaking:
             return
-        stopped = self.voice.interrupt()  # first: the next frame out is silence
+        stopped = self.voice.interrupt()
         sent = self.voice.sent
         self.speaking = False
         if self._reply is not None:

@@ -8,6 +8,9 @@ sender: `interrupt()` empties the queue and the very next frame on the wire is s
 
 It counts the speech frames it handed to the sender since `begin()`, which tells how much of an
 answer the buyer actually heard when it was interrupted.
+
+`pause()` silences it at once too, but keeps the utterance: `resume()` goes on from the very
+frame where it stopped (the buyer only said "uh-huh"); `interrupt()` ends it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class AgentVoice(MediaStreamTrack):
         self.first_sent_at: float | None = None  # monotonic time of the first of them
         self.last_sent_at: float | None = None
         self.stopped_at: float | None = None
+        self.paused = False
 
     # -- the speaking side -----------------------------------------------------------------------
 
@@ -59,6 +63,7 @@ class AgentVoice(MediaStreamTrack):
         self._queue.clear()
         self.sent = 0
         self.first_sent_at = self.last_sent_at = self.stopped_at = None
+        self.paused = False
         return self.generation
 
     async def put(self, frame: np.ndarray, generation: int) -> bool:
@@ -83,11 +88,22 @@ class AgentVoice(MediaStreamTrack):
         (Not `stop()`: that is MediaStreamTrack's, which ends the track for good.)"""
         dropped = len(self._queue)
         self.generation += 1
+        self.paused = False
         self._queue.clear()
         self.stopped_at = time.monotonic()
         self._room.set()
         self._drained.set()
         return dropped
+
+    def pause(self) -> None:
+        """Silence from the next frame on, keeping what is queued (and the speaker waiting)."""
+        if not self.paused:
+            self.paused = True
+            self.stopped_at = time.monotonic()
+
+    def resume(self) -> None:
+        """Go on with the paused utterance where it stopped."""
+        self.paused = False
 
     def stop(self) -> None:
         """End the track (aiortc's sender does at close); whoever waits to speak is released."""
@@ -113,7 +129,7 @@ class AgentVoice(MediaStreamTrack):
                 await asyncio.sleep(wait)
         pts = self._count * self.samples
         self._count += 1
-        if self._queue:
+        if self._queue and not self.paused:
             samples = self._queue.popleft()
             self.sent += 1
             self.last_sent_at = time.monotonic()

@@ -27,7 +27,8 @@ What runs, for each profile (and BWE mode):
   the video shown in a <video> element;
 * sampling every 250 ms on this process's clock: the subscriber's `getStats()` (inbound-rtp:
   framesDecoded, frameWidth/Height, freezeCount, totalFreezesDuration, bytesReceived,
-  packetsLost; audio packetsLost/packetsReceived) and the SFU's `/api/stats` (admin token): the
+  packetsLost; audio packetsLost/packetsReceived, concealedSamples/totalSamplesReceived) and
+  the SFU's `/api/stats` (admin token): the
   subscriber's forwarded and target layers, layer switches, bandwidth estimate and what is sent,
   and the publisher's layer bitrates. Every second, the publisher's outbound-rtp per rid;
 * warm-up: once the subscriber shows its first frame, profiles with a drop wait (at most
@@ -35,10 +36,11 @@ What runs, for each profile (and BWE mode):
   (t = 0) and plays for the profile's duration.
 
 The figures (adapt_down_s, adapt_up_s, freeze_pct, layer_switches, mean_kbps, frames_decoded,
-audio_loss_pct, and for single-phase profiles the settled layer and switches a minute once
-settled) are defined in benchmarks/weaklink_metrics.py. Targets (issue 3), checked with BWE on:
-drop-recover adapt_down_s <= 2, adapt_up_s <= 15, freeze_pct <= 2; cross-border: the top layer
-that fits 1.5 Mbit/s held (>= 90 % of the settled time), freeze_pct <= 2, <= 2 switches/min.
+audio_loss_pct, audio_concealed_pct, and for single-phase profiles the settled layer and
+switches a minute once settled) are defined in benchmarks/weaklink_metrics.py. Targets
+(issue 3), checked with BWE on: drop-recover adapt_down_s <= 2, adapt_up_s <= 15,
+freeze_pct <= 2; cross-border: the top layer that fits 1.5 Mbit/s held (>= 90 % of the
+settled time), freeze_pct <= 2, <= 2 switches/min.
 
 Output: a table on stdout (`--compare`: BWE on and off side by side for every profile), `--json
 PATH` (one object per run, keyed by profile name, `<profile>/bwe-off` for the baseline, each with
@@ -207,6 +209,12 @@ async ({sdkUrl, url, token, timeoutMs}) => {
   video.autoplay = true;
   video.playsInline = true;
   document.body.appendChild(video);
+  // the audio plays too (muted): a receiver nobody pulls samples from counts none, and
+  // audio_concealed_pct needs totalSamplesReceived / concealedSamples
+  const audio = document.createElement("audio");
+  audio.muted = true;
+  audio.autoplay = true;
+  document.body.appendChild(audio);
   const room = await connect(url, token, { name: "weaklink viewer" });
   window.__room = room;
   window.__events = [];
@@ -214,6 +222,10 @@ async ({sdkUrl, url, token, timeoutMs}) => {
   await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("no video frame in time")), timeoutMs);
     const attach = (remote) => {
+      if (remote.kind === "audio" && !audio.srcObject) {
+        audio.srcObject = remote.stream;
+        audio.play().catch(() => {});
+      }
       if (remote.kind !== "video" || video.srcObject) return;
       video.srcObject = remote.stream;
       video.requestVideoFrameCallback(() => { clearTimeout(timer); resolve(); });
@@ -259,6 +271,8 @@ async () => {
   if (a) {
     out.audio_lost = a.packetsLost ?? null;
     out.audio_received = a.packetsReceived ?? null;
+    out.audio_samples = a.totalSamplesReceived ?? null;
+    out.audio_concealed = a.concealedSamples ?? null;
   }
   return out;
 }
@@ -346,6 +360,9 @@ def sfu_sample(stats: dict, viewer: str = VIEWER_ID, host: str = HOST_ID) -> tup
                     "loss_based_bps",
                     "acked_bps",
                     "last_probe",
+                    "delay_jitter_ms",
+                    "trend_window",
+                    "random_loss",
                 )
             }
         videos = [d for d in entry.get("downtracks") or [] if d.get("kind") == "video"]

@@ -315,6 +315,16 @@ def audio_loss_pct(subscriber: Sequence[dict], t0: float, t1: float) -> float | 
     return round(100.0 * max(0.0, lost) / (lost + received), 2)
 
 
+def audio_concealed_pct(subscriber: Sequence[dict], t0: float, t1: float) -> float | None:
+    """What the viewer heard that its decoder made up: concealed samples (loss concealment,
+    not redundancy or FEC that repaired it) over samples received, in percent."""
+    concealed = counter_delta(subscriber, "audio_concealed", t0, t1)
+    samples = counter_delta(subscriber, "audio_samples", t0, t1)
+    if concealed is None or not samples or samples <= 0:
+        return None
+    return round(100.0 * max(0.0, concealed) / samples, 2)
+
+
 def share_pct(samples: Sequence[dict], part: str, whole: str, t0: float, t1: float) -> float | None:
     """Growth of counter `part` as a share of the growth of counter `whole`, in percent."""
     a = counter_delta(samples, part, t0, t1)
@@ -398,6 +408,7 @@ def run_figures(
     lost = counter_delta(sub, "lost", t0, t1)
     out["video_packets_lost"] = None if lost is None else int(lost)
     out["audio_loss_pct"] = audio_loss_pct(sub, t0, t1)
+    out["audio_concealed_pct"] = audio_concealed_pct(sub, t0, t1)
     # how much of the video the viewer received were retransmissions (RTX), over the run and
     # while the link was down
     out["retransmitted_pct"] = share_pct(sub, "rtx_bytes", "bytes", t0, t1)
@@ -487,7 +498,8 @@ def format_table(runs: dict[str, dict[str, Any]]) -> str:
     the machine used during the run, in % of one core."""
     header = (
         f"{'run':28}{'down s':>8}{'up s':>8}{'freeze%':>9}{'switch':>8}{'sw/min (sp)':>13}"
-        f"{'settled':>9}{'kbps':>8}{'frames':>8}{'aloss%':>8}{'other%':>8}  targets"
+        f"{'settled':>9}{'kbps':>8}{'frames':>8}{'aloss%':>8}{'acncl%':>8}{'other%':>8}"
+        "  targets"
     )
     lines = [header, "-" * len(header)]
     for key, run in runs.items():
@@ -514,6 +526,7 @@ def format_table(runs: dict[str, dict[str, Any]]) -> str:
             f"{per_min:>13}{settled_txt:>9}"
             f"{_fmt(run.get('mean_kbps'), 0):>8}{_fmt(run.get('frames_decoded')):>8}"
             f"{_fmt(run.get('audio_loss_pct'), 2):>8}"
+            f"{_fmt(run.get('audio_concealed_pct'), 2):>8}"
             f"{_fmt((run.get('cpu') or {}).get('other_cpu_pct'), 0):>8}  {verdict}"
         )
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from .config import Config
 from .demo import add_demo_routes
 from .metrics.routes import add_metrics
 from .node import SfuNode
+from .recording.routes import add_recording
 from .webhooks.events import add_webhooks
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def create_app(config: Config | None = None) -> web.Application:
     add_agent_routes(app, node)
     captions.add_routes(app, node)
     add_webhooks(app, node)  # [webhooks] urls: signed events to the shop's backend
+    add_recording(app, node)  # [recording]: shows to WebM + WebVTT, replay links
     add_metrics(app, node)  # GET /metrics ([metrics]); after the agents and webhooks
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)

@@ -1,6 +1,7 @@
 """Command line: `python -m sfu serve` runs a node, `python -m sfu token` mints a token,
 `python -m sfu check-config FILE` validates a settings file, `python -m sfu nodes` lists
-the cluster's live nodes."""
+the cluster's live nodes, `python -m sfu loadtest` loads a node with synthetic publishers
+and viewers."""
 
 from __future__ import annotations
 
@@ -222,7 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
     p_nodes.add_argument("--config", help="TOML settings file (for [cluster] redis_url)")
     p_nodes.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p_nodes.set_defaults(func=nodes)
+    p_load = sub.add_parser(
+        "loadtest", help="synthetic publishers and counting viewers against a node"
+    )
+    from .loadtest.runner import add_arguments as add_loadtest_arguments
+
+    add_loadtest_arguments(p_load)
+    p_load.set_defaults(func=loadtest)
     return parser
+
+
+def loadtest(args: argparse.Namespace) -> int:
+    """Publishers replaying pre-encoded media and packet-counting viewers (sfu/loadtest/)."""
+    from .loadtest.runner import main as run_loadtest
+
+    return run_loadtest(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,6 +123,17 @@ class RtcSettings:
     # at 30 fps rather than 720p at 15 fps; reduced frame rates only on the lowest layer) or
     # "resolution" (720p at 15 fps offered too).
     layer_preference: str = "frame-rate"
+    # Audio redundancy (RED, RFC 2198) with Opus: accepted from publishers that offer it
+    # (browsers do), forwarded to viewers that accept it and unwrapped to plain Opus, lost
+    # packets rebuilt from the redundancy, for those that do not. Doubles the audio bitrate.
+    audio_red: bool = True
+    # Opus in-band FEC: `useinbandfec=1` in what we negotiate, and the receiver reports to a
+    # publisher carry its viewers' worst audio loss (up to opus_fec_max_loss), which makes a
+    # browser add FEC for them.
+    opus_fec: bool = True
+    # The most viewer loss (0-1) reported to a publisher for FEC: more would also make its
+    # encoder spend much of its bitrate on FEC for one bad viewer.
+    opus_fec_max_loss: float = 0.1
 
 
 LAYER_PREFERENCES = ("frame-rate", "resolution")
@@ -173,6 +184,24 @@ class LoggingSettings:
     format: str = "text"
     # debug, info, warning or error (`--log-level` overrides it).
     level: str = "info"
+
+
+@dataclass
+class RecordingSettings:
+    # Recording of live shows (POST /api/rooms/{room}/recording) and their replay links.
+    enabled: bool = True
+    # Where the files go (one folder per room), relative to the working directory.
+    dir: str = "recordings"
+    # Recordings running at once on this node.
+    max_active: int = 4
+    # A recording stops by itself after this long.
+    max_duration_s: float = 6 * 3600.0
+    # A recording does not start with less free disk than this (MB).
+    min_free_mb: int = 200
+    # Matroska cluster length (ms): a crash loses at most about this much of the end.
+    cluster_ms: int = 1000
+    # Lifetime of the signed file links the recordings listing hands out (seconds).
+    link_ttl_s: int = 3600
 
 
 LOG_FORMATS = ("text", "json")
@@ -233,6 +262,7 @@ class Config:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
 
     @property
     def uses_dev_credentials(self) -> bool:
@@ -318,6 +348,8 @@ class Config:
         size = self.rtc.packet_cache_size
         if size < 64 or size & (size - 1):
             raise ConfigError("rtc.packet_cache_size must be a power of two >= 64")
+        if not 0.0 <= self.rtc.opus_fec_max_loss <= 0.5:
+            raise ConfigError("rtc.opus_fec_max_loss must be between 0 and 0.5")
         if self.rtc.layer_preference not in LAYER_PREFERENCES:
             raise ConfigError(f"rtc.layer_preference must be one of {', '.join(LAYER_PREFERENCES)}")
         if not self.auth.api_keys:
@@ -334,6 +366,20 @@ class Config:
             raise ConfigError("agents.worker_timeout_s must be positive")
         self._validate_ops()
         self._validate_cluster()
+        self._validate_recording()
+
+    def _validate_recording(self) -> None:
+        r = self.recording
+        if not r.dir:
+            raise ConfigError("recording.dir must name a directory")
+        if r.max_active < 1 or r.max_duration_s <= 0 or r.min_free_mb < 0:
+            raise ConfigError(
+                "recording.max_active must be >= 1, max_duration_s > 0, min_free_mb >= 0"
+            )
+        if not 100 <= r.cluster_ms <= 10000:
+            raise ConfigError("recording.cluster_ms must be within 100..10000")
+        if not 10 <= r.link_ttl_s <= 7 * 86400:
+            raise ConfigError("recording.link_ttl_s must be within 10 s .. 7 days")
 
     def _validate_ops(self) -> None:
         """[metrics], [webhooks], [logging]."""

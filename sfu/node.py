@@ -110,6 +110,9 @@ class SfuNode:
                             "nacks_sent": prod.nack.nacks_sent if prod.nack else 0,
                             "simulcast": prod.simulcast,
                             "layers": prod.layers_json(now),
+                            "red": prod.red is not None,
+                            "red_packets": prod.red.red_packets if prod.red else 0,
+                            "red_recovered": prod.red.recovered if prod.red else 0,
                         }
                         for prod in p.published()
                     ]

@@ -336,6 +336,7 @@ PROVIDED_BY = {
     "aiortc": "aiortc",
     "av": "av",
     "jwt": "pyjwt",
+    "numpy": "numpy",
     "prometheus_client": "prometheus-client",
     "redis": "redis",
     "uvloop": "uvloop",

@@ -251,3 +251,49 @@ def test_vanished_layer_never_jumps_up_without_hysteresis() -> None:
     sel.set_layer_bitrates(1, [])  # h vanished; f fits the estimate but needs hold + probe
     sel.update(3_000_000, 0.5)
     assert sel.target == Layer(0, 2)
+
+
+def _failed_explorations(sel: LayerSelector, estimate: float, t: float, n: int) -> list[float]:
+    """Let `n` exploratory probes fail in turn; the times they were asked for."""
+    asked = []
+    while len(asked) < n:
+        sel.update(estimate, t)
+        request = sel.take_probe_request(t)
+        if request is not None:
+            assert request.exploratory
+            asked.append(t)
+            sel.on_probe_result(None, t + 0.1)  # the link still cannot carry it
+        t = round(t + 0.1, 6)
+    return asked
+
+
+def test_after_the_link_fell_exploration_keeps_probing_every_few_seconds() -> None:
+    """drop-recover: f, then the link falls to 300 kbit/s for 20 s. Failed probes back off to
+    at most `explore_recover_interval_s` (not the 6 s of a long outage), so the viewer is back
+    on f within seconds of the link returning."""
+    sel, _ = make(temporal_layers=1)
+    sel.update(3_000_000, 0.0)
+    sel.on_keyframe(2, 0.0)
+    assert sel.current == Layer(2, 0)
+    sel.update(300_000, 1.0)  # a severe fall: f -> q
+    assert sel.target == Layer(0, 0)
+    sel.on_keyframe(0, 1.1)
+    asked = _failed_explorations(sel, 300_000, 1.2, 8)
+    gaps = [b - a for a, b in zip(asked, asked[1:], strict=False)]
+    assert max(gaps) <= sel.config.explore_recover_interval_s + 0.25, gaps
+    # once recover_window_s has passed, the long backoff is back
+    late = _failed_explorations(sel, 300_000, 1.0 + sel.config.recover_window_s + 1, 4)
+    late_gaps = [b - a for a, b in zip(late, late[1:], strict=False)]
+    assert max(late_gaps) >= sel.config.explore_backoff_max_s - 0.25, late_gaps
+
+
+def test_a_link_that_never_carried_more_keeps_the_long_backoff() -> None:
+    """mobile-3g: settled on h from the start; f is wanted but out of reach. Probes back off
+    to `explore_backoff_max_s` as before, not every two seconds."""
+    sel, _ = make(temporal_layers=1)
+    sel.update(700_000, 0.0)
+    sel.on_keyframe(1, 0.0)
+    assert sel.target == Layer(1, 0)
+    asked = _failed_explorations(sel, 700_000, 0.1, 5)
+    gaps = [b - a for a, b in zip(asked, asked[1:], strict=False)]
+    assert gaps[-1] >= sel.config.explore_backoff_max_s - 0.25, gaps

@@ -28,6 +28,7 @@ RUN_KEYS = (
     "mean_kbps",
     "frames_decoded",
     "audio_loss_pct",
+    "audio_concealed_pct",
     "adapt_down_decoded_s",
     "adapt_up_decoded_s",
     "layer_before_drop",
@@ -95,6 +96,8 @@ def drop_recover_timeline(
                 "bytes": int(bytes_),
                 "audio_received": int((t + 3) * 49),
                 "audio_lost": int((t + 3) * 1),
+                "audio_samples": int((t + 3) * 48_000),
+                "audio_concealed": int((t + 3) * 240),  # 0.5 % concealed
             }
         )
         t += 0.25
@@ -210,6 +213,7 @@ def test_run_figures_of_a_synthetic_drop_recover() -> None:
     expected = (1500 * 24 + 150 * 25 + 500 * 0.25) / 50
     assert figures["mean_kbps"] == pytest.approx(expected, rel=0.03)
     assert figures["audio_loss_pct"] == pytest.approx(2.0, abs=0.1)
+    assert figures["audio_concealed_pct"] == pytest.approx(0.5, abs=0.01)
     assert figures["settled_layer"] is None  # no settling on a profile with a drop
     checks = wm.check_targets("drop-recover", figures)
     assert {k: c["met"] for k, c in checks.items()} == {

@@ -570,3 +570,16 @@ def parse(text: str, shop: Shop) -> Parsed:
             best = (score, entry)
     parsed.faq_score, parsed.faq = best
     return parsed
+
+
+SOCIAL_INTENTS = ("greeting", "thanks", "yes", "no")
+
+
+def asks_something(text: str, shop: Shop, social: bool = True) -> bool:
+    """Does the text name anything the engine can answer about (an intent, a product, a
+    country, an FAQ entry)? "Okay." and "uh-huh" do not; "the black one?" may not either.
+    `social`: whether a greeting, thanks, yes or no counts (over the agent's voice they are
+    acknowledgements, not questions)."""
+    parsed = parse(text, shop)
+    intents = [i for i in parsed.scores if social or i not in SOCIAL_INTENTS]
+    return bool(intents or parsed.products or parsed.countries or parsed.faq)

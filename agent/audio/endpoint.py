@@ -26,6 +26,7 @@ class TurnEnded:
     start_ms: float
     speech_end_ms: float  # audio time of the last voiced frame's end
     detected_ms: float  # audio time when the silence was long enough
+    voiced_ms: int = 0  # voiced audio in the turn
 
 
 class Endpointer:
@@ -59,6 +60,11 @@ class Endpointer:
     @property
     def in_turn(self) -> bool:
         return self._in_turn
+
+    @property
+    def voiced_in_turn_ms(self) -> int:
+        """Voiced audio in the open turn so far (0 outside a turn)."""
+        return self._voiced_in_turn * self.frame_ms if self._in_turn else 0
 
     def push(self, frame: np.ndarray) -> list[SpeechStarted | TurnEnded]:
         """Feed one frame (frame_ms at the VAD's rate); returns the events it caused."""
@@ -118,6 +124,7 @@ class Endpointer:
             start_ms=self._turn_start * self.frame_ms,
             speech_end_ms=self._last_voiced_end * self.frame_ms,
             detected_ms=self._clock * self.frame_ms,
+            voiced_ms=self._voiced_in_turn * self.frame_ms,
         )
         self._in_turn = False
         self._frames = []

@@ -104,6 +104,45 @@ class FrameChunker:
         return [frame]
 
 
+class InputStage:
+    """Audio as it arrives (aiortc frames from a WebRTC track, or int16 samples of a recording,
+    at any rate) -> mono 16 kHz int16 frames of `frame_ms`: what the VAD, the endpointer and
+    Whisper read. The one place the agent, the captioner and `ask --audio` do this; the
+    resampler keeps its filter state, so chunk boundaries do not click."""
+
+    def __init__(self, frame_ms: int = 20, out_rate: int = STT_RATE) -> None:
+        self.out_rate = out_rate
+        self.frame_samples = out_rate * frame_ms // 1000
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=out_rate)
+        self._chunker = FrameChunker(self.frame_samples)
+
+    def push(self, audio: av.AudioFrame | np.ndarray, rate: int = WEBRTC_RATE) -> list[np.ndarray]:
+        """Frames completed by this piece of audio (`rate`: of a numpy `audio`)."""
+        if isinstance(audio, np.ndarray):
+            if len(audio) == 0:
+                return []
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio, dtype=np.int16).reshape(1, -1),
+                format="s16",
+                layout="mono",
+            )
+            frame.sample_rate = rate
+        else:
+            frame = audio
+        frame.pts = None  # RTP timestamps may jump (loss, a new sender): the resampler needs none
+        out: list[np.ndarray] = []
+        for resampled in self._resampler.resample(frame):
+            out += self._chunker.push(resampled.to_ndarray().reshape(-1))
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        """The resampler's tail and the last partial frame (zero-padded): end of a recording."""
+        out: list[np.ndarray] = []
+        for resampled in self._resampler.resample(None):
+            out += self._chunker.push(resampled.to_ndarray().reshape(-1))
+        return out + self._chunker.flush()
+
+
 def read_audio(path: str | Path, rate: int = STT_RATE) -> np.ndarray:
     """Any audio file PyAV can decode, as mono int16 at `rate`."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)

@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -94,6 +95,31 @@ class Transcript:
     avg_logprob: float
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # Whisper's own doubts about the winning decode (agent/audio/phantom.py reads them): the
+    # probability that there was no speech at all, and how repetitive the text is (gzip ratio)
+    no_speech_prob: float = 0.0
+    compression_ratio: float = 0.0
+
+
+class SpeechToText(Protocol):
+    """What the pipeline, the session and the captioner need of a speech-to-text backend (as
+    TextToSpeech and AnswerEngine are for theirs); `WhisperStt` is the one this project ships."""
+
+    sample_rate: int
+    languages: tuple[str, ...]  # the languages detection chooses among
+    beam_size: int  # the default beam (1: greedy)
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        language: str | None = None,
+        prior: str | None = None,
+        *,
+        prompt: str | Mapping[str, str] | None = None,
+        beam_size: int | None = None,
+    ) -> Transcript:
+        """Mono 16 kHz audio -> text, the language and Whisper-style confidence signals."""
+        ...
 
 
 class WhisperStt:
@@ -187,18 +213,25 @@ class WhisperStt:
         else:
             candidates, probability = self._detect(audio, prior)
         timings["language_detect"] = (time.perf_counter() - t0) * 1e3
-        results: dict[str, tuple[str, float]] = {}
+        results: dict[str, _Decoded] = {}
         t1 = time.perf_counter()
         max_tokens = int(12 * seconds) + 16
         for lang in candidates:
             text_prompt = prompt.get(lang) if isinstance(prompt, Mapping) else prompt
             results[lang] = self._decode(audio, lang, max_tokens, text_prompt or None, beam_size)
         timings["decode"] = (time.perf_counter() - t1) * 1e3
-        best = max(candidates, key=lambda lang: results[lang][1])
-        text, logprob = results[best]
+        best = max(candidates, key=lambda lang: results[lang].logprob)
+        won = results[best]
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return Transcript(
-            text, best, probability if best == candidates[0] else 0.0, logprob, timings, results
+            won.text,
+            best,
+            probability if best == candidates[0] else 0.0,
+            won.logprob,
+            timings,
+            {lang: (r.text, r.logprob) for lang, r in results.items()},
+            won.no_speech_prob,
+            won.compression_ratio,
         )
 
     def _detect(self, audio: np.ndarray, prior: str | None) -> tuple[list[str], float]:
@@ -223,7 +256,7 @@ class WhisperStt:
         max_tokens: int,
         prompt: str | None = None,
         beam_size: int | None = None,
-    ) -> tuple[str, float]:
+    ) -> _Decoded:
         segments, _ = self.model.transcribe(
             audio,
             language=language,
@@ -237,8 +270,24 @@ class WhisperStt:
         )
         segments = list(segments)
         text = _dedupe_repeats(" ".join(s.text.strip() for s in segments).strip())
-        logprob = float(np.mean([s.avg_logprob for s in segments])) if segments else -10.0
-        return text, logprob
+        if not segments:
+            return _Decoded(text, -10.0, 1.0, 0.0)
+        return _Decoded(
+            text,
+            float(np.mean([s.avg_logprob for s in segments])),
+            float(max(s.no_speech_prob for s in segments)),
+            float(max(s.compression_ratio for s in segments)),
+        )
+
+
+@dataclass
+class _Decoded:
+    """One language's decode of an utterance."""
+
+    text: str
+    logprob: float  # mean of the segments' average token log-probability
+    no_speech_prob: float
+    compression_ratio: float
 
 
 def _dedupe_repeats(text: str) -> str:

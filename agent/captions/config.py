@@ -17,7 +17,10 @@ class CaptionSettings:
     end_of_phrase_silence_ms: int = 350
     speech_start_ms: int = 60
     max_phrase_s: float = 10.0  # a host who never pauses still gets a final this often
-    vad_aggressiveness: int = 2
+    vad: str = "silero"  # what is speech: silero (music and tones are not) | webrtc
+    vad_model: str = ""  # a Silero VAD .onnx; empty: faster-whisper's
+    vad_threshold: float = 0.5
+    vad_aggressiveness: int = 2  # webrtc only
     # Partial captions: the growing phrase is re-decoded every `partial_interval_ms` of audio
     # once it holds `min_partial_ms`; one decode at a time per track, a busy decoder skips one.
     partial_interval_ms: int = 700

@@ -29,13 +29,14 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
 from ..audio.endpoint import Endpointer, SpeechStarted, TurnEnded
-from ..audio.frames import STT_RATE, FrameChunker
-from ..audio.vad import Vad, WebRtcVad
+from ..audio.frames import STT_RATE, InputStage
+from ..audio.phantom import judge
+from ..audio.stt import SpeechToText
+from ..audio.vad import Vad, build_vad
 from .config import CaptionSettings
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,16 @@ class PhraseTracker:
 
     def __init__(self, settings: CaptionSettings, vad: Vad | None = None) -> None:
         self.settings = settings
-        self._vad = _LastDecision(vad or WebRtcVad(settings.vad_aggressiveness, STT_RATE, 20))
+        if vad is None:
+            vad = build_vad(
+                settings.vad,
+                model=settings.vad_model,
+                threshold=settings.vad_threshold,
+                aggressiveness=settings.vad_aggressiveness,
+                sample_rate=STT_RATE,
+                frame_ms=FRAME_MS,
+            )
+        self._vad = _LastDecision(vad)
         self.endpointer = Endpointer(
             self._vad,
             speech_start_ms=settings.speech_start_ms,
@@ -179,7 +189,7 @@ class PhraseDecoder:
 
     def __init__(
         self,
-        stt,
+        stt: SpeechToText,
         languages: tuple[str, ...] = (),
         fixed_language: str = "",
         *,
@@ -239,9 +249,12 @@ class PhraseDecoder:
             if not _WORDS.search(text) or transcript.avg_logprob < min_logprob:
                 logger.debug("captions: dropped %r (logprob %.2f)", text, transcript.avg_logprob)
                 return None
-            self.session_language = transcript.language
-        if not _WORDS.search(text):
+        if judge(transcript).phantom:  # music or noise Whisper wrote words for
+            if not request.final:
+                self._last = None  # never reused as the final either
             return None
+        if request.final:
+            self.session_language = transcript.language
         start_wall = request.wall_end - (request.end_ms - request.start_ms) / 1000
         return Caption(
             seq=request.seq,
@@ -374,8 +387,7 @@ class TrackTranscriber:
     async def run(self, track) -> None:
         """Read `track` until it ends (or this task is cancelled); then the last phrase's final."""
         self._emitter = asyncio.ensure_future(self._emit_in_order())
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=STT_RATE)
-        chunker = FrameChunker(FRAME_SAMPLES)
+        audio_in = InputStage(FRAME_MS, STT_RATE)
         try:
             while True:
                 try:
@@ -388,12 +400,10 @@ class TrackTranscriber:
                     continue
                 except MediaStreamError:  # the track ended
                     break
-                frame.pts = None  # the resampler needs no timestamps; RTP gaps would upset it
                 now = time.time()
-                for out in resampler.resample(frame):
-                    for chunk in chunker.push(out.to_ndarray().reshape(-1)):
-                        self.stats.frames += 1
-                        self._submit(self.tracker.push(chunk, now))
+                for chunk in audio_in.push(frame):
+                    self.stats.frames += 1
+                    self._submit(self.tracker.push(chunk, now))
             self._submit(self.tracker.flush())
         finally:
             self._pending.put_nowait(None)

@@ -55,6 +55,10 @@ RTX_SHARE = 0.3
 PLAYOUT_DELAY_MIN_RTT_S = 0.1
 PLAYOUT_DELAY_MAX_S = 1.0
 PLAYOUT_DELAY_HOLD_S = 30.0
+# A far link (by the ICE handshake's RTT) gets the delay from its first frame for this long
+# before any receiver report could show loss: the first retransmissions of a lossy far link
+# otherwise come too late and the start freezes (weak-link lab: 0.3-0.7 s in the first 2 s).
+PLAYOUT_DELAY_START_S = 10.0
 # A new spatial layer starts with its keyframe, several frames' worth of bytes that the
 # publisher's pacer sent at its own (uplink) pace: at the viewer's bottleneck it queues for a
 # moment and the delay detector calls that overuse. For this long (plus an RTT, until the
@@ -116,6 +120,8 @@ class BandwidthController:
             down_ratio=DOWN_RATIO, full_frame_rate_above_base=full_frame_rate_above_base
         )
         self.source = "none"  # where the estimate comes from: transport-cc, remb or none
+        self.handshake_rtt_s: float | None = None  # see seed_rtt()
+        self._seeded_at: float | None = None
         self._probes: dict[int, _Probe] = {}
         self._next_cluster = 0
         self._probe_timer: asyncio.TimerHandle | None = None
@@ -187,17 +193,32 @@ class BandwidthController:
         if self.adaptive_playout_delay:
             self._adapt_playout_delay()
 
+    def seed_rtt(self, rtt_s: float | None) -> None:
+        """The connection's RTT from its ICE handshake, before any receiver report: the base
+        RTT until reports give one, and a far link's playout delay starts with it."""
+        if rtt_s is None or self.handshake_rtt_s is not None:
+            return
+        self.handshake_rtt_s = rtt_s
+        self._seeded_at = time.monotonic()
+        self.estimator.on_rtt(rtt_s)
+        if self.adaptive_playout_delay:
+            self._adapt_playout_delay()
+
     def _adapt_playout_delay(self) -> None:
         """Lossy and far: hold video ~1.5 RTT + 100 ms so a retransmission beats its frame.
 
-        "Lossy" = a receiver report showed >= ~1 % loss in the last PLAYOUT_DELAY_HOLD_S.
+        "Lossy" = a receiver report showed >= ~1 % loss in the last PLAYOUT_DELAY_HOLD_S, or
+        the connection is in its first PLAYOUT_DELAY_START_S (far by its handshake RTT).
         """
         now = time.monotonic()
+        starting = self._seeded_at is not None and now - self._seeded_at < PLAYOUT_DELAY_START_S
         for dt in self._downtracks:
             base_rtt = dt.base_rtt_s
+            if base_rtt is None:
+                base_rtt = self.handshake_rtt_s
             if dt.kind != "video" or base_rtt is None:
                 continue
-            lossy = dt.loss_seen_at and now - dt.loss_seen_at < PLAYOUT_DELAY_HOLD_S
+            lossy = starting or (dt.loss_seen_at and now - dt.loss_seen_at < PLAYOUT_DELAY_HOLD_S)
             wanted = 0
             # (the base RTT, not the current one: a queue building up under congestion is
             # for the layer choice to fix, not a reason to delay the picture)

@@ -16,6 +16,11 @@ receiver's clock or None if lost, size), plus REMB and RTT when known. Output: a
 4. Overuse detector: the trend is compared with an adaptive threshold; above it for > 10 ms (and
    not falling) = overuse, below its negative = underuse, else normal. The threshold follows the
    trend slowly so that it tolerates what competing flows do, but not sudden spikes.
+   Jitter-aware (not in the draft): where the raw delay scatters around its line by more than
+   a few ms (a link whose delay wanders, e.g. +/- 50 ms on a mobile link) the window grows to
+   span ~0.1 s per ms of that scatter, so a line fitted through the wander is flat, and a
+   trend must exceed the slope the scatter alone could fake over that span; a queue that
+   keeps growing still shows, however long the window.
 5. AIMD rate control: overuse -> decrease to 0.85 x the acknowledged (received) bitrate; normal ->
    increase, multiplicatively (8 %/s) while far from the link capacity seen at earlier decreases,
    additively (about one packet per response time) near it; underuse -> hold (queues drain).
@@ -24,6 +29,9 @@ receiver's clock or None if lost, size), plus REMB and RTT when known. Output: a
 6. Loss-based bound, per >= 20 reported packets: loss > 10 % -> x (1 - 0.5 loss) (at most once
    per 300 ms + RTT); loss < 2 % -> may rise 8 %/s; in between -> hold. A collapse (loss >=
    25 % in one window, or > 10 % in two windows running) also caps it at what got through.
+   Random loss (not in the draft): the link's own loss rate is learnt (up to 5 %) from windows
+   that do not look congested, and a window is heavy only when its loss is also far beyond
+   what that rate gives a window of its size, so 3 % random loss does not cut the estimate.
 7. Probes: a cluster of packets sent at a target rate; the rate it achieved, min(send rate,
    receive rate), lifts the estimate at once (how the estimate climbs faster than AIMD allows).
 
@@ -81,6 +89,23 @@ class BweConfig:
     max_burst_s: float = 0.1
     # trendline filter and detector
     trendline_window: int = 20
+    # Jitter: the spread (ms) of the raw accumulated delay around a line fitted over the last
+    # `jitter_points` groups. Above `jitter_window_from_ms` the link counts as jittery: the
+    # trend window then spans `jitter_window_s_per_ms` seconds per ms of jitter (up to
+    # `trendline_window_max` points), and a trend must exceed `jitter_trend_sigmas` x jitter
+    # / window span, the slope a line fitted through the wander alone would show. On such a
+    # link a short window fits a line through a random wander and calls it a queue; a longer
+    # one averages it out, while a real queue keeps growing however long the window is (and
+    # a queue that grows steadily lies on the line: it is not jitter). A few ms of timing
+    # noise (a busy host) changes nothing.
+    jitter_points: int = 50
+    jitter_window_from_ms: float = 5.0
+    jitter_window_s_per_ms: float = 0.1
+    jitter_trend_sigmas: float = 3.0
+    trendline_window_max: int = 400
+    # A trend must also stand this many standard errors of the fitted slope above zero
+    # (the jitter's share of the noise model): a line through noise is no trend.
+    trend_significance: float = 2.0
     trendline_smoothing: float = 0.9
     trendline_gain: float = 4.0
     threshold_initial_ms: float = 12.5
@@ -103,6 +128,16 @@ class BweConfig:
     # alone is common on a link with 2 % random loss (3 of 22), and is only noise.
     loss_collapse: float = 0.25
     loss_min_packets: int = 20
+    # Random loss: the long-run loss of windows that do not look like congestion (at most
+    # this much is learnt). A window then counts as heavy only if its loss is also clearly
+    # beyond what that random loss gives a window of its size (binomial, this many standard
+    # deviations), and the bound may rise at up to one deviation above it: loss the link
+    # always has is not a congestion signal (mobile-3g: 3 % loss in 20-30 packet windows
+    # gives > 10 % every few seconds).
+    random_loss_max: float = 0.05
+    random_loss_sigmas: float = 3.0
+    # A collapse caps the bound at the acked rate only if we sent at least this much more.
+    collapse_sent_ratio: float = 1.15
     # acknowledged bitrate
     acked_window_s: float = 0.5
     # REMB
@@ -215,12 +250,73 @@ class InterArrival:
         )
 
 
+class _LineFit:
+    """A least-squares line over the last points, kept as running sums (O(1) a point)."""
+
+    __slots__ = ("points", "sums", "_since_rebuild")
+
+    def __init__(self) -> None:
+        self.points: deque[tuple[float, float]] = deque()
+        self.sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # x, y, xx, xy, yy
+        self._since_rebuild = 0
+
+    def push(self, x: float, y: float, size: int) -> None:
+        points, sums = self.points, self.sums
+        points.append((x, y))
+        sums[0] += x
+        sums[1] += y
+        sums[2] += x * x
+        sums[3] += x * y
+        sums[4] += y * y
+        while len(points) > size:
+            ox, oy = points.popleft()
+            sums[0] -= ox
+            sums[1] -= oy
+            sums[2] -= ox * ox
+            sums[3] -= ox * oy
+            sums[4] -= oy * oy
+        self._since_rebuild += 1
+        if self._since_rebuild >= 1000:  # bound the rounding the running sums collect
+            self._since_rebuild = 0
+            sums[:] = [
+                sum(p[0] for p in points),
+                sum(p[1] for p in points),
+                sum(p[0] * p[0] for p in points),
+                sum(p[0] * p[1] for p in points),
+                sum(p[1] * p[1] for p in points),
+            ]
+
+    def fit(self) -> tuple[float, float, float] | None:
+        """(slope, sum of squared x deviations, residual variance), None if x has no spread."""
+        n = len(self.points)
+        if n < 3:
+            return None
+        sx, sy, sxx, sxy, syy = self.sums
+        vxx = sxx - sx * sx / n
+        if vxx <= 1e-9:
+            return None
+        vxy = sxy - sx * sy / n
+        vyy = max(syy - sy * sy / n, 0.0)
+        slope = vxy / vxx
+        return slope, vxx, max(vyy - slope * vxy, 0.0) / (n - 2)
+
+
 class TrendlineDetector:
-    """Trendline filter over smoothed accumulated delay, with an adaptive overuse threshold."""
+    """Trendline filter over smoothed accumulated delay, with an adaptive overuse threshold.
+
+    Jitter-aware: the spread of the raw accumulated delay around a line through the last
+    `jitter_points` groups (`jitter_ms`) is the noise the link adds. The more of it, the
+    longer the trend window (up to `trendline_window_max` points), and a trend counts only
+    where it stands clear of the scatter around its fitted line (`trend_significance`
+    standard errors of the slope). On a clean link both are small and the detector is the
+    plain GCC one. Both fits are running sums: a long window costs no more per point.
+    """
 
     def __init__(self, cfg: BweConfig) -> None:
         self._cfg = cfg
-        self._window: deque[tuple[float, float]] = deque(maxlen=cfg.trendline_window)
+        self._trendline = _LineFit()
+        self._raw = _LineFit()
+        self._size = cfg.trendline_window
         self._first_arrival_ms: float | None = None
         self._accumulated = 0.0
         self._smoothed = 0.0
@@ -230,9 +326,17 @@ class TrendlineDetector:
         self._overuse_count = 0
         self._last_threshold_update: float | None = None
         self.trend = 0.0
+        self.trend_error = 0.0  # standard error of the fitted slope
+        self.jitter_ms = 0.0  # spread of the raw delay around its line (smoothed)
+        self.jitter_slope = 0.0  # the slope the jitter alone may fake over the window
+        self._jitter_fits = 0
         self.modified_trend = 0.0
         self.threshold = cfg.threshold_initial_ms
         self.state = BandwidthUsage.NORMAL
+
+    @property
+    def window_size(self) -> int:
+        return self._size
 
     def update(self, send_delta_ms: float, arrival_delta_ms: float, arrival_ms: float) -> None:
         cfg = self._cfg
@@ -242,11 +346,37 @@ class TrendlineDetector:
         self._smoothed = a * self._smoothed + (1 - a) * self._accumulated
         if self._first_arrival_ms is None:
             self._first_arrival_ms = arrival_ms
-        self._window.append((arrival_ms - self._first_arrival_ms, self._smoothed))
-        if len(self._window) == self._window.maxlen:
-            slope = _slope(self._window)
-            if slope is not None:
+        x = arrival_ms - self._first_arrival_ms
+        raw_points = self._raw.points
+        self._raw.push(x, self._accumulated, cfg.jitter_points)
+        if len(raw_points) >= cfg.trendline_window:  # (a rough figure early, then steadier)
+            raw = self._raw.fit()
+            if raw is not None:
+                spread = math.sqrt(raw[2])
+                if self._jitter_fits < 20:
+                    self._jitter_fits += 1
+                    self.jitter_ms = max(self.jitter_ms, spread)
+                else:  # up within a second, down over ~10 s: a calm stretch is no promise
+                    alpha = 0.05 if spread > self.jitter_ms else 0.003
+                    self.jitter_ms += alpha * (spread - self.jitter_ms)
+            self._size = cfg.trendline_window
+            if self.jitter_ms > cfg.jitter_window_from_ms:
+                interval = (raw_points[-1][0] - raw_points[0][0]) / (len(raw_points) - 1)
+                span_ms = 1000 * cfg.jitter_window_s_per_ms * self.jitter_ms
+                wanted = int(span_ms / max(interval, 1.0))
+                self._size = min(max(wanted, cfg.trendline_window), cfg.trendline_window_max)
+        self._trendline.push(x, self._smoothed, self._size)
+        points = self._trendline.points
+        if len(points) >= cfg.trendline_window:
+            fitted = self._trendline.fit()
+            if fitted is not None:
+                slope, vxx, residual = fitted
                 self.trend = slope
+                self.trend_error = math.sqrt(residual / vxx)
+                self.jitter_slope = 0.0
+                if self.jitter_ms > cfg.jitter_window_from_ms:
+                    span = max(points[-1][0] - points[0][0], 1.0)
+                    self.jitter_slope = cfg.jitter_trend_sigmas * self.jitter_ms / span
         self._detect(send_delta_ms, arrival_ms)
 
     def _detect(self, send_delta_ms: float, now_ms: float) -> None:
@@ -256,7 +386,9 @@ class TrendlineDetector:
             return
         m = min(self._deltas, 60) * self.trend * cfg.trendline_gain
         self.modified_trend = m
-        if m > self.threshold:
+        noise = max(cfg.trend_significance * self.trend_error, self.jitter_slope)
+        significant = self.trend > noise
+        if m > self.threshold and significant:
             if self._time_over < 0:
                 self._time_over = send_delta_ms / 2
             else:
@@ -270,7 +402,7 @@ class TrendlineDetector:
                 self._time_over = 0.0
                 self._overuse_count = 0
                 self.state = BandwidthUsage.OVERUSE
-        elif m < -self.threshold:
+        elif m < -self.threshold and -self.trend > noise:
             self._time_over = -1.0
             self._overuse_count = 0
             self.state = BandwidthUsage.UNDERUSE
@@ -293,16 +425,6 @@ class TrendlineDetector:
         self.threshold += k * (abs(m) - self.threshold) * dt
         self.threshold = min(max(self.threshold, cfg.threshold_min_ms), cfg.threshold_max_ms)
         self._last_threshold_update = now_ms
-
-
-def _slope(points: Iterable[tuple[float, float]]) -> float | None:
-    pts = list(points)
-    n = len(pts)
-    mean_x = sum(p[0] for p in pts) / n
-    mean_y = sum(p[1] for p in pts) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in pts)
-    den = sum((x - mean_x) ** 2 for x, _ in pts)
-    return num / den if den > 0 else None
 
 
 class AimdRateControl:
@@ -421,6 +543,7 @@ class LossBasedControl:
         self._last_update: float | None = None
         self._last_decrease: float | None = None
         self._heavy_before = False  # the previous window's loss was above loss_high
+        self.random_loss = 0.0  # the link's own loss, learnt from windows that look random
         self._received_bytes = 0
         self._first_size = 0
         self._sent_bytes = 0
@@ -476,7 +599,12 @@ class LossBasedControl:
         return receive if send >= 1.25 * receive else None
 
     def update(
-        self, reference_bps: float, now: float, rtt_s: float, acked_bps: float | None = None
+        self,
+        reference_bps: float,
+        now: float,
+        rtt_s: float,
+        acked_bps: float | None = None,
+        sent_bps: float | None = None,
     ) -> float | None:
         """Apply the loss seen since the last update once enough packets were reported.
 
@@ -484,11 +612,15 @@ class LossBasedControl:
         loss-based value never runs far ahead of what the delay-based part allows. On heavy
         loss the bound also drops to what actually got through (`acked_bps`): a full queue
         at a bottleneck keeps the delay flat, so only loss and throughput show the overload.
+        With `sent_bps` (what we sent over the acked rate's window), the acked rate counts as
+        what got through only if clearly less got through than was sent: an application-
+        limited sender's acked rate on a link with random loss says nothing of the link.
         """
         cfg = self._cfg
         if self._expected < cfg.loss_min_packets:
             return self.estimate
-        loss = self._lost / self._expected
+        expected = self._expected
+        loss = self._lost / expected
         self.loss_fraction = loss
         receive_rate = self._window_receive_rate()
         self._lost = self._expected = self._received_bytes = self._sent_bytes = 0
@@ -497,10 +629,16 @@ class LossBasedControl:
         dt = 0.0 if self._last_update is None else min(max(now - self._last_update, 0.0), 1.0)
         self._last_update = now
         base = reference_bps if self.estimate is None else min(self.estimate, reference_bps)
-        heavy = loss > cfg.loss_high
-        collapse = heavy and (loss >= cfg.loss_collapse or self._heavy_before)
+        expected = max(expected, 1)
+        p0 = self.random_loss
+        spread = math.sqrt(p0 * (1 - p0) / expected)
+        heavy = loss > max(cfg.loss_high, p0 + cfg.random_loss_sigmas * spread)
+        collapse_at = max(cfg.loss_collapse, p0 + 2 * cfg.random_loss_sigmas * spread)
+        collapse = heavy and (loss >= collapse_at or self._heavy_before)
         self._heavy_before = heavy
-        if loss < cfg.loss_low:
+        if not heavy:
+            self.random_loss += 0.05 * (min(loss, cfg.random_loss_max) - p0)
+        if loss < max(cfg.loss_low, p0 + spread):
             self.estimate = max(base * (1 + cfg.increase_per_s) ** dt + 1000 * dt, base)
         elif heavy:
             if self._last_decrease is None or now - self._last_decrease >= 0.3 + rtt_s:
@@ -508,6 +646,9 @@ class LossBasedControl:
                 self._last_decrease = now
             if collapse:
                 # a measurement, not a step: applies at once, whenever a window shows it
+                if sent_bps is not None and acked_bps is not None:
+                    if sent_bps < cfg.collapse_sent_ratio * acked_bps:
+                        acked_bps = None  # (about all we sent got through)
                 through = [r for r in (acked_bps, receive_rate) if r is not None]
                 if through:
                     cap = max(min(through), cfg.min_bps)
@@ -678,7 +819,9 @@ class BandwidthEstimator:
             self.sent.bitrate(),
         )
         self.loss.add_results(results)
-        self.loss.update(self._delay_based(now), now, self.rtt_s, self.acked.bitrate())
+        self.loss.update(
+            self._delay_based(now), now, self.rtt_s, self.acked.bitrate(), self.sent.bitrate()
+        )
         self._finish_probes(now)
         return self._update_target(now)
 
@@ -778,6 +921,9 @@ class BandwidthEstimator:
             "loss_fraction": round(self.loss.loss_fraction, 4),
             "trend": round(self.detector.modified_trend, 3),
             "threshold": round(self.detector.threshold, 3),
+            "delay_jitter_ms": round(self.detector.jitter_ms, 2),
+            "trend_window": self.detector.window_size,
+            "random_loss": round(self.loss.random_loss, 4),
             "rtt_ms": round(self.rtt_s * 1000, 1),
             "overuse_events": self.overuse_events,
             "overuse_forgiven": self.overuse_forgiven,

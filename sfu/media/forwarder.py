@@ -84,6 +84,12 @@ class DownTrack:
         self.payload_type = -1  # unknown until negotiated
         self.rtx_payload_type: int | None = None
         self.clock_rate = 90000 if kind == "video" else 48000
+        # RED audio (RFC 2198): this viewer accepted RED with this payload type, its blocks
+        # carrying Opus as `red_block_pt`; -1 when not. `red_source_pt` is the bound
+        # publisher's RED payload type when RED goes through as is (-1: plain Opus).
+        self.red_payload_type = -1
+        self.red_block_pt = -1
+        self.red_source_pt = -1
         self._ext_template = bytearray()
         self._abs_send_time_at = -1
         self._audio_level_at = -1
@@ -151,8 +157,11 @@ class DownTrack:
         transport_cc_id: int = 0,
         sequencer: TransportSequencer | None = None,
         playout_delay_id: int = 0,
+        red: tuple[int, int] | None = None,
     ) -> None:
         """Set what negotiation agreed for this m-line (payload types and extension ids).
+
+        `red`: (RED payload type, Opus payload type in its blocks) if the viewer accepted RED.
 
         With `transport_cc_id` and a `sequencer`, every packet carries a transport-wide
         sequence number, and the sequencer logs its size and send time for the estimator.
@@ -167,7 +176,15 @@ class DownTrack:
         self.sequencer = sequencer if transport_cc_id else None
         self._transport_cc_id = transport_cc_id if sequencer is not None else 0
         self._playout_delay_id = playout_delay_id if self.kind == "video" else 0
+        self.red_payload_type, self.red_block_pt = red if red and self.kind == "audio" else (-1, -1)
+        self.update_red_source()
         self._build_extensions()
+
+    def update_red_source(self) -> None:
+        """RED goes through as is when both the viewer and the bound publisher use it."""
+        fw = self.forwarder
+        source = fw.producer.codec.red_payload_type if fw is not None else None
+        self.red_source_pt = source if source is not None and self.red_payload_type >= 0 else -1
 
     def set_playout_delay(self, min_ms: int, max_ms: int = 10_000) -> bool:
         """Ask for at least `min_ms` of playout delay (0: take the extension off again).
@@ -254,7 +271,8 @@ class DownTrack:
                 ext[self._twcc_at + 1] = tseq & 0xFF
         if h.padding_size:
             b0 |= 0x20
-        b1 = self.payload_type | 0x80 if h.marker else self.payload_type
+        pt = self.red_payload_type if h.payload_type == self.red_source_pt else self.payload_type
+        b1 = pt | 0x80 if h.marker else pt
         packet = b"".join((RTP_FIXED.pack(b0, b1, seq, ts, self.ssrc), ext, body))
         if self._send(packet):
             self.packets_sent += 1
@@ -413,6 +431,7 @@ class DownTrack:
             "probe_packets": self.probe_packets,
             "probe_octets": self.probe_octets,
             "playout_delay_ms": self.playout_delay[0] * 10 if self.playout_delay else None,
+            "red": self.red_source_pt >= 0,  # audio forwarded as RED (else plain Opus)
             **self._layer_stats(),
         }
 
@@ -591,6 +610,8 @@ class Forwarder:
         pid = tl0 = -1
         if self.munging and vp8 is not None and dt.munger is not None:
             payload, pid, tl0 = self._rewritten(data, h, vp8)
+        elif h.payload_type == dt.red_source_pt:
+            payload = self.producer.red_payload_for(data, h, dt.red_block_pt)
         self._ring[out_seq & RING_MASK] = (
             out_seq,
             seq_in,
@@ -920,6 +941,7 @@ def bind(producer: Producer, downtrack: DownTrack, selector=None) -> Forwarder:
         selector = top_layer_selector(producer)
     forwarder = Forwarder(producer, downtrack, selector)
     downtrack.forwarder = forwarder
+    downtrack.update_red_source()
     producer.attach(forwarder)
     if producer.kind == "video":
         producer.request_keyframe()

@@ -76,6 +76,13 @@ class LayerConfig:
     probe_max_multiple: float = 2.0  # exploratory probes at most this x the estimate
     explore_interval_s: float = 3.0
     explore_backoff_max_s: float = 6.0
+    # After the link fell (a severe drop), for this long, while below the layer it fell from,
+    # failed exploratory probes back off to at most `explore_recover_interval_s`: links that
+    # fall often come back (a tunnel, a handover), and the viewer should be back on its layer
+    # within seconds, not after the 6 s a long outage's backoff reached (weak-link lab:
+    # drop-recover up 8 s). A link that never carried more keeps the long backoff.
+    explore_recover_interval_s: float = 2.0
+    recover_window_s: float = 60.0
     # asking again after this long (Chrome ignores requests within 300 ms of the last one)
     keyframe_interval_s: float = 0.35
     flap_window_s: float = 10.0
@@ -151,6 +158,8 @@ class LayerSelector:
         self._explore_next: float | None = None
         self._explore_failures = 0
         self._probe_not_before = -1e9
+        self._fell_from: Layer | None = None  # the layer a severe drop left (see _recovering)
+        self._fell_at = -1e9
 
     # ------------------------------------------------------------------ inputs
 
@@ -191,7 +200,10 @@ class LayerSelector:
         else:
             self._explore_failures += 1
             backoff = cfg.explore_interval_s * (2 ** (self._explore_failures - 1))
-            self._explore_next = now + min(backoff, cfg.explore_backoff_max_s)
+            cap = cfg.explore_backoff_max_s
+            if self._recovering(now):
+                cap = min(cap, cfg.explore_recover_interval_s)
+            self._explore_next = now + min(backoff, cap)
             self._probe_not_before = self._explore_next
 
     def on_keyframe(self, spatial: int, now: float) -> bool:
@@ -249,6 +261,9 @@ class LayerSelector:
             severe = estimate_bps < cfg.severe_drop_ratio * target_bps
             if severe:
                 new = self._severe_fit(ladder, estimate_bps)
+                if self._fell_from is None or not self._recovering(now):
+                    self._fell_from = self.target
+                self._fell_at = now
             else:
                 new = self._best_fit(ladder, estimate_bps)
             if new < self.target:
@@ -516,6 +531,16 @@ class LayerSelector:
                 max(cfg.up_ratio * next_bps, cfg.probe_max_multiple * self.estimate_bps),
             )
             self._probe_request = ProbeRequest(int(rate), top_layer, True)
+
+    def _recovering(self, now: float) -> bool:
+        """The link fell lately and we are still below the layer it fell from."""
+        fell_from = self._fell_from
+        return (
+            fell_from is not None
+            and now - self._fell_at < self.config.recover_window_s
+            and self.target is not None
+            and self.target < fell_from
+        )
 
     def _held(self, layer: Layer, bitrate: int, now: float, hold: float) -> bool:
         """The estimate stayed above this layer's bitrate x up_ratio for `hold` seconds."""

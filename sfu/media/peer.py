@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import pylibsrtp
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import StunProtocol, get_host_addresses
+from aioice.stun import RETRY_RTO as STUN_RETRY_RTO
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -173,6 +174,9 @@ class MediaPeer:
         # completed), dtls_keys (SRTP keys: false start or handshake done), dtls_done
         # (handshake completed)
         self.marks: dict[str, float] = {}
+        # the lowest round trip of our own ICE connectivity checks: the path's RTT before any
+        # RTCP report (a far viewer's playout delay can start with its first frame)
+        self.handshake_rtt_s: float | None = None
         self.false_started = False
         self.closed = False
         self.errors = 0
@@ -191,6 +195,7 @@ class MediaPeer:
             connection = transport.transport.iceGatherer._connection
             connection.gather_candidates = _host_gatherer(connection, self.network)
             connection.connect = _prompt_connect(connection, self._mark, early=self.fast_connect)
+            connection.check_start = _timed_checks(connection, self._on_check_rtt)
             _accept_rsa_peers(transport)
             if self.fast_connect:
                 _enable_false_start(transport, self._on_early_keys)
@@ -341,6 +346,10 @@ class MediaPeer:
             transports.append(self.pc.sctp.transport)
         return transports
 
+    def _on_check_rtt(self, rtt_s: float) -> None:
+        if self.handshake_rtt_s is None or rtt_s < self.handshake_rtt_s:
+            self.handshake_rtt_s = rtt_s
+
     def _mark(self, name: str) -> None:
         if name not in self.marks:
             self.marks[name] = time.monotonic()
@@ -483,6 +492,24 @@ def _prompt_connect(connection, mark: Callable[[str], None], *, early: bool = Tr
         task.add_done_callback(lambda t: _connect_finished(connection, t))
 
     return connect
+
+
+def _timed_checks(connection, on_rtt: Callable[[float], None]):
+    """Wrap aioice's check_start to time each successful connectivity check: one STUN request
+    and its response, a round trip on the path media will take. Only checks answered before
+    the first retransmission could go out count (a later answer may be to a retransmission),
+    and not where a second request nominates the pair (controlling toward an ICE-lite peer)."""
+    original = connection.check_start
+
+    async def check_start(pair) -> None:
+        started = time.monotonic()
+        await original(pair)
+        elapsed = time.monotonic() - started
+        two_requests = connection.ice_controlling and connection.remote_is_lite
+        if pair.state == pair.State.SUCCEEDED and elapsed < STUN_RETRY_RTO and not two_requests:
+            on_rtt(elapsed)
+
+    return check_start
 
 
 def _connect_finished(connection, task: asyncio.Task) -> None:

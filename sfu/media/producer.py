@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from .codecs import keyframe_detector
 from .encoding import Encoding
 from .ingress import NackGenerator
+from .red import RedUnwrapper, rewrite_block_types
 from .rtp import RtpHeader
 from .vp8 import Vp8Info, parse_vp8
 
@@ -46,6 +47,8 @@ class CodecInfo:
     channels: int | None = None
     parameters: dict = field(default_factory=dict, hash=False, compare=False)
     rtx_payload_type: int | None = None
+    # audio: the publisher sends RED (RFC 2198) with this payload type around this codec
+    red_payload_type: int | None = None
 
     @property
     def kind(self) -> str:
@@ -110,6 +113,12 @@ class Producer:
         ]
         self.simulcast = len(self.layers) > 1
         self.forwarders: tuple[Forwarder, ...] = ()
+        # RED audio: unwrapped once here for every viewer that did not accept RED
+        self.red: RedUnwrapper | None = None
+        if self.kind == "audio" and codec.red_payload_type is not None:
+            self.red = RedUnwrapper(codec.red_payload_type, codec.payload_type)
+        self._red_variants: dict[int, bytearray] = {}  # block pt -> this packet's payload
+        self._red_variants_of = -1  # sequence number _red_variants were made for
         self.is_keyframe = keyframe_detector(codec.mime_type)
         self.is_vp8 = codec.mime_type.lower() == "video/vp8"
         self.vp8 = Vp8Info()  # the descriptor of the packet being fanned out (reused)
@@ -214,11 +223,48 @@ class Producer:
             elif enc.collecting_keyframe:
                 enc.collect_keyframe(data, h, now_s, False)
         enc.count(len(data) - h.payload_offset, tid, now_s)
+        if self.red is not None:
+            self._fan_out_red(data, h, now_s, enc)
+            return
         for forwarder in self.forwarders:
             try:
                 forwarder.forward(data, h, keyframe, now_s, enc, vp8)
             except Exception:  # one broken subscriber must not cost the others this packet
                 self._forward_failed(forwarder)
+
+    def _fan_out_red(self, data: bytes, h: RtpHeader, now_s: float, enc: Encoding) -> None:
+        """RED as it is to viewers that accepted it; plain Opus (the primary, plus missing
+        packets rebuilt from redundant blocks) to the others, unwrapped once for all."""
+        malformed = self.red.malformed
+        plain = self.red.unwrap(data, h)
+        if self.red.malformed != malformed:
+            return  # not a RED payload we can read: no viewer gets it
+        red_pt = h.payload_type
+        for forwarder in self.forwarders:
+            try:
+                if forwarder.downtrack.red_source_pt == red_pt:
+                    forwarder.forward(data, h, False, now_s, enc, None)
+                else:
+                    for pdata, ph in plain:
+                        forwarder.forward(pdata, ph, False, now_s, enc, None)
+            except Exception:
+                self._forward_failed(forwarder)
+
+    def red_payload_for(self, data: bytes, h: RtpHeader, block_pt: int) -> bytearray | None:
+        """This RED packet's payload with its blocks' payload type set to `block_pt` (a
+        viewer's Opus payload type), made once per packet and type; None: send it as is."""
+        if block_pt == self.codec.payload_type or block_pt < 0:
+            return None
+        if self._red_variants_of != h.sequence_number:
+            self._red_variants.clear()
+            self._red_variants_of = h.sequence_number
+        payload = self._red_variants.get(block_pt)
+        if payload is None:
+            end = len(data) - h.padding_size
+            payload = rewrite_block_types(data, h.payload_offset, end, block_pt)
+            payload += memoryview(data)[end:]
+            self._red_variants[block_pt] = payload
+        return payload
 
     @staticmethod
     def _read_dimensions(enc: Encoding, data: bytes, start: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -23,7 +24,7 @@ from .encoding import Encoding
 from .ingress import NackGenerator
 from .peer import MediaPeer, NetworkSettings
 from .producer import Producer, TrackInfo, new_track_id
-from .rtcp import Nack, Pli, ReceiverReport, Remb, SenderReport, parse_compound
+from .rtcp import Nack, Pli, ReceiverReport, Remb, ReportBlock, SenderReport, parse_compound
 from .rtp import RTP_FIXED, ExtensionIds, RtpHeader
 from .sdp import (
     SdpError,
@@ -120,7 +121,11 @@ class PublisherSession:
             except Exception as exc:
                 raise SdpError(f"cannot negotiate: {exc}") from exc
             answer = patch_publisher_answer(
-                answer, simulcast, transport_cc=self.rtc.publisher_transport_cc
+                answer,
+                simulcast,
+                transport_cc=self.rtc.publisher_transport_cc,
+                red=self.rtc.audio_red,
+                opus_fec=self.rtc.opus_fec,
             )
             added = self._create_producers(requests or [])
             if self.rtc.publisher_transport_cc and self._ext.transport_cc and self._twcc is None:
@@ -144,6 +149,14 @@ class PublisherSession:
             codec = negotiated_codec(transceiver)
             if codec is None:
                 continue
+            sim = self._simulcast.get(mid)
+            if (
+                self.rtc.audio_red
+                and sim is not None
+                and sim.red is not None
+                and sim.red[1] == codec.payload_type
+            ):
+                codec = dataclasses.replace(codec, red_payload_type=sim.red[0])
             request = _claim_request(unclaimed, mid, transceiver.kind)
             info = TrackInfo(
                 id=new_track_id(),
@@ -153,7 +166,6 @@ class PublisherSession:
                 name=request.name if request else "",
                 codec=codec.mime_type,
             )
-            sim = self._simulcast.get(mid)
             rids: list[str | None] | None = None
             if sim is not None and sim.simulcast and transceiver.kind == "video":
                 rids = list(rid_order(sim.rids)) if sim.rids else [None] * len(sim.sim_ssrcs)
@@ -259,7 +271,8 @@ class PublisherSession:
             candidates = [
                 p
                 for p in self.producers.values()
-                if h.payload_type in (p.codec.payload_type, p.codec.rtx_payload_type)
+                if h.payload_type
+                in (p.codec.payload_type, p.codec.rtx_payload_type, p.codec.red_payload_type)
             ]
             if len(candidates) != 1:
                 return None
@@ -378,11 +391,27 @@ class PublisherSession:
         if not streams:
             return
         blocks = [e.stats.report_block(now) for e in streams]
+        if self.rtc.opus_fec:
+            cap = int(self.rtc.opus_fec_max_loss * 256)
+            for p in self.producers.values():
+                if p.kind == "audio" and p.ssrc is not None:
+                    self._report_viewer_loss(blocks, p, cap)
         packet = ReceiverReport(self._rtcp_ssrc, blocks[:31]).serialize()
         video = [e.ssrc for e in streams if e.kind == "video"]
         if video:
             packet += Remb(self._rtcp_ssrc, self.rtc.max_publish_bitrate, video).serialize()
         self.peer.send_rtcp(packet)
+
+    @staticmethod
+    def _report_viewer_loss(blocks: list[ReportBlock], producer: Producer, cap: int) -> None:
+        """The audio block's fraction lost becomes the worst of the uplink's and the viewers'
+        (capped): libwebrtc's Opus encoder sizes its in-band FEC from this fraction, while its
+        congestion control counts the cumulative loss, which stays the uplink's own."""
+        worst = max((f.downtrack.fraction_lost for f in producer.forwarders), default=0)
+        worst = min(worst, cap)
+        for block in blocks:
+            if block.ssrc == producer.ssrc and worst > block.fraction_lost:
+                block.fraction_lost = worst
 
     # -- lifetime --------------------------------------------------------------------------------
 

@@ -142,6 +142,9 @@ class SimulcastOffer:
     sim_ssrcs: list[int] = field(default_factory=list)  # a=ssrc-group:SIM, lowest first
     extmaps: dict[str, int] = field(default_factory=dict)  # uri -> id for the ones we patch
     payload_types: list[int] = field(default_factory=list)
+    # audio: (RED payload type, Opus payload type) when RED with Opus is offered (RFC 2198)
+    red: tuple[int, int] | None = None
+    opus_payload_type: int | None = None
 
     @property
     def simulcast(self) -> bool:
@@ -218,6 +221,8 @@ def parse_simulcast(sdp: str) -> dict[str, SimulcastOffer]:
                     offer.extmaps[uri] = ext_id
         if offer.rids and not offer.simulcast_value:
             offer.rids = []  # rids without a=simulcast: not simulcast (RFC 8853)
+        if kind == "audio":
+            offer.opus_payload_type, offer.red = _red_and_opus(section, offer.payload_types)
         result[offer.mid] = offer
     return result
 
@@ -231,10 +236,18 @@ def rid_order(rids: list[str]) -> list[str]:
 
 
 def patch_publisher_answer(
-    answer: str, offers: dict[str, SimulcastOffer], transport_cc: bool = False
+    answer: str,
+    offers: dict[str, SimulcastOffer],
+    transport_cc: bool = False,
+    *,
+    red: bool = False,
+    opus_fec: bool = False,
 ) -> str:
     """Accept the publisher's simulcast: rid/simulcast lines and the rid extensions; with
-    `transport_cc`, also the transport-wide-cc extension and feedback the offer proposed.
+    `transport_cc`, also the transport-wide-cc extension and feedback the offer proposed;
+    with `red`, RED with Opus where offered, listed first so the browser sends it; with
+    `opus_fec`, `useinbandfec=1` on Opus (the browser then adds in-band FEC when the receiver
+    reports loss).
 
     Only sections that are answered (port not 0) are touched.
     """
@@ -243,6 +256,8 @@ def patch_publisher_answer(
         offer = offers.get(_mid_of(section))
         if offer is None or section[0].split()[1] == "0":
             continue
+        if offer.kind == "audio":
+            _patch_audio(section, offer, red=red, red_first=True, opus_fec=opus_fec)
         present = {line.split()[1] for line in section if line.startswith("a=extmap:")}
         if transport_cc and EXT_TRANSPORT_CC in offer.extmaps and EXT_TRANSPORT_CC not in present:
             section.append(f"a=extmap:{offer.extmaps[EXT_TRANSPORT_CC]} {EXT_TRANSPORT_CC}")
@@ -258,6 +273,115 @@ def patch_publisher_answer(
         extra.append(f"a=simulcast:recv {offer.simulcast_value}")
         section.extend(extra)
     return _join(session, media)
+
+
+def _red_and_opus(
+    section: list[str], payload_types: list[int]
+) -> tuple[int | None, tuple[int, int] | None]:
+    """An audio section's Opus payload type, and (RED pt, Opus pt) if RED carries that Opus
+    (its fmtp names only the Opus payload type, e.g. `111/111`)."""
+    rtpmap: dict[int, str] = {}
+    fmtp: dict[int, str] = {}
+    for line in section:
+        if line.startswith(("a=rtpmap:", "a=fmtp:")):
+            head, _, value = line.partition(" ")
+            try:
+                pt = int(head.split(":", 1)[1])
+            except ValueError:
+                continue
+            (rtpmap if line.startswith("a=rtpmap:") else fmtp)[pt] = value.strip()
+    opus = next(
+        (pt for pt in payload_types if rtpmap.get(pt, "").lower().startswith("opus/48000")), None
+    )
+    if opus is None:
+        return None, None
+    for pt in payload_types:
+        if rtpmap.get(pt, "").lower().startswith("red/48000"):
+            blocks = fmtp.get(pt, str(opus)).split("/")  # (an answer may leave it out)
+            if all(b.strip() == str(opus) for b in blocks):
+                return opus, (pt, opus)
+    return opus, None
+
+
+def _patch_audio(
+    section: list[str], offer: SimulcastOffer, *, red: bool, red_first: bool, opus_fec: bool
+) -> None:
+    """Accept RED (if offered and answered Opus is its primary) and ask for Opus FEC."""
+    answered = section[0].split()
+    pts = answered[3:]
+    opus = offer.opus_payload_type
+    if opus is None or str(opus) not in pts:
+        return
+    if red and offer.red is not None and str(offer.red[0]) not in pts:
+        red_pt = offer.red[0]
+        pts = [str(red_pt), *pts] if red_first else [*pts, str(red_pt)]
+        section[0] = " ".join(answered[:3] + pts)
+        section.append(f"a=rtpmap:{red_pt} red/48000/2")
+        section.append(f"a=fmtp:{red_pt} {opus}/{opus}")
+    if opus_fec:
+        _ask_opus_fec(section, opus)
+
+
+def _ask_opus_fec(section: list[str], opus: int) -> None:
+    prefix = f"a=fmtp:{opus} "
+    for i, line in enumerate(section):
+        if line.startswith(prefix):
+            if "useinbandfec=" not in line:
+                section[i] = line + ";useinbandfec=1"
+            return
+    section.append(f"{prefix}minptime=10;useinbandfec=1")
+
+
+def accept_red(answer: str, offers: dict[str, SimulcastOffer], *, red: bool, opus_fec: bool) -> str:
+    """Our answer to a player (the SFU sends): with `red`, accept the RED its offer proposed,
+    after Opus, so the SFU may send either; with `opus_fec`, `useinbandfec=1` on Opus."""
+    session, media = _sections(answer)
+    for section in media:
+        offer = offers.get(_mid_of(section))
+        if offer is not None and offer.kind == "audio" and section[0].split()[1] != "0":
+            _patch_audio(section, offer, red=red, red_first=False, opus_fec=opus_fec)
+    return _join(session, media)
+
+
+def offer_red(offer: str, *, red: bool, opus_fec: bool) -> str:
+    """Offer RED with Opus (`red`) and ask for Opus FEC (`opus_fec`) on every active audio
+    section of our own offer."""
+    session, media = _sections(offer)
+    for section in media:
+        if not section[0].startswith("m=audio") or section[0].split()[1] == "0":
+            continue
+        parsed = section[0].split()
+        try:
+            pts = [int(p) for p in parsed[3:]]
+        except ValueError:
+            continue
+        opus, offered = _red_and_opus(section, pts)
+        if opus is None:
+            continue
+        if offered is None and red:
+            used = set(pts)
+            red_pt = next((p for p in (63, *range(96, 128)) if p not in used), None)
+            if red_pt is not None:
+                section[0] = " ".join([*parsed, str(red_pt)])
+                section.append(f"a=rtpmap:{red_pt} red/48000/2")
+                section.append(f"a=fmtp:{red_pt} {opus}/{opus}")
+        if opus_fec:
+            _ask_opus_fec(section, opus)
+    return _join(session, media)
+
+
+def answered_red(sdp: str) -> dict[str, tuple[int, int]]:
+    """mid -> (RED pt, Opus pt) for each audio section of an SDP that carries RED with Opus
+    (none for an SDP whose simulcast lines do not parse: it gets plain Opus)."""
+    try:
+        sections = parse_simulcast(sdp)
+    except SdpError:
+        return {}
+    result = {}
+    for mid, offer in sections.items():
+        if offer.red is not None:
+            result[mid] = offer.red
+    return result
 
 
 def add_transport_cc(offer: str, ext_id: int) -> str:

@@ -39,13 +39,16 @@ from .rtcp import (
 from .rtp import EXT_PLAYOUT_DELAY, EXT_TRANSPORT_CC
 from .sdp import (
     SdpError,
+    accept_red,
     add_extension,
     add_transport_cc,
     answered_extension,
+    answered_red,
     codec_preferences,
     extension_ids,
     free_extension_id,
     negotiated_codec,
+    offer_red,
     parse_offer,
     parse_simulcast,
 )
@@ -116,6 +119,7 @@ class SubscriberSession:
         )
         self._transport_cc_ids: dict[str, int] = {}  # mid -> negotiated extension id
         self._playout_delay_ids: dict[str, int] = {}
+        self._red: dict[str, tuple[int, int]] = {}  # mid -> (RED pt, Opus pt) accepted
         self._quality: dict[str, tuple[int | None, int, int]] = {}  # track id -> request
         self._default_quality: tuple[int | None, int, int] | None = None  # every other track
         self._bwe_task: asyncio.Task | None = None
@@ -156,6 +160,8 @@ class SubscriberSession:
                     offer = add_extension(
                         offer, EXT_PLAYOUT_DELAY, free_extension_id(offer), kinds=("video",)
                     )
+                if self.rtc.audio_red or self.rtc.opus_fec:
+                    offer = offer_red(offer, red=self.rtc.audio_red, opus_fec=self.rtc.opus_fec)
                 mapping = self._mid_map()
                 self._pending_offer_answer = asyncio.get_running_loop().create_future()
                 self.negotiations += 1
@@ -164,6 +170,7 @@ class SubscriberSession:
                 await self.peer.accept_answer(answer)
                 self._transport_cc_ids = answered_extension(answer, EXT_TRANSPORT_CC)
                 self._playout_delay_ids = answered_extension(answer, EXT_PLAYOUT_DELAY)
+                self._red = answered_red(answer) if self.rtc.audio_red else {}
                 self._configure_downtracks()
                 for downtrack, producer in bindings:
                     if self.subscriptions.get(producer.id) is producer and not producer.closed:
@@ -276,6 +283,7 @@ class SubscriberSession:
                 transport_cc_id=self._transport_cc_ids.get(dt.mid, 0),
                 playout_delay_id=self._playout_delay_ids.get(dt.mid, 0),
                 sequencer=self.bandwidth.sequencer,
+                red=self._red.get(dt.mid),
             )
 
     # -- layers --------------------------------------------------------------------------------
@@ -369,6 +377,8 @@ class SubscriberSession:
         try:
             while not self.closed:
                 await asyncio.sleep(TICK_S)
+                if self.bandwidth.handshake_rtt_s is None:
+                    self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)
                 self.bandwidth.tick(time.monotonic())
         except asyncio.CancelledError:
             pass
@@ -403,6 +413,14 @@ class SubscriberSession:
         if self.rtc.bwe and len(offered_twcc) == 1:
             answer = add_transport_cc(answer, offered_twcc.pop())
             self._transport_cc_ids = answered_extension(answer, EXT_TRANSPORT_CC)
+        if self.rtc.audio_red or self.rtc.opus_fec:
+            answer = accept_red(
+                answer,
+                parse_simulcast(offer_sdp),
+                red=self.rtc.audio_red,
+                opus_fec=self.rtc.opus_fec,
+            )
+            self._red = answered_red(answer) if self.rtc.audio_red else {}
         self._configure_downtracks()
         self.downtracks = [dt for dt in self.downtracks if dt.negotiated]
         for p in producers:
@@ -447,6 +465,7 @@ class SubscriberSession:
             self._prime()
 
     def _prime(self) -> None:
+        self.bandwidth.seed_rtt(self.peer.handshake_rtt_s)  # (playout delay from the start)
         now = time.monotonic()
         for dt in self.downtracks:
             fw = dt.forwarder

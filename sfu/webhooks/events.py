@@ -2,13 +2,13 @@
 
 Events (field `event`): room_started, room_finished, participant_joined, participant_left,
 track_published, track_unpublished (from the room registry, sfu/room.py), agent_job_started,
-agent_job_ended (from the agent dispatcher, sfu/agents/dispatcher.py). recording_started and
-recording_ended are reserved for recording. Every body has `id` (unique; retries repeat it),
-`event`, `seq` (increasing per node), `created_at` (unix seconds), `node_id`, `region` and
-`room` {name, sid, created_at, num_participants}; then `participant` {sid, identity, name,
-kind, metadata, joined_at} (only `identity` on a track_unpublished while its publisher
-leaves), `track` {id, kind, publisher, source, name, codec, simulcast} or
-`job` (as GET /api/agents lists it) where the event has one.
+agent_job_ended (from the agent dispatcher, sfu/agents/dispatcher.py), recording_started and
+recording_ended (from sfu/recording/, with `recording`). Every body has `id` (unique;
+retries repeat it), `event`, `seq` (increasing per node), `created_at` (unix seconds),
+`node_id`, `region` and `room` {name, sid, created_at, num_participants}; then
+`participant` {sid, identity, name, kind, metadata, joined_at} (only `identity` on a
+track_unpublished while its publisher leaves), `track` {id, kind, publisher, source, name,
+codec, simulcast} or `job` (as GET /api/agents lists it) where the event has one.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ EVENTS = (
     "track_unpublished",
     "agent_job_started",
     "agent_job_ended",
-    "recording_started",  # reserved: recording
+    "recording_started",  # sfu/recording/routes.py
     "recording_ended",
 )
 

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from agent.answer import GroundedEngine, ShopTools, TicketStore, load_shop
+from agent.answer.numbers import find_numbers, words_to_digits
 from agent.audio.frames import read_audio
 from agent.audio.stt import WhisperStt, packaged_model_dir
 from agent.audio.tts import build_tts
+from agent.captions.metrics import edit_distance
 from agent.config import AgentConfig
 
 # espeak-ng voices whose speech Whisper base understands best (see MODELS.md and the README)
@@ -105,3 +107,26 @@ def buyer_speech(espeak):
         return espeak_clip(text, lang, rate, voice=CLIP_VOICES[lang], wpm=140)
 
     return make
+
+
+# -- judging what Whisper heard, with tolerances (its words differ between CPUs: int8 kernels) --
+
+
+def heard_wer(reference: str, heard: str, language: str) -> float:
+    """Word error rate of `heard` against `reference`, accents, punctuation and the spelling of
+    numbers ignored ("Dónde" = "Donde", "one zero zero two three" = "10023"): Whisper's exact
+    spelling is not what a test checks."""
+    ref = words_to_digits(reference, language).split()
+    return edit_distance(ref, words_to_digits(heard, language).split()) / max(1, len(ref))
+
+
+def numbers_heard(stt: WhisperStt, audio16k: np.ndarray, language: str) -> set[str]:
+    """The numbers Whisper hears in a spoken answer, greedy or with a 5-wide beam (the test is
+    the listener here, not the agent: two readings make the check hold where one CPU's greedy
+    decode slips on a synthetic voice, "400 e vinte" / "420"; a number that was never said is
+    in neither)."""
+    found: set[str] = set()
+    for beam in (1, 5):
+        heard = stt.transcribe(audio16k, language=language, beam_size=beam)
+        found.update(find_numbers(heard.text, language))
+    return found

@@ -1,12 +1,11 @@
 """Resampling, VAD on real speech and noise, endpointing timing, TTS output framing."""
 
-import time
-
+import av
 import numpy as np
 import pytest
 
 from agent.audio.endpoint import Endpointer, SpeechStarted, TurnEnded
-from agent.audio.frames import FrameChunker, Resampler, frames_of, resample
+from agent.audio.frames import FrameChunker, InputStage, Resampler, frames_of, resample
 from agent.audio.vad import WebRtcVad
 
 from .conftest import with_silence
@@ -30,6 +29,30 @@ def test_streaming_resample_48k_to_16k_keeps_pitch_and_length():
     assert abs(dominant(out[2000:14000], 16000) - 440) < 5
     up = resample(out, 16000, 48000)
     assert abs(len(up) - 48000) <= 192
+
+
+def test_input_stage_gives_16k_20ms_frames_from_numpy_or_aiortc_frames():
+    """The one input stage (agent, captioner, ask --audio): same frames whatever the pieces
+    audio comes in, pitch kept, RTP timestamp jumps ignored."""
+    src = tone(440, 1.0, 48000)
+    whole = InputStage()
+    a = whole.push(src) + whole.flush()
+    pieces = InputStage()
+    b = []
+    for i, piece in enumerate(np.array_split(src, 37)):
+        if i % 2:
+            b += pieces.push(piece)
+        else:  # as aiortc hands them: av.AudioFrame, with timestamps that may jump
+            frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = 48000
+            frame.pts = i * 123_456
+            b += pieces.push(frame)
+    b += pieces.flush()
+    assert all(len(f) == 320 and f.dtype == np.int16 for f in a + b)
+    assert len(a) == len(b) == 50
+    assert np.array_equal(np.concatenate(a), np.concatenate(b))
+    assert abs(dominant(np.concatenate(a)[2000:14000], 16000) - 440) < 5
+    assert np.array_equal(np.concatenate(a), resample(src, 48000, 16000)[: 50 * 320])
 
 
 def test_frame_chunker_cuts_exact_frames():
@@ -112,14 +135,6 @@ def test_clicks_and_short_noise_bursts_are_not_turns():
     assert not any(isinstance(e, TurnEnded) for e in events)
 
 
-def test_endpointing_is_cheap(speech_clip):
-    clip = with_silence(speech_clip("What colours does the dress come in?", "en"), 16000, 1, 1)
-    t0 = time.perf_counter()
-    run_endpointer(clip)
-    per_frame_ms = (time.perf_counter() - t0) * 1e3 / (len(clip) / 320)
-    assert per_frame_ms < 1.0
-
-
 @pytest.mark.parametrize(
     "lang, text",
     [
@@ -128,17 +143,16 @@ def test_endpointing_is_cheap(speech_clip):
         ("es", "El reloj automático cuesta 420 dólares."),
     ],
 )
-def test_tts_gives_48k_20ms_frames_fast(tts, lang, text):
-    t0 = time.perf_counter()
+def test_tts_gives_48k_20ms_frames(tts, lang, text):
+    # how fast is measured by benchmarks/agent_latency.py (tts_first_audio), not here: it
+    # depends on the CPU
     frames = tts.frames(text, lang)
     first = next(frames)
-    first_ms = (time.perf_counter() - t0) * 1e3
     rest = list(frames)
     assert all(len(f) == 960 and f.dtype == np.int16 for f in [first, *rest])
     seconds = (1 + len(rest)) * 0.02
     assert 1.0 < seconds < 8.0
     audio = np.concatenate([first, *rest]).astype(np.float64)
     assert np.sqrt(np.mean(audio**2)) > 300  # audible
-    assert first_ms < 1500
     backend = tts.backend_for(lang).name
     assert backend == ("hibari" if lang == "en" else "espeak")

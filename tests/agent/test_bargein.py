@@ -11,8 +11,9 @@ import pytest
 
 from agent.audio.bargein import BargeInDetector
 from agent.audio.frames import STT_RATE, frames_of
-from agent.audio.vad import WebRtcVad
+from agent.audio.vad import build_vad
 from agent.voice import AgentVoice, Utterance, trim_frames
+from benchmarks.sounds import noises
 
 from .conftest import with_silence
 
@@ -39,8 +40,8 @@ def test_short_bursts_are_noise_and_a_long_gap_splits_bursts():
     assert _decisions(detector, voiced) == [(7, "noise", 80), (16, "noise", 100)]
 
 
-def _vad_verdicts(samples16k: np.ndarray) -> list[str]:
-    vad = WebRtcVad(2, STT_RATE, 20)
+def _vad_verdicts(samples16k: np.ndarray, backend: str = "webrtc") -> list[str]:
+    vad = build_vad(backend, aggressiveness=2, sample_rate=STT_RATE, frame_ms=20)
     detector = BargeInDetector(150, 20, 60)
     verdicts = []
     for frame in frames_of(samples16k, STT_RATE, 20):
@@ -50,9 +51,10 @@ def _vad_verdicts(samples16k: np.ndarray) -> list[str]:
     return verdicts
 
 
-def test_real_speech_barges_in_and_a_click_or_knock_does_not(speech_clip):
+@pytest.mark.parametrize("backend", ["silero", "webrtc"])
+def test_real_speech_barges_in_and_a_click_or_knock_does_not(speech_clip, backend):
     speech = with_silence(speech_clip("Wait, how much is the bag?", "en"), STT_RATE, 0.2, 0.4)
-    assert _vad_verdicts(speech)[0] == "barge_in"
+    assert _vad_verdicts(speech, backend)[0] == "barge_in"
     rng = np.random.default_rng(1)
     click = np.zeros(STT_RATE // 2, np.int16)
     click[2000:2080] = (rng.uniform(-1, 1, 80) * 30000).astype(np.int16)  # 5 ms
@@ -62,7 +64,38 @@ def test_real_speech_barges_in_and_a_click_or_knock_does_not(speech_clip):
         rng.normal(0, 0.35, n) * np.exp(-np.linspace(0, 5, n)) * 30000
     ).astype(np.int16)
     for noise in (click, knock):
-        assert "barge_in" not in _vad_verdicts(noise)
+        assert "barge_in" not in _vad_verdicts(noise, backend)
+
+
+def test_tones_music_and_coughs_never_barge_in_with_silero():
+    for name, sound in noises().items():
+        assert _vad_verdicts(with_silence(sound, STT_RATE, 0.2, 0.4), "silero") == [], name
+
+
+async def test_pause_keeps_the_utterance_and_resume_goes_on_from_the_same_frame():
+    voice = AgentVoice(frame_ms=20, max_queued=2)
+    frames = [np.full(960, 1000 + i, np.int16) for i in range(8)]
+    generation = voice.begin()
+
+    async def feed() -> bool:
+        for frame in frames:
+            if not await voice.put(frame, generation):
+                return False
+        return True
+
+    feeder = asyncio.ensure_future(feed())
+    await asyncio.sleep(0.01)
+    heard = [int((await voice.recv()).to_ndarray().max()) for _ in range(3)]
+    voice.pause()
+    paused = [int((await voice.recv()).to_ndarray().max()) for _ in range(4)]
+    assert paused == [0, 0, 0, 0] and voice.sent == 3  # silent at once, nothing lost
+    voice.resume()
+    heard += [int((await voice.recv()).to_ndarray().max()) for _ in range(5)]
+    assert heard == [1000 + i for i in range(8)]  # every frame once, in order
+    assert await asyncio.wait_for(feeder, 1) is True
+    voice.pause()
+    voice.interrupt()  # a pause that became an interruption ends the utterance
+    assert not voice.paused
 
 
 async def test_voice_is_silent_in_the_frame_after_stop_and_queues_little():

@@ -17,19 +17,19 @@ import aiohttp
 import numpy as np
 import pytest
 
-from agent.answer.numbers import find_numbers
 from agent.audio.frames import STT_RATE, WEBRTC_RATE, frames_of, resample, write_wav
 from agent.buyer import Buyer, speech_clip
 from agent.config import AgentConfig
 from agent.pipeline import VoicePipeline
 from agent.voice import AgentVoice
 from agent.worker import AgentWorker
+from benchmarks.sounds import noises
 from sfu import Config
 from sfu.agents import AGENTS_KEY
 from sfu.media.peer import MediaPeer
 
 from ..conftest import LOOPBACK, start_node
-from .conftest import BUYER_ENGINES, CLIP_VOICES
+from .conftest import BUYER_ENGINES, CLIP_VOICES, heard_wer, numbers_heard
 
 pytestmark = pytest.mark.slow
 
@@ -130,9 +130,8 @@ async def _until_quiet(buyer: Buyer, quiet_s: float = 0.6, timeout: float = 20.0
     raise TimeoutError("the agent did not stop talking")
 
 
-def _heard_numbers(pipeline: VoicePipeline, audio48k: np.ndarray, lang: str) -> list[str]:
-    heard = pipeline.stt.transcribe(resample(audio48k, WEBRTC_RATE, STT_RATE), language=lang)
-    return find_numbers(heard.text, lang)
+def _heard_numbers(pipeline: VoicePipeline, audio48k: np.ndarray, lang: str) -> set[str]:
+    return numbers_heard(pipeline.stt, resample(audio48k, WEBRTC_RATE, STT_RATE), lang)
 
 
 async def test_spoken_question_gets_a_spoken_answer_with_the_fact(room, pipeline, clips):
@@ -147,15 +146,47 @@ async def test_spoken_question_gets_a_spoken_answer_with_the_fact(room, pipeline
     assert set(answer["timings_ms"]) >= {"endpointing", "stt", "answer", "tts_first_audio"}
     lines = [p for p in buyer.messages_on("transcript", after=said.start) if p["speaker"] == "user"]
     partial, final = lines[0], lines[-1]
-    assert not partial["final"] and "how much" in partial["text"].lower()
+    assert not partial["final"] and heard_wer("How much is the", partial["text"], "en") <= 0.5
     assert final["final"] and final["id"] == partial["id"] and final["identity"] == "buyer-1"
-    assert "159" not in final["text"] and "bag" in final["text"].lower()
+    # the buyer's words, not the answer's; Whisper's exact words vary (it once wrote "the lever
+    # totem add" for "the leather tote bag" here): a WER bound
+    assert "159" not in final["text"]
+    assert heard_wer("How much is the leather tote bag?", final["text"], "en") <= 0.5, final
     first = await _first_audible(buyer, said.end)
     assert first - said.end < 3.0
     end = await _until_quiet(buyer)
     states = [p["state"] for p in buyer.messages_on("agent_state", after=said.start)]
     assert states[:3] == ["thinking", "speaking", "listening"]
     assert "159" in _heard_numbers(pipeline, buyer.recording(first - 0.1, end), "en")
+
+
+@pytest.mark.parametrize("pause_s", [0.5, 0.9])
+async def test_a_buyer_who_pauses_mid_question_is_not_cut_off(room, clips, pause_s):
+    """ "How much is the … leather tote bag?": the silence timer ends a turn in the pause, the
+    engine judges "How much is the" unfinished, waits, and the resumed speech continues the
+    same turn: one answer, to the whole question, never one to the first half."""
+    node, join = room
+    buyer = await join(keep_audio=True)
+    pause = np.zeros(int(WEBRTC_RATE * pause_s), np.int16)
+    question = np.concatenate([clips("How much is the"), pause, clips("leather tote bag?")])
+    said = await buyer.say(question)
+    answer = await _answer(buyer, said.start)
+    assert "159" in answer["text"] and answer["intent"] == "price", answer
+    first = await _first_audible(buyer, said.start)
+    assert first > said.end  # the agent did not talk over the buyer's second half
+    await _until_quiet(buyer)
+    agent_lines = [
+        p for p in buyer.messages_on("transcript", after=said.start) if p["speaker"] == "agent"
+    ]
+    assert len(agent_lines) == 1, agent_lines  # no answer to the first half
+    finals = [
+        p
+        for p in buyer.messages_on("transcript", after=said.start)
+        if p["speaker"] == "user" and p["final"]
+    ]
+    whole = "How much is the leather tote bag?"
+    assert finals and heard_wer(whole, finals[-1]["text"], "en") <= 0.5, finals
+    assert len({p["id"] for p in finals}) == 1  # one line on the page
 
 
 @pytest.mark.parametrize(
@@ -229,7 +260,7 @@ async def test_buyer_speech_over_the_agent_stops_it_and_is_answered(room, clips)
     assert "159" in answer["text"]
 
 
-async def test_a_click_and_a_knock_do_not_stop_the_agent(room, clips):
+async def test_a_click_a_knock_music_and_a_cough_do_not_stop_the_agent(room, clips):
     node, join = room
     buyer = await join()
     said = await buyer.say(clips(LONG_QUESTION))
@@ -239,20 +270,65 @@ async def test_a_click_and_a_knock_do_not_stop_the_agent(room, clips):
     click = (rng.uniform(-1, 1, 240) * np.hanning(240) * 30000).astype(np.int16)  # 5 ms
     n = WEBRTC_RATE * 60 // 1000
     knock = (rng.normal(0, 0.35, n) * np.exp(-np.linspace(0, 5, n)) * 30000).astype(np.int16)
+    room_sounds = noises(WEBRTC_RATE)
     await asyncio.sleep(max(0.0, first + 0.5 - time.monotonic()))
     noise = await buyer.say(click)
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(0.3)
     await buyer.say(knock)
-    await asyncio.sleep(1.0)
-    # still talking well after both noises, and never interrupted
-    assert buyer.audible_between(time.monotonic() - 0.5, time.monotonic())
+    await asyncio.sleep(0.3)
+    await buyer.say(room_sounds["music"][: WEBRTC_RATE * 3 // 2])
+    await buyer.say(room_sounds["cough"])
+    await asyncio.sleep(0.8)
+    # still talking well after every noise (a loaded CPU may leave a gap between sentences:
+    # look for a while), and never interrupted
+    deadline = time.monotonic() + 2.0
+    while not buyer.audible_between(time.monotonic() - 0.5, time.monotonic()):
+        assert time.monotonic() < deadline, "the agent stopped talking"
+        await asyncio.sleep(0.05)
     interruptions = buyer.messages_on("interruption", after=noise.start)
-    assert not [p for p in interruptions if p["kind"] == "barge_in"]
-    # the VAD did hear something: counted as an ignored (false) interruption
-    ignored = [p for p in interruptions if p["kind"] == "ignored_noise"]
-    assert ignored and all(p["voiced_ms"] < 150 for p in ignored)
+    assert not [p for p in interruptions if p["kind"] == "barge_in"], interruptions
     states = [p["state"] for p in buyer.messages_on("agent_state", after=noise.start)]
     assert "interrupted" not in states
+    lines = [
+        p for p in buyer.messages_on("transcript", after=noise.start) if p["speaker"] == "user"
+    ]
+    assert lines == []  # no phantom transcript either
+
+
+@pytest.mark.parametrize("backchannel", ["Uh-huh.", "Okay."])
+async def test_a_backchannel_over_the_agent_does_not_stop_it(room, clips, backchannel):
+    """The agent pauses the moment speech comes over it, hears "uh-huh" and goes on from where
+    it stopped: the answer is not dropped, the buyer hears the rest of it."""
+    node, join = room
+    buyer = await join()
+    said = await buyer.say(clips(LONG_QUESTION))
+    long_answer = await _answer(buyer, said.start)
+    first = await _first_audible(buyer, said.end)
+    await asyncio.sleep(max(0.0, first + 1.0 - time.monotonic()))
+    nod = await buyer.say(clips(backchannel))
+    # a pause, if the nod passed barge_in_ms, has begun by now (it starts during the nod) and
+    # lasts until the nod is judged; then the agent talks again
+    await asyncio.sleep(max(0.0, nod.end + 0.8 - time.monotonic()))
+    deadline = time.monotonic() + 3.0
+    while not buyer.audible_between(time.monotonic() - 0.3, time.monotonic()):
+        assert time.monotonic() < deadline, "the agent did not go on after the backchannel"
+        await asyncio.sleep(0.05)
+    interruptions = buyer.messages_on("interruption", after=nod.start)
+    assert not [p for p in interruptions if p["kind"] == "barge_in"], interruptions
+    # the nod either stayed under barge_in_ms (an ignored noise, or nothing) or paused the agent
+    # and was judged a backchannel (or Whisper's "uh uh uh …", a phantom): it went on
+    for p in interruptions:
+        assert p["kind"] in ("backchannel", "ignored_noise"), p
+        assert p.get("paused_ms", 0) < 2000, p
+    states = [p["state"] for p in buyer.messages_on("agent_state", after=nod.start)]
+    assert "interrupted" not in states
+    # the whole answer was spoken: nothing after the nod but the rest of it, then listening
+    # (waited for as a message: a loaded CPU may leave gaps between sentences)
+    end, _ = await buyer.wait_message(
+        "agent_state", lambda p: p["state"] == "listening", after=nod.start, timeout=30
+    )
+    assert [p["state"] for p in buyer.messages_on("agent_state", after=nod.start)] == ["listening"]
+    assert end - first > 3.0 and "10023" in long_answer["text"]
 
 
 async def test_a_whip_publishers_question_is_heard_and_answered(room, clips):
@@ -319,6 +395,42 @@ async def test_the_agent_page_in_chromium_hears_a_question_and_shows_the_answer(
             )
             lines = await page.inner_text("#transcript")
             assert "bag" in lines.lower()  # the buyer's own words, transcribed
+            assert not browser.page_errors, browser.problems()
+    finally:
+        worker.close()
+        await asyncio.wait_for(running, 15)
+        await node.runner.cleanup()
+
+
+@pytest.mark.browser
+async def test_chromiums_fake_microphone_beep_makes_no_phantom_transcript(pipeline):
+    """Chromium's fake microphone (a beeping tone, no speech): webrtcvad took it for speech and
+    the page showed "I'm gonna get you." and "I". Now nothing: no transcript, no answer."""
+    from ..browser import launch_chromium
+
+    config = Config()
+    config.server.demo_tokens = True
+    config.agents.auto_rooms = [ROOM]
+    node = await start_node(config)
+    worker = AgentWorker(
+        node.url, config, pipeline.config, network=LOOPBACK, resources={"pipeline": pipeline}
+    )
+    running = asyncio.ensure_future(worker.run())
+    try:
+        await asyncio.wait_for(worker.registered.wait(), 30)
+        async with launch_chromium() as browser:
+            page = await browser.open(f"{node.url}/demo/agent.html")
+            await page.wait_for_function("demo.agentConnected === true", timeout=20000)
+            await page.click("#talk")
+            await page.wait_for_function("demo.micOn === true", timeout=10000)
+            (session,) = [runner for runner, _ in worker.jobs.values()]
+            deadline = time.monotonic() + 20
+            while sum(x.frames_heard for x in session.listeners.values()) < 8 * 50:
+                assert time.monotonic() < deadline, "the agent never heard the microphone"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # a turn the beeps made would be transcribed by now
+            assert await page.eval_on_selector_all("#transcript li", "els => els.length") == 0
+            assert session.counters["turns"] == 0 and session.history == []
             assert not browser.page_errors, browser.problems()
     finally:
         worker.close()

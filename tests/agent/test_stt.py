@@ -5,8 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from agent.answer.text import normalize
+from agent.answer.numbers import words_to_digits
 from agent.audio.stt import ModelNotFound, WhisperStt, packaged_model_dir, resolve_model_dir
+
+from .conftest import heard_wer
 
 pytestmark = pytest.mark.slow
 
@@ -28,28 +30,28 @@ def test_user_model_dir(whisper_dir, tmp_path):
         resolve_model_dir(str(tmp_path), tmp_path)
 
 
-def words_found(text: str, expected: list[str]) -> list[str]:
-    norm = normalize(text).replace(" ", "")
-    return [w for w in expected if normalize(w).replace(" ", "") in norm]
+# (language, what is said, the key fact the transcript must hold, detect the language?)
+# English is espeak-ng (Whisper base hears it well), Portuguese and Spanish Kokoro-82M: Whisper
+# base mishears espeak-ng's pt/es ("el relaje es resistente a la agua" on one CPU), see MODELS.md
+SPOKEN = [
+    ("en", "How much is the leather tote bag?", "leather", True),
+    ("en", "Where is my order one zero zero two three?", "10023", True),
+    ("es", "¿El reloj es resistente al agua?", "reloj", True),
+    ("es", "¿Dónde está el reloj?", "reloj", False),
+    ("pt", "Quanto custa o relógio?", "relogio", True),
+    ("pt", "Quanto custa a bolsa de couro?", "bolsa", False),
+]
 
 
-@pytest.mark.parametrize(
-    "lang, text, expected, detect",
-    [
-        ("en", "How much is the leather tote bag?", ["how much", "leather", "bag"], True),
-        ("en", "Where is my order one zero zero two three?", ["order", "10023"], True),
-        ("es", "¿El reloj es resistente al agua?", ["reloj", "resistente", "agua"], True),
-        ("es", "¿Dónde está el reloj?", ["donde esta", "reloj"], False),
-        # Whisper base takes espeak-ng's Portuguese for English; a known session language helps
-        ("pt", "Quanto custa o relógio?", ["quanto custa", "relogio"], False),
-    ],
-)
-def test_speech_back_to_words(stt, speech_clip, lang, text, expected, detect):
-    clip = speech_clip(text, lang)
+@pytest.mark.parametrize("lang, text, fact, detect", SPOKEN)
+def test_speech_back_to_words(stt, buyer_speech, lang, text, fact, detect):
+    """Tolerances, not exact wording: the language, the key fact among the words, and few
+    word errors overall."""
+    clip = buyer_speech(text, lang)
     result = stt.transcribe(clip, language=None if detect else lang)
     assert result.language == lang, result.text
-    assert len(words_found(result.text, expected)) == len(expected), result.text
-    assert result.timings_ms["total"] < 5000
+    assert fact in words_to_digits(result.text, lang).split(), result.text
+    assert heard_wer(text, result.text, lang) <= 0.34, result.text
 
 
 def test_detection_is_restricted_to_the_shop_languages(whisper_dir, speech_clip):

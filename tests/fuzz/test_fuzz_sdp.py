@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from sfu.media.rtp import EXT_RID, EXT_TRANSPORT_CC
 from sfu.media.sdp import (
     SdpError,
+    accept_red,
     answered_extension,
+    answered_red,
     free_extension_id,
+    offer_red,
     parse_offer,
     parse_simulcast,
     patch_publisher_answer,
@@ -111,6 +114,19 @@ def check_sdp(text: str) -> None:
         # nothing injected as a section (as the SFU splits lines: aiortc's splitlines() also
         # breaks at a lone CR, U+2028..., which an a=simulcast value may carry back)
         assert patched.count("\nm=") == ANSWER.count("\nm=")
+        # RED and Opus FEC patches (issue 15): the same, and RED only with an Opus primary
+        for patched in (
+            patch_publisher_answer(ANSWER, offers, red=True, opus_fec=True),
+            accept_red(ANSWER, offers, red=True, opus_fec=True),
+        ):
+            assert patched.count("\nm=") == ANSWER.count("\nm=")
+        for offer in offers.values():
+            if offer.red is not None:
+                assert offer.red[1] == offer.opus_payload_type
+                assert offer.red[0] in offer.payload_types
+    offered = offer_red(text, red=True, opus_fec=True) if text.startswith("v=0") else text
+    assert offered.count("\nm=") == text.replace("\r\n", "\n").count("\nm=")
+    assert all(isinstance(pt, int) for pair in answered_red(text).values() for pt in pair)
     ids = answered_extension(text, EXT_TRANSPORT_CC)
     assert len(ids) <= m_lines and all(isinstance(i, int) for i in ids.values())
     try:
