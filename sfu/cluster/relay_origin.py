@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..media.peer import MediaPeer, NetworkSettings
-from ..media.rtcp import Fir, Nack, Pli, SenderReport, parse_compound
+from ..media.rtcp import Fir, Nack, Pli, ReceiverReport, SenderReport, parse_compound
 from ..media.rtp import EXT_AUDIO_LEVEL, EXT_MID, RTP_FIXED, build_extension_block
 from ..media.sdp import (
     _join,
@@ -70,6 +70,10 @@ class RelayError(Exception):
 class RelayTap:
     """Sends one track's packets, every layer, on a relay connection (see the module doc)."""
 
+    # RED audio: the relay carries plain Opus (the Producer's unwrapped packets, recovered ones
+    # included); the edge offers its own viewers RED or not as for any publisher
+    red_source_pt: int = -1
+
     def __init__(self, producer: Producer, peer: MediaPeer, mid: str, ssrcs: list[int]) -> None:
         self.producer = producer
         self.peer = peer
@@ -83,6 +87,9 @@ class RelayTap:
         self.octets_sent = [0] * len(ssrcs)
         self.retransmitted = 0
         self.resends_skipped = 0
+        # the edge's reported loss (its own viewers' worst, as its receiver reports say): the
+        # publisher's audio block carries it, so its Opus FEC covers the viewers at the edge
+        self.fraction_lost = 0
         self._resent_at = [[0.0] * RESEND_SLOTS for _ in ssrcs]
         self.closed = False
 
@@ -336,6 +343,11 @@ class RelayOrigin:
             elif isinstance(packet, Fir):
                 for ssrc, _ in packet.entries:
                     self._keyframe(relay, ssrc)
+            elif isinstance(packet, ReceiverReport | SenderReport):
+                for block in packet.reports:
+                    entry = relay.by_ssrc.get(block.ssrc)
+                    if entry is not None and entry[1] == 0:
+                        entry[0].fraction_lost = block.fraction_lost
 
     @staticmethod
     def _keyframe(relay: RelaySender, ssrc: int) -> None:
