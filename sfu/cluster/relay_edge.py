@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 SWEEP_S = 0.5
 HTTP_TIMEOUT_S = 10.0
 TOKEN_TTL_S = 600
+DELETE_TIMEOUT_S = 2.0  # closing a relay never waits longer on its origin
 
 
 class RemoteProducer(Producer):
@@ -316,9 +317,12 @@ class RelayEdge:
         if receiver is None:
             return
         await receiver.close()
-        if link.relay_id and link.url and not self._closed:
+        if link.relay_id and link.url:  # (the origin would notice a dead relay later anyway)
             with contextlib.suppress(Exception):
-                await self._request("DELETE", f"/internal/relay/{link.relay_id}", None, link.url)
+                await asyncio.wait_for(
+                    self._request("DELETE", f"/internal/relay/{link.relay_id}", None, link.url),
+                    DELETE_TIMEOUT_S,
+                )
         logger.info("relay %s from %s (room %s) closed", link.relay_id, link.origin, link.room)
 
     # -- the sweep -------------------------------------------------------------------------------
