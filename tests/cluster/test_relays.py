@@ -176,6 +176,15 @@ async def test_simulcast_crosses_once_and_each_b_viewer_gets_its_own_layer(
             viewer = await RoomClient.connect(b.url, b.token(name), network=LOOPBACK)
             viewers.append(viewer)
             viewer.on("layer_changed", events[name].append)
+        for viewer in viewers:  # (the track may reach B's directory read or channel later)
+            if track_id not in viewer.tracks:
+                await viewer.wait_for(
+                    "track_published", lambda m: m["track"]["id"] == track_id, timeout=15
+                )
+        subscribers = [
+            b.node.rooms.rooms[ROOM].participants[name].subscriber for name in ("low", "auto")
+        ]
+        await until(lambda: all(track_id in s.subscriptions for s in subscribers), what="subs")
         await viewers[0].request({"type": "quality", "track_id": track_id, "quality": "low"})
         await until(lambda: any(e["spatial"] == 2 for e in events["auto"]), what="auto on f")
         await until(lambda: any(e["spatial"] == 0 for e in events["low"]), what="low on q")
