@@ -412,10 +412,11 @@ class RelayEdge:
         self._closed = True
         if self._sweep_task is not None:
             self._sweep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweep_task
-        for link in list(self.links.values()):
-            await self._close_link(link)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._sweep_task, DELETE_TIMEOUT_S)
+        for link in list(self.links.values()):  # (shutdown never waits long on a relay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._close_link(link), 2 * DELETE_TIMEOUT_S)
         if self._http is not None:
             await self._http.close()
             self._http = None
