@@ -90,7 +90,7 @@ class FrameChunker:
         self._buf = np.zeros(0, np.int16)
 
     def push(self, samples: np.ndarray) -> list[np.ndarray]:
-        self._buf = np.concatenate([self._buf, samples.astype(np.int16)])
+        self._buf = np.concatenate([self._buf, samples.astype(np.int16, copy=False)])
         count = len(self._buf) // self.n
         out = [self._buf[i * self.n : (i + 1) * self.n] for i in range(count)]
         self._buf = self._buf[count * self.n :]

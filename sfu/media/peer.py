@@ -244,8 +244,8 @@ class MediaPeer:
 
     def send_rtp(self, data: bytes) -> bool:
         """Protect and send one RTP packet now; False if the transport is not up yet."""
-        protect = self._tx_protect
-        if protect is None or self._tx_srtp is None:
+        protect = self._tx_protect  # None until DTLS is up and again once it closed
+        if protect is None:
             return False
         pair = self._ice_connection._nominated.get(1)
         if pair is None:
@@ -396,7 +396,7 @@ class MediaPeer:
                 self.dtls_connected_at = time.monotonic()
             self.connected.set()
         elif transport.state in ("closed", "failed") and transport is self._dtls:
-            self._tx_srtp = None
+            self._tx_srtp = self._tx_protect = None
 
     def _on_ice_state(self) -> None:
         if self.pc.iceConnectionState == "completed" and self.ice_connected_at is None:
@@ -413,7 +413,7 @@ class MediaPeer:
         if self.closed:
             return
         self.closed = True
-        self._tx_srtp = None
+        self._tx_srtp = self._tx_protect = None
         try:
             await self.pc.close()
         except Exception:  # closing must always finish
@@ -769,15 +769,17 @@ class GuardedStunProtocol(StunProtocol):
         self.drops = drops
 
     def datagram_received(self, data: bytes | str, addr: tuple) -> None:
-        if data and data[0] < 4:  # STUN
+        if not data:
+            return
+        if data[0] < 4:  # STUN
             try:
                 StunProtocol.datagram_received(self, data, addr)
             except Exception as exc:
                 self.drops.malformed_stun += 1
                 logger.debug("malformed STUN from %s dropped: %r", addr, exc)
             return
-        if data:  # (media: straight on, without aioice's attempt to parse it as STUN)
-            self.receiver.data_received(data, self.local_candidate.component)
+        # media: straight on, without aioice's attempt to parse it as STUN
+        self.receiver.data_received(data, self.local_candidate.component)
 
 
 async def _bind_in_range(loop, connection, address: str, network: NetworkSettings) -> StunProtocol:

@@ -235,6 +235,8 @@ class Producer:
     def _fan_out_red(self, data: bytes, h: RtpHeader, now_s: float, enc: Encoding) -> None:
         """RED as it is to viewers that accepted it; plain Opus (the primary, plus missing
         packets rebuilt from redundant blocks) to the others, unwrapped once for all."""
+        if not self.forwarders:
+            return  # nobody to send to (a gap this leaves is rebuilt on the next packet)
         malformed = self.red.malformed
         plain = self.red.unwrap(data, h)
         if self.red.malformed != malformed:
