@@ -290,6 +290,10 @@ async def test_created_headers_and_wrong_room_delete(sfu_node, offers):
         # the same resource under another room is not found; a forged token is refused
         async with session.delete(f"{sfu_node.url}/whep/vip/{resource}") as response:
             assert response.status == 404
+        # no trickle ICE (the README: send the whole offer at once): PATCH is refused, clearly
+        trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
+        async with session.patch(f"{sfu_node.url}{location}", headers=trickle, data="a=x") as r:
+            assert r.status == 405 and r.headers["Allow"] == "DELETE"
         bad = {"Authorization": f"Bearer {sfu_node.token('tv', ttl_s=-30)}"}
         async with session.delete(f"{sfu_node.url}{location}", headers=bad) as response:
             assert response.status == 401
