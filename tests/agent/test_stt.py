@@ -1,6 +1,8 @@
 """faster-whisper with the packaged Whisper base: joined once, real speech back to words."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +23,21 @@ def test_packaged_model_is_joined_once(whisper_dir, model_cache):
     mtime = model.stat().st_mtime_ns
     assert packaged_model_dir(model_cache) == whisper_dir
     assert model.stat().st_mtime_ns == mtime  # not rewritten
+
+
+def test_processes_joining_the_model_at_once_all_succeed(tmp_path):
+    """Workers started together on a fresh machine join the model into one cache."""
+    code = "import sys; from agent.audio.stt import packaged_model_dir as join; join(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE)
+        for _ in range(8)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errors
+    assert sorted(os.listdir(tmp_path / "whisper-base")) == sorted(
+        os.listdir(packaged_model_dir(tmp_path))
+    )
+    assert not [n for n in os.listdir(tmp_path / "whisper-base") if n.endswith(".tmp")]
 
 
 def test_user_model_dir(whisper_dir, tmp_path):
