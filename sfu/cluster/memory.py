@@ -109,8 +109,14 @@ class MemoryDirectory:
 
     async def add_participant(self, record: ParticipantRecord) -> RoomRecord:
         room, _ = self._ensure_room(record.room, record.node_id)
-        self._participants[record.room][record.identity] = record
+        self._put_participant(record)
         return room
+
+    def _put_participant(self, record: ParticipantRecord) -> None:
+        members = self._participants[record.room]
+        current = members.get(record.identity)
+        if current is None or not current.is_later_connection_than(record):
+            members[record.identity] = record
 
     async def remove_participant(self, room: str, identity: str, sid: str) -> bool:
         members = self._participants.get(room, {})
@@ -161,7 +167,7 @@ class MemoryDirectory:
         touched = self._remove_node_entries(snapshot.node_id)
         for p in snapshot.participants:
             self._ensure_room(p.room, p.node_id)
-            self._participants[p.room][p.identity] = p
+            self._put_participant(p)
         for t in snapshot.tracks:
             self._ensure_room(t.room, t.node_id)
             self._tracks[t.room][t.track_id] = t

@@ -132,6 +132,12 @@ class ParticipantRecord(_Record):
     name: str = ""
     joined_at: float = 0.0
 
+    def is_later_connection_than(self, other: ParticipantRecord) -> bool:
+        """Which of two connections of one identity stays: the one that joined later; ties go
+        to the larger sid. Every node and the directory scripts order them the same way, so
+        writes that reach the directory out of order still leave the newest connection."""
+        return (self.joined_at, self.sid) > (other.joined_at, other.sid)
+
 
 @dataclass(frozen=True)
 class TrackRecord(_Record):

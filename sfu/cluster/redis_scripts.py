@@ -116,6 +116,22 @@ local function put(table_key, room, field, record, node_id)
   count(node_id, room, 1)
 end
 
+-- ParticipantRecord.is_later_connection_than: the later join stays, ties to the larger sid
+local function later_connection(a, b)
+  local ta, tb = tonumber(a['joined_at']) or 0, tonumber(b['joined_at']) or 0
+  if ta ~= tb then return ta > tb end
+  return tostring(a['sid']) > tostring(b['sid'])
+end
+
+-- an identity's entry, unless the directory holds a later connection of it (writes from two
+-- nodes may arrive out of order)
+local function put_participant(room, identity, record, node_id)
+  local key = k_parts(room)
+  local old = redis.call('HGET', key, identity)
+  if old and later_connection(cjson.decode(old), cjson.decode(record)) then return end
+  put(key, room, identity, record, node_id)
+end
+
 -- remove every entry of a node; returns the rooms it had entries in
 local function remove_node(node_id)
   local rooms = redis.call('HKEYS', k_node_rooms(node_id))
@@ -156,7 +172,7 @@ ADD_PARTICIPANT = (
     _DIRECTORY
     + """
 ensure_room(ARGV[2], ARGV[3], '{}')
-put(k_parts(ARGV[2]), ARGV[2], ARGV[4], ARGV[5], ARGV[3])
+put_participant(ARGV[2], ARGV[4], ARGV[5], ARGV[3])
 return room_fields(ARGV[2])
 """
 )
@@ -221,7 +237,7 @@ local touched = remove_node(node_id)
 local snapshot = cjson.decode(ARGV[3])
 for _, e in ipairs(snapshot['participants']) do
   ensure_room(e[1], node_id, '{}')
-  put(k_parts(e[1]), e[1], e[2], e[3], node_id)
+  put_participant(e[1], e[2], e[3], node_id)
 end
 for _, e in ipairs(snapshot['tracks']) do
   ensure_room(e[1], node_id, '{}')

@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .interface import MessageHandler
+from .membership import participant_record
 from .records import ClusterMessage, MessageKind, ParticipantRecord, RecordError
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def replace_on_rejoin_elsewhere(rooms: RoomRegistry) -> MessageHandler:
         local = room.participants.get(record.identity) if room is not None else None
         if local is None or local.sid == record.sid:
             return
-        if (record.joined_at, record.sid) <= (local.joined_at, local.sid):
+        if not record.is_later_connection_than(participant_record(record.room, local, "")):
             return  # ours is the newer connection: the other node replaces its own
         logger.info(
             "%s in %s joined again on node %s: replacing the connection here",

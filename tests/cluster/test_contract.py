@@ -33,9 +33,16 @@ def node(node_id: str, region: str = "sa-east", **load: int | float) -> NodeInfo
     )
 
 
-def member(room: str, identity: str, node_id: str, sid: str = "") -> ParticipantRecord:
+def member(
+    room: str, identity: str, node_id: str, sid: str = "", joined_at: float = 0.0
+) -> ParticipantRecord:
     return ParticipantRecord(
-        room=room, identity=identity, sid=sid or f"PA_{identity}", node_id=node_id, name=identity
+        room=room,
+        identity=identity,
+        sid=sid or f"PA_{identity}",
+        node_id=node_id,
+        name=identity,
+        joined_at=joined_at,
     )
 
 
@@ -191,12 +198,36 @@ async def test_participants_and_tracks_name_their_node(backend):
 
 async def test_a_rejoin_replaces_the_identity_and_the_old_leave_is_ignored(backend):
     directory = backend.directory
-    await directory.add_participant(member("show", "buyer", "sa-1", sid="PA_old"))
-    await directory.add_participant(member("show", "buyer", "eu-1", sid="PA_new"))
+    await directory.add_participant(member("show", "buyer", "sa-1", "PA_old", 1000.25))
+    await directory.add_participant(member("show", "buyer", "eu-1", "PA_new", 1002.5))
     # the old connection's leave arrives late: it must not remove the new one
     assert not await directory.remove_participant("show", "buyer", "PA_old")
-    assert await directory.participants("show") == [member("show", "buyer", "eu-1", "PA_new")]
+    assert await directory.participants("show") == [
+        member("show", "buyer", "eu-1", "PA_new", 1002.5)
+    ]
     assert await directory.remove_participant("show", "buyer", "PA_new")
+    assert await directory.list_rooms() == []
+
+
+async def test_a_late_write_of_the_older_connection_never_replaces_the_newer(backend):
+    """Two nodes write one identity: the node it left may write after the node it joined
+    (its queue was slower). The directory keeps the later join, whatever the write order."""
+    directory = backend.directory
+    new = member("show", "buyer", "eu-1", "PA_b", 1_765_000_002.123456)
+    old = member("show", "buyer", "sa-1", "PA_a", 1_765_000_001.654321)
+    await directory.add_participant(new)
+    await directory.add_participant(old)
+    await directory.apply([old])
+    await directory.sync_node(NodeSnapshot("sa-1", participants=[old]))
+    assert await directory.participants("show") == [new]
+    assert not await directory.remove_participant("show", "buyer", "PA_a")
+    # same join time (to the microsecond): the larger sid stays, on every node alike
+    twin = member("show", "buyer", "sa-1", "PA_c", new.joined_at)
+    await directory.add_participant(twin)
+    assert await directory.participants("show") == [twin]
+    await directory.add_participant(new)
+    assert await directory.participants("show") == [twin]
+    assert await directory.prune_node("sa-1") == ["show"]
     assert await directory.list_rooms() == []
 
 
