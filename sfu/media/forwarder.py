@@ -929,6 +929,109 @@ class Forwarder:
             self.downtrack.forwarder = None
 
 
+def fan_out(
+    forwarders: tuple,
+    data: bytes,
+    h: RtpHeader,
+    keyframe: bool,
+    now_s: float,
+    enc: Encoding,
+    vp8: Vp8Info | None,
+    on_error: Callable[[object], None],
+) -> None:
+    """Every copy of one incoming packet, in one call: the fan-out's per-copy loop.
+
+    Most copies are the steady case: the forwarder is synced on this stream and layer, the
+    packet is the next one, no temporal filter running, no RED variant. Those
+    are numbered, remembered in the NACK ring and sent right here, with what is the same for
+    every copy (payload view, abs-send-time bytes, audio level) worked out once per packet
+    and no method hop per copy; this is `Forwarder.forward` + `DownTrack.send_media` for that
+    case, byte for byte (tests/test_forwarder.py checks both paths give the same packets).
+    Everything else (start-up, keyframe waits, layer switches, late packets, temporal
+    filtering, recording taps) goes through `forward`. A copy that raises is reported to
+    `on_error` and costs the others nothing.
+    """
+    seq_in = h.sequence_number
+    ssrc = h.ssrc
+    spatial = enc.spatial
+    ts_in = h.timestamp
+    marker = h.marker
+    b0_plain = 0xA0 if h.padding_size else 0x80
+    b0_ext = b0_plain | 0x10
+    body: memoryview | None = None
+    body_len = 0
+    abs3 = b""
+    level = h.audio_level if h.audio_level >= 0 else 127
+    pack = RTP_FIXED.pack
+    for fw in forwarders:
+        try:
+            if (
+                type(fw) is not Forwarder
+                or not fw.synced
+                or fw.in_ssrc != ssrc
+                or fw.current != spatial
+                or fw.paused
+                or (fw.filtering and vp8 is not None)
+                or not 0 < (seq_in - fw.in_highest_seq) & 0xFFFF <= RESTART_SEQ_JUMP
+                or (fw.selector is not None and fw.selector.draining)
+            ):
+                fw.forward(data, h, keyframe, now_s, enc, vp8)
+                continue
+            dt = fw.downtrack
+            pt = dt.payload_type
+            if pt < 0 or dt.red_source_pt >= 0:
+                fw.forward(data, h, keyframe, now_s, enc, vp8)
+                continue
+            fw.in_highest_seq = seq_in
+            out_seq = (seq_in + fw.seq_offset) & 0xFFFF
+            out_ts = (ts_in + fw.ts_offset) & 0xFFFFFFFF
+            if body is None:
+                body = memoryview(data)[h.payload_offset :]
+                body_len = len(body)
+            payload = body
+            if fw.munging and vp8 is not None and dt.munger is not None:
+                rewritten, pid, tl0 = fw._rewritten(data, h, vp8)
+                if rewritten is not None:
+                    payload = rewritten
+                fw._ring[out_seq & RING_MASK] = (out_seq, seq_in, spatial, out_ts, pid, tl0)
+            else:
+                fw._ring[out_seq & RING_MASK] = (out_seq, seq_in, spatial, out_ts, -1, -1)
+            ext = dt._ext_template
+            if ext:
+                b0 = b0_ext
+                i = dt._abs_send_time_at
+                if i >= 0:
+                    if not abs3:
+                        v = int(now_s * 262144)
+                        abs3 = bytes(((v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF))
+                    ext[i : i + 3] = abs3
+                i = dt._audio_level_at
+                if i >= 0:
+                    ext[i] = level
+                i = dt._twcc_at
+                if i >= 0:
+                    tseq = dt.sequencer.next_seq(12 + len(ext) + body_len, now_s)
+                    ext[i] = tseq >> 8
+                    ext[i + 1] = tseq & 0xFF
+            else:
+                b0 = b0_plain
+            packet = b"".join(
+                (pack(b0, pt | 0x80 if marker else pt, out_seq, out_ts, dt.ssrc), ext, payload)
+            )
+            if dt._send(packet):
+                dt.packets_sent += 1
+                dt.octets_sent += body_len
+            elif not dt.packets_sent:
+                fw.synced = False  # (as in send_media: restart on a keyframe once connected)
+            if not dt.started or 0 < (out_seq - dt.last_seq) & 0xFFFF < 0x8000:
+                dt.last_seq = out_seq
+                dt.last_ts = out_ts
+                dt.last_send_s = now_s
+                dt.started = True
+        except Exception:  # one broken subscriber must not cost the others this packet
+            on_error(fw)
+
+
 def bind(producer: Producer, downtrack: DownTrack, selector=None) -> Forwarder:
     """Start forwarding `producer` into `downtrack` (replacing whatever it carried).
 
