@@ -23,6 +23,7 @@ from sfu.media.layers import LayerConfig
 from sfu.media.rtp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, EXT_MID, EXT_TRANSPORT_CC
 from sfu.media.twcc import TransportSequencer
 
+from .simulcast_packets import vp8_descriptor, vp8_interframe_header, vp8_keyframe_header
 from .test_forwarder import (
     SUB_ABS_ID,
     SUB_LEVEL_ID,
@@ -35,6 +36,7 @@ from .test_forwarder import (
     Publisher,
     Wire,
     make_producer,
+    payload_of,
 )
 from .test_simulcast_forwarding import Rig
 
@@ -256,3 +258,39 @@ def test_a_broken_copy_is_reported_and_the_others_still_go() -> None:
         pub.frame()
     assert len(good.packets) == 12
     assert errors == [dts[0].forwarder] * 9
+
+
+def test_a_subscriber_started_on_the_cached_keyframe_gets_untouched_payloads() -> None:
+    """Going live after the cached keyframe continues the same stream: picture ids as the
+    encoder numbered them, nothing rewritten per copy (as for a start on a live keyframe)."""
+    producer = make_producer("video")
+    producer.keyframe_cache_s = 3.0
+    pub = Publisher(producer, ssrc=0x1111, seq=300, ts=0, now=10.0)
+    pid = 4000
+
+    def frame(key: bool) -> None:
+        nonlocal pid
+        first = vp8_descriptor(pid, pid & 0xFF, 0) + (
+            vp8_keyframe_header(640, 360) if key else vp8_interframe_header()
+        )
+        for i in range(3):
+            desc = first if i == 0 else vp8_descriptor(pid, pid & 0xFF, 0, start=False)
+            pub.push(pub.packet(desc + bytes([pid & 0xFF, i]) * 20, marker=i == 2))
+        pub.ts += 3000
+        pub.now += 1 / 30
+        pid += 1
+
+    frame(True)
+    for _ in range(5):
+        frame(False)
+    wire = Wire()
+    dt = downtrack("video", 0, wire, twcc=True)
+    fw = bind(producer, dt)
+    assert fw.prime(pub.now)
+    for _ in range(10):
+        frame(False)
+    sent = {payload_of(p) for p in pub.sent}
+    out = [payload_of(p) for p in wire.packets]
+    assert len(out) == 3 + 30
+    assert all(p in sent for p in out)
+    assert fw.primed and not fw.munging

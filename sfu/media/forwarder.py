@@ -567,6 +567,8 @@ class Forwarder:
         else:
             self.synced = False
         if not self.synced:
+            # live again after the cached keyframe, on the stream that keyframe came from
+            resuming = self.resume_ts >= 0 and h.ssrc == self.in_ssrc
             if self.needs_keyframe and not keyframe:
                 if self.resume_ts >= 0 and h.timestamp != self.resume_ts:
                     self.resume_ts = -1  # a new frame after the cached keyframe: go live
@@ -578,7 +580,7 @@ class Forwarder:
                     self.producer.request_keyframe(now_s, max(self.current, 0))
                     return
             self.resume_ts = -1
-            self._rebase(h, now_s, vp8)
+            self._rebase(h, now_s, vp8, resuming)
             newer = True
         if self.filtering and vp8 is not None:
             if vp8.start_of_frame and self.pending_tid != self.max_tid:
@@ -818,8 +820,16 @@ class Forwarder:
                 return spatial, packets
         return -1, ()
 
-    def _rebase(self, h: RtpHeader, now_s: float, vp8: Vp8Info | None = None) -> None:
-        """Choose offsets so this packet follows the last one the subscriber saw."""
+    def _rebase(
+        self, h: RtpHeader, now_s: float, vp8: Vp8Info | None = None, resuming: bool = False
+    ) -> None:
+        """Choose offsets so this packet follows the last one the subscriber saw.
+
+        `resuming`: the stream the cached keyframe came from goes on live. Its picture ids
+        continue that keyframe's as the encoder numbered them, so they need no rewriting
+        (the munger's offsets would be zero: nothing was mapped yet) and the payload goes
+        out untouched, as for a subscriber that started on a live keyframe.
+        """
         dt = self.downtrack
         if not dt.packets_sent:
             dt.first_packet_s = now_s  # (overwritten until a send succeeds)
@@ -840,7 +850,7 @@ class Forwarder:
         if vp8 is not None and vp8.picture_id >= 0:
             if dt.munger is None:
                 dt.munger = PictureIdMunger(15 if vp8.picture_id_bits == 15 else 7)
-            elif dt.started:
+            elif dt.started and not (resuming and not self.munging):
                 self.munging = True  # a second source on this m-line: ids must continue
             dt.munger.switch_source(vp8.picture_id, vp8.tl0picidx)
 
