@@ -250,7 +250,8 @@ class DownTrack:
         """Write the subscriber's header in front of the payload and send it.
 
         The payload is the publisher's, untouched, unless the forwarder passes a rewritten
-        copy (`payload`, VP8 picture ids continued across a layer switch).
+        copy (`payload`, VP8 picture ids continued across a layer switch). `fan_out` does the
+        same inline for the steady case: a change here belongs there too.
         """
         ext = self._ext_template
         body = memoryview(data)[h.payload_offset :] if payload is None else payload
@@ -952,11 +953,12 @@ def fan_out(
     """Every copy of one incoming packet, in one call: the fan-out's per-copy loop.
 
     Most copies are the steady case: the forwarder is synced on this stream and layer, the
-    packet is the next one, no temporal filter running, no RED variant. Those
-    are numbered, remembered in the NACK ring and sent right here, with what is the same for
-    every copy (payload view, abs-send-time bytes, audio level) worked out once per packet
-    and no method hop per copy; this is `Forwarder.forward` + `DownTrack.send_media` for that
-    case, byte for byte (tests/test_forwarder.py checks both paths give the same packets).
+    packet is newer than any before it (not late, not a restart's jump), no temporal filter
+    running, no RED variant. Those are numbered, remembered in the NACK ring and sent right
+    here, with what is the same for every copy (payload view, abs-send-time bytes, audio
+    level) worked out once per packet and no method hop per copy; this is
+    `Forwarder.forward` + `DownTrack.send_media` for that case, byte for byte (keep them in
+    step: tests/test_fanout_path.py runs scenarios both ways and compares what was sent).
     Everything else (start-up, keyframe waits, layer switches, late packets, temporal
     filtering, recording taps) goes through `forward`. A copy that raises is reported to
     `on_error` and costs the others nothing.
