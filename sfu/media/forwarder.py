@@ -250,7 +250,8 @@ class DownTrack:
         """Write the subscriber's header in front of the payload and send it.
 
         The payload is the publisher's, untouched, unless the forwarder passes a rewritten
-        copy (`payload`, VP8 picture ids continued across a layer switch).
+        copy (`payload`, VP8 picture ids continued across a layer switch). `fan_out` does the
+        same inline for the steady case: a change here belongs there too.
         """
         ext = self._ext_template
         body = memoryview(data)[h.payload_offset :] if payload is None else payload
@@ -567,6 +568,8 @@ class Forwarder:
         else:
             self.synced = False
         if not self.synced:
+            # live again after the cached keyframe, on the stream that keyframe came from
+            resuming = self.resume_ts >= 0 and h.ssrc == self.in_ssrc
             if self.needs_keyframe and not keyframe:
                 if self.resume_ts >= 0 and h.timestamp != self.resume_ts:
                     self.resume_ts = -1  # a new frame after the cached keyframe: go live
@@ -578,7 +581,7 @@ class Forwarder:
                     self.producer.request_keyframe(now_s, max(self.current, 0))
                     return
             self.resume_ts = -1
-            self._rebase(h, now_s, vp8)
+            self._rebase(h, now_s, vp8, resuming)
             newer = True
         if self.filtering and vp8 is not None:
             if vp8.start_of_frame and self.pending_tid != self.max_tid:
@@ -818,8 +821,16 @@ class Forwarder:
                 return spatial, packets
         return -1, ()
 
-    def _rebase(self, h: RtpHeader, now_s: float, vp8: Vp8Info | None = None) -> None:
-        """Choose offsets so this packet follows the last one the subscriber saw."""
+    def _rebase(
+        self, h: RtpHeader, now_s: float, vp8: Vp8Info | None = None, resuming: bool = False
+    ) -> None:
+        """Choose offsets so this packet follows the last one the subscriber saw.
+
+        `resuming`: the stream the cached keyframe came from goes on live. Its picture ids
+        continue that keyframe's as the encoder numbered them, so they need no rewriting
+        (the munger's offsets would be zero: nothing was mapped yet) and the payload goes
+        out untouched, as for a subscriber that started on a live keyframe.
+        """
         dt = self.downtrack
         if not dt.packets_sent:
             dt.first_packet_s = now_s  # (overwritten until a send succeeds)
@@ -840,7 +851,7 @@ class Forwarder:
         if vp8 is not None and vp8.picture_id >= 0:
             if dt.munger is None:
                 dt.munger = PictureIdMunger(15 if vp8.picture_id_bits == 15 else 7)
-            elif dt.started:
+            elif dt.started and not (resuming and not self.munging):
                 self.munging = True  # a second source on this m-line: ids must continue
             dt.munger.switch_source(vp8.picture_id, vp8.tl0picidx)
 
@@ -927,6 +938,110 @@ class Forwarder:
         self.producer.detach(self)
         if self.downtrack.forwarder is self:
             self.downtrack.forwarder = None
+
+
+def fan_out(
+    forwarders: tuple,
+    data: bytes,
+    h: RtpHeader,
+    keyframe: bool,
+    now_s: float,
+    enc: Encoding,
+    vp8: Vp8Info | None,
+    on_error: Callable[[object], None],
+) -> None:
+    """Every copy of one incoming packet, in one call: the fan-out's per-copy loop.
+
+    Most copies are the steady case: the forwarder is synced on this stream and layer, the
+    packet is newer than any before it (not late, not a restart's jump), no temporal filter
+    running, no RED variant. Those are numbered, remembered in the NACK ring and sent right
+    here, with what is the same for every copy (payload view, abs-send-time bytes, audio
+    level) worked out once per packet and no method hop per copy; this is
+    `Forwarder.forward` + `DownTrack.send_media` for that case, byte for byte (keep them in
+    step: tests/test_fanout_path.py runs scenarios both ways and compares what was sent).
+    Everything else (start-up, keyframe waits, layer switches, late packets, temporal
+    filtering, recording taps) goes through `forward`. A copy that raises is reported to
+    `on_error` and costs the others nothing.
+    """
+    seq_in = h.sequence_number
+    ssrc = h.ssrc
+    spatial = enc.spatial
+    ts_in = h.timestamp
+    marker = h.marker
+    b0_plain = 0xA0 if h.padding_size else 0x80
+    b0_ext = b0_plain | 0x10
+    body: memoryview | None = None
+    body_len = 0
+    abs3 = b""
+    level = h.audio_level if h.audio_level >= 0 else 127
+    pack = RTP_FIXED.pack
+    for fw in forwarders:
+        try:
+            if (
+                type(fw) is not Forwarder
+                or not fw.synced
+                or fw.in_ssrc != ssrc
+                or fw.current != spatial
+                or fw.paused
+                or (fw.filtering and vp8 is not None)
+                or not 0 < (seq_in - fw.in_highest_seq) & 0xFFFF <= RESTART_SEQ_JUMP
+                or (fw.selector is not None and fw.selector.draining)
+            ):
+                fw.forward(data, h, keyframe, now_s, enc, vp8)
+                continue
+            dt = fw.downtrack
+            pt = dt.payload_type
+            if pt < 0 or dt.red_source_pt >= 0:
+                fw.forward(data, h, keyframe, now_s, enc, vp8)
+                continue
+            fw.in_highest_seq = seq_in
+            out_seq = (seq_in + fw.seq_offset) & 0xFFFF
+            out_ts = (ts_in + fw.ts_offset) & 0xFFFFFFFF
+            if body is None:
+                body = memoryview(data)[h.payload_offset :]
+                body_len = len(body)
+            payload = body
+            if fw.munging and vp8 is not None and dt.munger is not None:
+                rewritten, pid, tl0 = fw._rewritten(data, h, vp8)
+                if rewritten is not None:
+                    payload = rewritten
+                fw._ring[out_seq & RING_MASK] = (out_seq, seq_in, spatial, out_ts, pid, tl0)
+            else:
+                fw._ring[out_seq & RING_MASK] = (out_seq, seq_in, spatial, out_ts, -1, -1)
+            ext = dt._ext_template
+            if ext:
+                b0 = b0_ext
+                i = dt._abs_send_time_at
+                if i >= 0:
+                    if not abs3:
+                        v = int(now_s * 262144)
+                        abs3 = bytes(((v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF))
+                    ext[i : i + 3] = abs3
+                i = dt._audio_level_at
+                if i >= 0:
+                    ext[i] = level
+                i = dt._twcc_at
+                if i >= 0:
+                    tseq = dt.sequencer.next_seq(12 + len(ext) + body_len, now_s)
+                    ext[i] = tseq >> 8
+                    ext[i + 1] = tseq & 0xFF
+            else:
+                b0 = b0_plain
+            packet = b"".join(
+                (pack(b0, pt | 0x80 if marker else pt, out_seq, out_ts, dt.ssrc), ext, payload)
+            )
+            if dt._send(packet):
+                dt.packets_sent += 1
+                dt.octets_sent += body_len
+            elif not dt.packets_sent:
+                fw.synced = False  # (as in send_media: restart on a keyframe once connected)
+            if not dt.started or 0 < (out_seq - dt.last_seq) & 0xFFFF < 0x8000:
+                dt.last_seq = out_seq
+                dt.last_ts = out_ts
+                dt.last_send_s = now_s
+                dt.started = True
+        except Exception:  # one broken subscriber must not cost the others this packet
+            on_error(fw)
 
 
 def bind(producer: Producer, downtrack: DownTrack, selector=None) -> Forwarder:

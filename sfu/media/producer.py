@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .codecs import keyframe_detector
 from .encoding import Encoding
+from .forwarder import fan_out
 from .ingress import NackGenerator
 from .red import RedUnwrapper, rewrite_block_types
 from .rtp import RtpHeader
@@ -226,11 +227,8 @@ class Producer:
         if self.red is not None:
             self._fan_out_red(data, h, now_s, enc)
             return
-        for forwarder in self.forwarders:
-            try:
-                forwarder.forward(data, h, keyframe, now_s, enc, vp8)
-            except Exception:  # one broken subscriber must not cost the others this packet
-                self._forward_failed(forwarder)
+        if self.forwarders:
+            fan_out(self.forwarders, data, h, keyframe, now_s, enc, vp8, self._forward_failed)
 
     def _fan_out_red(self, data: bytes, h: RtpHeader, now_s: float, enc: Encoding) -> None:
         """RED as it is to viewers that accepted it; plain Opus (the primary, plus missing
