@@ -128,6 +128,7 @@ class Kokoro:
     """
 
     RATE = KOKORO_RATE
+
     def __init__(self, voice: str = KOKORO_VOICE, cache: Path | None = CLIP_CACHE) -> None:
         import importlib.resources
 
