@@ -524,6 +524,9 @@ class AgentSession:
                 frames = await upcoming
                 if i + 1 < len(sentences):
                     upcoming = loop.run_in_executor(pipeline.executor, synthesize, i + 1)
+                    if i == 0 and sentence.rstrip()[-1:] not in (".", "!", "?", ";"):
+                        # cut inside its sentence: the rest of it must follow without a gap
+                        await self._cover(upcoming, sentences[1], answer.language, len(frames))
                 utterance.add(sentence, len(frames))
                 if i == 0:
                     # turn-taking: someone is talking (a new turn is open): wait for its end;
@@ -570,6 +573,19 @@ class AgentSession:
                 self.voice.interrupt()
                 if self.paused_by is not None:
                     self._unpause()
+
+    async def _cover(
+        self, upcoming: asyncio.Future, piece: str, language: str, first_frames: int
+    ) -> None:
+        """Before the first piece plays, wait as long as the next piece will take to make beyond
+        the first one's playing time (estimated): a first piece made ahead (a product's name)
+        starts at once on a fast CPU, and on a slow one a little later but with no gap inside
+        the sentence (the buyer would hear one, and could take it for the end of the answer)."""
+        started = time.monotonic()
+        late = self.pipeline.tts.make_time(piece, language)
+        late -= first_frames * self.config.audio.frame_ms / 1000
+        if late > 0:
+            await asyncio.wait({upcoming}, timeout=late - (time.monotonic() - started))
 
     # -- interruptions -----------------------------------------------------------------------------
 

@@ -137,6 +137,12 @@ class TtsRouter:
             return backend.chunks(text, language)
         return split_sentences(text)
 
+    def make_time(self, text: str, language: str) -> float:
+        """Seconds the language's engine needs to make the piece `text` (estimated; 0 for the
+        engines that start within a frame or two, and for a piece made before)."""
+        backend = self.backend_for(language)
+        return backend.make_time(text, language) if isinstance(backend, KokoroTts) else 0.0
+
     def engines(self) -> list[TextToSpeech]:
         """Each engine once, with a language it speaks (several languages may share one)."""
         seen: dict[int, TextToSpeech] = {}

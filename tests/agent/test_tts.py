@@ -334,3 +334,46 @@ def test_the_pipeline_prepares_in_the_background_and_stops_at_close(
     pipeline.close()  # the worker leaves: the preparation ends after the piece in progress
     thread.join(60)
     assert not thread.is_alive()
+
+
+async def test_a_prepared_first_piece_waits_for_the_rest_of_its_sentence_on_a_slow_cpu(
+    kokoro_router, engine, tmp_path
+):
+    """The session starts a prepared first piece at once where the rest of the sentence will
+    be made while it plays, and holds it back on a CPU too slow for that (no gap inside the
+    sentence): it never starts before the next piece is made there."""
+    import asyncio
+
+    from agent.pipeline import VoicePipeline
+    from agent.session import AgentSession, JobSpec
+    from sfu.media.peer import NetworkSettings
+
+    kokoro = kokoro_router.backend_for("pt")
+    text = "O relógio automático custa 420 dólares."
+    kokoro.prepare([("pt", text)], tmp_path)
+    first, rest = kokoro_router.chunks(text, "pt")
+    assert first == "O relógio automático"
+    config = AgentConfig()
+    pipeline = VoicePipeline(config, engine, stt=None, tts=kokoro_router)
+    session = AgentSession(
+        JobSpec("j", "r", "agent", "agent-j", "t"),
+        pipeline,
+        "http://127.0.0.1:9",
+        NetworkSettings(),
+    )
+    first_frames = len(list(kokoro_router.frames(first, "pt", split=False)))
+    saved = kokoro.real_time_factor
+    loop = asyncio.get_running_loop()
+    try:
+        for rtf, waits in ((10.0, True), (0.01, False)):
+            kokoro.real_time_factor = rtf
+            kokoro._cache.pop(("pt", rest), None)
+            assert kokoro_router.make_time(rest, "pt") > 0
+            upcoming = loop.run_in_executor(None, kokoro.synthesize, rest, "pt")
+            await session._cover(upcoming, rest, "pt", first_frames)
+            assert upcoming.done() is waits, rtf
+            await upcoming
+        assert kokoro_router.make_time(rest, "pt") == 0  # made now: no wait
+    finally:
+        kokoro.real_time_factor = saved
+        pipeline.close()
