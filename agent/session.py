@@ -33,6 +33,7 @@ from sfu.media.peer import NetworkSettings
 
 from .answer import Answer, ConversationState
 from .audio.endpoint import TurnEnded
+from .audio.kokoro_tts import COVER_MARGIN
 from .audio.phantom import judge
 from .audio.stt import Transcript
 from .audio.tts import Stop
@@ -582,7 +583,8 @@ class AgentSession:
         starts at once on a fast CPU, and on a slow one a little later but with no gap inside
         the sentence (the buyer would hear one, and could take it for the end of the answer)."""
         started = time.monotonic()
-        late = self.pipeline.tts.make_time(piece, language)
+        # with Kokoro's margin: its speed on a loaded CPU varies from one run to the next
+        late = COVER_MARGIN * self.pipeline.tts.make_time(piece, language)
         late -= first_frames * self.config.audio.frame_ms / 1000
         if late > 0:
             await asyncio.wait({upcoming}, timeout=late - (time.monotonic() - started))
