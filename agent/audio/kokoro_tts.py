@@ -419,7 +419,11 @@ class KokoroTts:
             queue.append((language, piece, 0))
         queue = queue[:MAX_PREPARED]
         if store is not None:
-            store.mkdir(parents=True, exist_ok=True)
+            try:
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # made all the same, just not kept across restarts
+                log.warning("Kokoro pieces not stored in %s: %s", store, exc)
+                store = None
         ready = 0
         while queue:
             if stop is not None and stop.stopped:
