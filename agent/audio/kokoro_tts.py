@@ -250,9 +250,10 @@ class KokoroTts:
     def chunks(self, text: str, language: str | None = None) -> list[str]:
         """`speech_chunks`, but a cut inside the first sentence only where the piece before it
         plays long enough to cover making the next one at this CPU's measured speed, or where
-        the first piece was made ahead (`prepare`, given the `language`): then the buyer hears
-        it at once, and the rest of the sentence is made while it plays (on a slow CPU after a
-        short pause at that phrase boundary, instead of the whole sentence's wait before it)."""
+        the first piece was made ahead (`prepare`, given the `language`): it costs no run, and
+        the rest of the sentence is made while it plays (the session starts it late enough on a
+        slow CPU that no gap opens: `AgentSession._cover`), instead of the buyer waiting for the
+        whole sentence."""
         pieces = speech_chunks(text)
         sentences = len([s for s in _SENTENCE_END.split(text.strip()) if s.strip()])
         inside = len(pieces) - sentences + 1  # pieces the first sentence was cut into

@@ -144,7 +144,7 @@ class TtsRouter:
         return backend.make_time(text, language) if isinstance(backend, KokoroTts) else 0.0
 
     def engines(self) -> list[TextToSpeech]:
-        """Each engine once, with a language it speaks (several languages may share one)."""
+        """Each engine once (several languages may share one)."""
         seen: dict[int, TextToSpeech] = {}
         for backend in self.backends.values():
             seen.setdefault(id(backend), backend)
