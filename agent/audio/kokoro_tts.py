@@ -244,6 +244,7 @@ class KokoroTts:
         # seconds of compute per second of audio, measured on every run (moving average): on a
         # loaded or slow CPU it rises and the first sentence is cut less (`chunks`)
         self.real_time_factor = 0.5
+        self.last_real_time_factor = 0.5  # the latest run's: a load that just rose shows here first
         # seconds of audio per letter (`_length`) a run makes, its padding included (measured)
         self.seconds_per_letter = 0.1
 
@@ -378,6 +379,7 @@ class KokoroTts:
             seconds = np.asarray(audio).size / SAMPLE_RATE
             if seconds > 0.2 and not background:
                 rtf = (time.perf_counter() - started) / seconds
+                self.last_real_time_factor = rtf
                 self.real_time_factor = 0.7 * self.real_time_factor + 0.3 * rtf
                 letters = _length(text)
                 if letters >= 8:
@@ -386,13 +388,16 @@ class KokoroTts:
         return np.clip(np.asarray(audio, np.float32).ravel(), -1.0, 1.0)
 
     def make_time(self, text: str, language: str) -> float:
-        """About how many seconds making `text` takes at this CPU's measured speed (0 when it
-        was made before). A caller starting a prepared first piece waits this long minus the
-        piece's playing time for the next one, so that no gap opens between the two."""
+        """About how many seconds making `text` takes at this CPU's measured speed, the slower
+        of the average and the latest run (0 when it was made before). A caller starting a
+        prepared first piece waits this long minus the piece's playing time for the next one,
+        so that no gap opens between the two: better a little late than a gap, which the buyer
+        takes for the end of the answer."""
         key = (language, text.strip())
         if key in self._prepared or key in self._cache:
             return 0.0
-        return self.real_time_factor * self.seconds_per_letter * _length(text)
+        rtf = max(self.real_time_factor, self.last_real_time_factor)
+        return rtf * self.seconds_per_letter * _length(text)
 
     def is_prepared(self, piece: str, language: str) -> bool:
         return (language, piece.strip()) in self._prepared

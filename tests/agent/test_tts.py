@@ -366,7 +366,7 @@ async def test_a_prepared_first_piece_waits_for_the_rest_of_its_sentence_on_a_sl
     loop = asyncio.get_running_loop()
     try:
         for rtf, waits in ((10.0, True), (0.01, False)):
-            kokoro.real_time_factor = rtf
+            kokoro.real_time_factor = kokoro.last_real_time_factor = rtf
             kokoro._cache.pop(("pt", rest), None)
             assert kokoro_router.make_time(rest, "pt") > 0
             upcoming = loop.run_in_executor(None, kokoro.synthesize, rest, "pt")
@@ -375,5 +375,5 @@ async def test_a_prepared_first_piece_waits_for_the_rest_of_its_sentence_on_a_sl
             await upcoming
         assert kokoro_router.make_time(rest, "pt") == 0  # made now: no wait
     finally:
-        kokoro.real_time_factor = saved
+        kokoro.real_time_factor = kokoro.last_real_time_factor = saved
         pipeline.close()
