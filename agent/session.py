@@ -33,6 +33,7 @@ from sfu.media.peer import NetworkSettings
 
 from .answer import Answer, ConversationState
 from .audio.endpoint import TurnEnded
+from .audio.kokoro_tts import COVER_MARGIN
 from .audio.phantom import judge
 from .audio.stt import Transcript
 from .audio.tts import Stop
@@ -524,6 +525,9 @@ class AgentSession:
                 frames = await upcoming
                 if i + 1 < len(sentences):
                     upcoming = loop.run_in_executor(pipeline.executor, synthesize, i + 1)
+                    if i == 0 and sentence.rstrip()[-1:] not in (".", "!", "?", ";"):
+                        # cut inside its sentence: the rest of it must follow without a gap
+                        await self._cover(upcoming, sentences[1], answer.language, len(frames))
                 utterance.add(sentence, len(frames))
                 if i == 0:
                     # turn-taking: someone is talking (a new turn is open): wait for its end;
@@ -570,6 +574,20 @@ class AgentSession:
                 self.voice.interrupt()
                 if self.paused_by is not None:
                     self._unpause()
+
+    async def _cover(
+        self, upcoming: asyncio.Future, piece: str, language: str, first_frames: int
+    ) -> None:
+        """Before the first piece plays, wait as long as the next piece will take to make beyond
+        the first one's playing time (estimated): a first piece made ahead (a product's name)
+        starts at once on a fast CPU, and on a slow one a little later but with no gap inside
+        the sentence (the buyer would hear one, and could take it for the end of the answer)."""
+        started = time.monotonic()
+        # with Kokoro's margin: its speed on a loaded CPU varies from one run to the next
+        late = COVER_MARGIN * self.pipeline.tts.make_time(piece, language)
+        late -= first_frames * self.config.audio.frame_ms / 1000
+        if late > 0:
+            await asyncio.wait({upcoming}, timeout=late - (time.monotonic() - started))
 
     # -- interruptions -----------------------------------------------------------------------------
 

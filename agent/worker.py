@@ -69,7 +69,8 @@ def _prepare_agent(worker: AgentWorker) -> None:
     from .pipeline import VoicePipeline
 
     if "pipeline" not in worker.resources:
-        worker.resources["pipeline"] = VoicePipeline.from_config(worker.config)
+        pipeline = worker.resources["pipeline"] = VoicePipeline.from_config(worker.config)
+        pipeline.start_preparing()
 
 
 def _create_agent(job: JobSpec, worker: AgentWorker) -> JobRunner:

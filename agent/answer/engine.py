@@ -23,7 +23,7 @@ from .intents import (
 )
 from .numbers import find_numbers, parse_height_cm
 from .shop import Product, Shop
-from .templates import join_list, render
+from .templates import T, join_list, render
 from .text import guess_language
 from .tools import ShopTools
 
@@ -84,6 +84,23 @@ class GroundedEngine:
             offered_human=reply.offered_human,
             timings_ms={"understand": (t1 - t0) * 1e3, "respond": (t2 - t1) * 1e3},
         )
+
+    def speech_samples(self, lang: str) -> list[str]:
+        """Sentences this engine's answers in `lang` start like, for the voice to prepare their
+        first words ahead (agent/audio/kokoro_tts.py `prepare`): each product's price answer
+        (its name opens every answer about it) and every sentence template as written, slots
+        and all (a first piece holding a slot is skipped there; fragments such as "and" are
+        not sentences)."""
+        samples = [
+            render("price", lang, x.plural, the=x.the(lang), The=x.the(lang), price=_money(x.price))
+            for x in self.shop.products
+        ]
+        for entry in T.values():
+            template = entry.get(lang)
+            for text in template if isinstance(template, tuple) else [template or ""]:
+                if text.rstrip()[-1:] in (".", "!", "?"):
+                    samples.append(text[:1].upper() + text[1:])
+        return samples
 
     def choose_language(self, text: str, hint: str | None, state: ConversationState) -> str:
         """The hint (from STT or the caller) if it is a shop language, else a text guess."""

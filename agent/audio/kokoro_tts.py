@@ -11,22 +11,35 @@ time on two loaded cores. So the first audio of an answer waits for its whole fi
 `speech_chunks` makes that chunk short (the first sentence cut at a clause boundary); the rest
 is synthesized while it plays. The session is loaded and warmed once per process (pipeline load),
 never per answer; calls are blocking and belong in an executor thread.
+
+Where the time goes (benchmarks/RESULTS.md): every run pays for the whole piece, ~0.3 s of compute
+per second of audio on two idle cores and 0.7-1 on the loaded test VM, plus ~0.6 s of silence
+the model pads each piece with. So a piece the agent says often is made once: `prepare` makes
+the first pieces of the answers an engine gives (a product's name, a policy's opening words)
+in the background at worker start, keeps them for good and on disk, and an answer that starts
+with one starts at once. onnxruntime's threads do not spin while idle: on two cores a spinning
+thread takes the CPU Whisper needs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import json
+import logging
+import os
 import re
 import shutil
 import subprocess
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 24000
 SILENCE_LEVEL = 0.01  # |sample| below this is silence (-40 dBFS)
@@ -69,6 +82,9 @@ MID_SENTENCE_TAIL_S = 0.06  # silence kept after a piece cut mid-sentence
 # a piece cut mid-sentence must play at least this much longer than the next one takes to make
 # (the measured real-time factor times its length), or the buyer hears a gap inside a sentence
 COVER_MARGIN = 1.3
+MAX_PREPARED = 512  # pieces `prepare` keeps (a catalogue's names, the templates' openings)
+PREPARE_TRIES = 20  # a prepared piece preempted by answers this often is left out
+MAX_STORED_SAMPLES = SAMPLE_RATE * 30  # a stored piece longer than this is not one of ours
 
 
 def speech_chunks(text: str) -> list[str]:
@@ -91,6 +107,12 @@ def speech_chunks(text: str) -> list[str]:
         if cut:
             first[0:1] = [" ".join(head[:cut]), " ".join(head[cut:])]
     return first + sentences[1:]
+
+
+def first_piece(text: str) -> str:
+    """The piece an answer starting with `text` is spoken from first (`speech_chunks`)."""
+    pieces = speech_chunks(text)
+    return pieces[0] if pieces else ""
 
 
 def _length(text: str) -> int:
@@ -198,29 +220,50 @@ class KokoroTts:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # idle threads sleep instead of spinning: on two cores Whisper needs that CPU
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.phoneme_voices = dict(phoneme_voices)
         self.voice = voice
         self.speed = speed
+        stat = path.stat()
+        self._model_id = f"{path.name}:{stat.st_size}"  # names the stored pieces (`prepare`)
         self._lock = threading.Lock()  # one run at a time: each already uses `threads` cores
+        # answers waiting for or in a run, and the background run (`prepare`) they preempt
+        self._demand_lock = threading.Lock()
+        self._demand = 0
+        self._background: Stop | None = None
+        # pieces made ahead (`prepare`): kept for good, never evicted
+        self._prepared: dict[tuple[str, str], np.ndarray] = {}
         self._cache_lock = threading.Lock()
         # pieces said before (answers repeat their openers and product names): no second run
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         # seconds of compute per second of audio, measured on every run (moving average): on a
         # loaded or slow CPU it rises and the first sentence is cut less (`chunks`)
         self.real_time_factor = 0.5
+        self.last_real_time_factor = 0.5  # the latest run's: a load that just rose shows here first
+        # seconds of audio per letter (`_length`) a run makes, its padding included (measured)
+        self.seconds_per_letter = 0.1
 
-    def chunks(self, text: str) -> list[str]:
+    def chunks(self, text: str, language: str | None = None) -> list[str]:
         """`speech_chunks`, but a cut inside the first sentence only where the piece before it
-        plays long enough to cover making the next one at this CPU's measured speed."""
+        plays long enough to cover making the next one at this CPU's measured speed, or where
+        the first piece was made ahead (`prepare`, given the `language`): it costs no run, and
+        the rest of the sentence is made while it plays (the session starts it late enough on a
+        slow CPU that no gap opens: `AgentSession._cover`), instead of the buyer waiting for the
+        whole sentence."""
         pieces = speech_chunks(text)
         sentences = len([s for s in _SENTENCE_END.split(text.strip()) if s.strip()])
         inside = len(pieces) - sentences + 1  # pieces the first sentence was cut into
+        ready = language is not None and self.is_prepared(pieces[0] if pieces else "", language)
         out = pieces[:1]
         for i in range(1, len(pieces)):
-            if i < inside and _length(out[-1]) < COVER_MARGIN * self.real_time_factor * _length(
+            if ready and i == 1:
+                out.append(pieces[i])
+            elif i < inside and _length(out[-1]) < COVER_MARGIN * self.real_time_factor * _length(
                 pieces[i]
             ):
                 out[-1] = f"{out[-1]} {pieces[i]}"
@@ -242,6 +285,9 @@ class KokoroTts:
         """float32 mono at 24 kHz for one chunk of text (blocking); cached by text (LRU).
         Stopped (`stop`): empty, at once or as soon as the run in progress notices."""
         key = (language, text.strip())
+        prepared = self._prepared.get(key)
+        if prepared is not None:
+            return prepared
         with self._cache_lock:
             cached = self._cache.get(key)
             if cached is not None:
@@ -250,20 +296,43 @@ class KokoroTts:
         audio = self._synthesize(text, language, stop)
         if audio is None:
             return np.zeros(0, np.float32)
-        if text.strip() and text.strip()[-1] not in ".!?;:,":
-            # cut mid-sentence (speech_chunks): the next piece follows without a pause
-            loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
-            if len(loud):
-                audio = audio[: loud[-1] + 1 + int(MID_SENTENCE_TAIL_S * SAMPLE_RATE)]
-        audio.setflags(write=False)
+        audio = self._finish(text, audio)
         with self._cache_lock:
             self._cache[key] = audio
             while len(self._cache) > CACHE_PIECES:
                 self._cache.popitem(last=False)
         return audio
 
-    def _synthesize(self, text: str, language: str, stop: Stop | None) -> np.ndarray | None:
-        """One or more runs; None when stopped."""
+    def _finish(self, text: str, audio: np.ndarray) -> np.ndarray:
+        """A run's audio as it is played and kept: a piece cut mid-sentence loses its pad."""
+        if text.strip() and text.strip()[-1] not in ".!?;:,":
+            # cut mid-sentence (speech_chunks): the next piece follows without a pause
+            loud = np.flatnonzero(np.abs(audio) > SILENCE_LEVEL)
+            if len(loud):
+                audio = audio[: loud[-1] + 1 + int(MID_SENTENCE_TAIL_S * SAMPLE_RATE)]
+        audio.setflags(write=False)
+        return audio
+
+    def _synthesize(
+        self, text: str, language: str, stop: Stop | None, background: bool = False
+    ) -> np.ndarray | None:
+        """One or more runs; None when stopped. An answer's run (not `background`) goes first:
+        a background run in progress is terminated (`prepare` makes that piece again later)."""
+        if background:
+            return self._runs(text, language, stop, background)
+        with self._demand_lock:
+            self._demand += 1
+            if self._background is not None:
+                self._background.stop()
+        try:
+            return self._runs(text, language, stop, background)
+        finally:
+            with self._demand_lock:
+                self._demand -= 1
+
+    def _runs(
+        self, text: str, language: str, stop: Stop | None, background: bool
+    ) -> np.ndarray | None:
         import onnxruntime as ort
 
         tokens = self.tokens(self.phonemes(text, language))
@@ -276,14 +345,17 @@ class KokoroTts:
             else:
                 half = len(words) // 2
                 parts = [
-                    self._synthesize(" ".join(words[:half]), language, stop),
-                    self._synthesize(" ".join(words[half:]), language, stop),
+                    self._runs(" ".join(words[:half]), language, stop, background),
+                    self._runs(" ".join(words[half:]), language, stop, background),
                 ]
                 return None if any(p is None for p in parts) else np.concatenate(parts)
         run = ort.RunOptions()
         with self._lock:
             if stop is not None and not stop.attach(run):
                 return None
+            if background and self._demand:
+                stop.detach(run)
+                return None  # an answer is waiting for the engine: it goes first
             started = time.perf_counter()
             try:
                 audio = self.session.run(
@@ -305,10 +377,122 @@ class KokoroTts:
                 if stop is not None:
                     stop.detach(run)
             seconds = np.asarray(audio).size / SAMPLE_RATE
-            if seconds > 0.2:
+            if seconds > 0.2 and not background:
                 rtf = (time.perf_counter() - started) / seconds
+                self.last_real_time_factor = rtf
                 self.real_time_factor = 0.7 * self.real_time_factor + 0.3 * rtf
+                letters = _length(text)
+                if letters >= 8:
+                    per = seconds / letters
+                    self.seconds_per_letter = 0.7 * self.seconds_per_letter + 0.3 * per
         return np.clip(np.asarray(audio, np.float32).ravel(), -1.0, 1.0)
+
+    def make_time(self, text: str, language: str) -> float:
+        """About how many seconds making `text` takes at this CPU's measured speed, the slower
+        of the average and the latest run (0 when it was made before). A caller starting a
+        prepared first piece waits this long minus the piece's playing time for the next one,
+        so that no gap opens between the two: better a little late than a gap, which the buyer
+        takes for the end of the answer."""
+        key = (language, text.strip())
+        if key in self._prepared or key in self._cache:
+            return 0.0
+        rtf = max(self.real_time_factor, self.last_real_time_factor)
+        return rtf * self.seconds_per_letter * _length(text)
+
+    def is_prepared(self, piece: str, language: str) -> bool:
+        return (language, piece.strip()) in self._prepared
+
+    def prepare(
+        self,
+        samples: Iterable[tuple[str, str]],
+        store: Path | None = None,
+        stop: Stop | None = None,
+    ) -> int:
+        """Make ahead the first pieces (`first_piece`) of these (language, answer) samples and
+        keep them for good; returns how many are ready. Blocking, meant for a background
+        thread: each run gives way to an answer's (terminated and made again later), and `stop`
+        ends it. `store`: a directory where made pieces are kept across restarts (named by
+        model, voice, speed, phonemes and text), so a restarted worker has them at once.
+        A sample whose first piece holds a template slot ("{order}") is skipped."""
+        queue: list[tuple[str, str, int]] = []
+        seen: set[tuple[str, str]] = set()
+        for language, sample in samples:
+            piece = first_piece(sample)
+            key = (language, piece)
+            if not piece or "{" in piece or language not in self.phoneme_voices or key in seen:
+                continue
+            seen.add(key)
+            queue.append((language, piece, 0))
+        queue = queue[:MAX_PREPARED]
+        if store is not None:
+            try:
+                store.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # made all the same, just not kept across restarts
+                log.warning("Kokoro pieces not stored in %s: %s", store, exc)
+                store = None
+        ready = 0
+        while queue:
+            if stop is not None and stop.stopped:
+                break
+            if self._demand:
+                time.sleep(0.05)  # answers first
+                continue
+            language, piece, tries = queue.pop(0)
+            key = (language, piece)
+            if key in self._prepared:
+                ready += 1
+                continue
+            path = self._stored_path(store, piece, language) if store is not None else None
+            audio = self._load_stored(path) if path is not None else None
+            if audio is None:
+                run_stop = Stop()
+                with self._demand_lock:
+                    self._background = run_stop
+                try:
+                    made = self._synthesize(piece, language, run_stop, background=True)
+                finally:
+                    with self._demand_lock:
+                        self._background = None
+                if made is None:  # gave way to an answer: again later
+                    if tries + 1 < PREPARE_TRIES:
+                        queue.append((language, piece, tries + 1))
+                    continue
+                audio = self._finish(piece, made)
+                if path is not None:
+                    self._store(path, audio)
+            self._prepared[key] = audio
+            ready += 1
+        return ready
+
+    def _stored_path(self, store: Path, piece: str, language: str) -> Path:
+        name = "|".join(
+            [self._model_id, self.voice, f"{self.speed:.3f}", self.phoneme_voices[language], piece]
+        )
+        return store / f"kokoro-{hashlib.sha256(name.encode()).hexdigest()[:32]}.npy"
+
+    @staticmethod
+    def _load_stored(path: Path) -> np.ndarray | None:
+        """A piece kept by an earlier run; None if there is none or it is not a piece."""
+        try:
+            audio = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if audio.dtype != np.float32 or audio.ndim != 1 or not 0 < audio.size <= MAX_STORED_SAMPLES:
+            return None
+        audio.setflags(write=False)
+        return audio
+
+    @staticmethod
+    def _store(path: Path, audio: np.ndarray) -> None:
+        """Write a piece atomically (several workers may share the directory)."""
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(audio, np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("Kokoro piece not stored in %s: %s", path.parent, exc)
+            tmp.unlink(missing_ok=True)
 
     def stream(self, text: str, language: str, stop: Stop | None = None) -> Iterator[np.ndarray]:
         """One chunk of audio per sentence, each as soon as it is made (`TtsRouter.frames`

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import wave
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -133,8 +134,40 @@ class TtsRouter:
         words (`speech_chunks`); the fast engines' are sentences."""
         backend = self.backend_for(language)
         if isinstance(backend, KokoroTts):
-            return backend.chunks(text)
+            return backend.chunks(text, language)
         return split_sentences(text)
+
+    def make_time(self, text: str, language: str) -> float:
+        """Seconds the language's engine needs to make the piece `text` (estimated; 0 for the
+        engines that start within a frame or two, and for a piece made before)."""
+        backend = self.backend_for(language)
+        return backend.make_time(text, language) if isinstance(backend, KokoroTts) else 0.0
+
+    def engines(self) -> list[TextToSpeech]:
+        """Each engine once (several languages may share one)."""
+        seen: dict[int, TextToSpeech] = {}
+        for backend in self.backends.values():
+            seen.setdefault(id(backend), backend)
+        return list(seen.values())
+
+    def prepare(
+        self, samples: dict[str, list[str]], store: Path | None = None, stop: Stop | None = None
+    ) -> int:
+        """Make ahead the first pieces of answers like `samples` (per language) where the
+        language's engine is slow to start (Kokoro: `KokoroTts.prepare`); the fast engines
+        need nothing. Blocking (a background thread); returns the pieces ready."""
+        ready = 0
+        for engine in self.engines():
+            if not isinstance(engine, KokoroTts):
+                continue
+            pairs = [
+                (language, text)
+                for language, texts in samples.items()
+                if self.backends.get(language) is engine
+                for text in texts
+            ]
+            ready += engine.prepare(pairs, store, stop)
+        return ready
 
     def frames(
         self,

@@ -189,3 +189,21 @@ def test_explicit_human_request(engine, store):
     answer = ask(engine, "I want to speak to a human about order 10023")
     assert answer.intent == "ticket.callback"
     assert store.list()[0].order_id == "10023"
+
+
+@pytest.mark.parametrize("lang", ["pt", "es"])
+def test_speech_samples_open_like_the_answers_do(engine, lang):
+    """What the voice prepares ahead (agent/audio/kokoro_tts.py `prepare`) is how real answers
+    start: an answer about a product opens with the same first piece as the samples."""
+    from agent.audio.kokoro_tts import first_piece
+
+    samples = engine.speech_samples(lang)
+    openings = {first_piece(s) for s in samples}
+    questions = {
+        "pt": ["Quanto custa o relógio automático?", "Qual é a política de devolução?"],
+        "es": ["¿Cuánto cuesta el reloj automático?", "¿Cuál es la política de devoluciones?"],
+    }[lang]
+    for question in questions:
+        answer = ask(engine, question, lang=lang)
+        assert first_piece(answer.text) in openings, (answer.text, sorted(openings))
+    assert all(s.rstrip()[-1] in ".!?" for s in samples)  # sentences, not fragments

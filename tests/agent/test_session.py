@@ -462,7 +462,12 @@ async def test_killing_the_worker_moves_the_job_without_losing_or_doubling_ticke
     node = await start_node(config)
     db = tmp_path / "tickets.sqlite3"
     agent_toml = tmp_path / "agent.toml"
-    agent_toml.write_text(f'[tickets]\ndb = "{db}"\n[stt]\ncache_dir = "{model_cache}"\n')
+    # the voices' background preparation (tts.prepare_pieces) is not what this test is about:
+    # two workers making it at once would take the CPU the job's move is timed on
+    agent_toml.write_text(
+        f'[tickets]\ndb = "{db}"\n[stt]\ncache_dir = "{model_cache}"\n'
+        "[tts]\nprepare_pieces = false\n"
+    )
     workers = {
         name: _start_worker(node.url, agent_toml, name, tmp_path / f"{name}.log")
         for name in ("w1", "w2")

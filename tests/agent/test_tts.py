@@ -207,3 +207,173 @@ def test_on_a_slow_cpu_the_first_sentence_is_not_cut_into_gaps(kokoro_router):
         kokoro.real_time_factor = saved
     kokoro.synthesize("Ele é resistente à água até cem metros.", "pt")
     assert 0 < kokoro.real_time_factor < 100  # measured on the runs
+
+
+def _watch_runs(kokoro, made: list[str]):
+    """Record the text of every model run (the real runs, watched)."""
+    real = kokoro._runs
+
+    def recording(text, language, stop, background):
+        made.append(text)
+        return real(text, language, stop, background)
+
+    kokoro._runs = recording
+
+
+def test_a_prepared_first_piece_is_heard_before_anything_is_made(kokoro_router, tmp_path):
+    """Answers that start with a piece made ahead (a product's name) start without a run, even
+    on a CPU too slow to cut a sentence otherwise; a restarted worker reads it from disk."""
+    kokoro = kokoro_router.backend_for("pt")
+    text = "O relógio automático custa 420 dólares. Ele é resistente à água."
+    samples = [("pt", text), ("pt", "O pedido {order} já foi entregue.")]  # a slot: skipped
+    assert kokoro.prepare(samples, tmp_path) == 1
+    assert kokoro.is_prepared("O relógio automático", "pt")
+    saved = kokoro.real_time_factor
+    made: list[str] = []
+    _watch_runs(kokoro, made)
+    try:
+        kokoro.real_time_factor = 2.0  # slower than real time: unprepared, no cut
+        pieces = kokoro_router.chunks(text, "pt")
+        assert pieces == ["O relógio automático", "custa 420 dólares.", "Ele é resistente à água."]
+        for piece in pieces[1:]:  # not said before (an earlier test may have)
+            kokoro._cache.pop(("pt", piece), None)
+        frames = kokoro_router.frames(text, "pt")
+        next(frames)
+        assert made == []  # the first audio came before any run
+        rest = list(frames)
+        assert made == pieces[1:]
+        assert len(rest) * 0.02 > 2.0  # the rest of the answer followed, seconds of it
+    finally:
+        kokoro.real_time_factor = saved
+        del kokoro._runs
+    again = KokoroTts({"pt": "pt-br"}, speed=kokoro.speed)  # a restarted worker
+    made.clear()
+    _watch_runs(again, made)
+    assert again.prepare([("pt", text)], tmp_path) == 1
+    assert made == []  # read back, not made again
+    name = "O relógio automático"
+    assert np.array_equal(again.synthesize(name, "pt"), kokoro.synthesize(name, "pt"))
+
+
+def test_an_answer_preempts_the_background_preparation(kokoro_router):
+    """A piece being prepared gives way to an answer: its run is terminated, the answer is
+    made, and the piece is made later all the same."""
+    import threading
+    import time
+
+    kokoro = kokoro_router.backend_for("es")
+    samples = [
+        ("es", "Puedes devolver cualquier artículo dentro de los treinta días."),
+        ("es", "Los plazos de envío dependen del país."),
+    ]
+    stopped: list = []
+    ready: list[int] = []
+    worker = threading.Thread(target=lambda: ready.append(kokoro.prepare(samples)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and worker.is_alive():
+        background = kokoro._background
+        if background is not None and background._runs:
+            stopped.append(background)
+            break
+        time.sleep(0.002)
+    assert stopped, "no background run was seen"
+    answer = kokoro.synthesize("Sí, claro.", "es")
+    assert len(answer) > 0  # made in full
+    assert stopped[0].stopped  # the background run gave way
+    worker.join(60)
+    assert ready == [2]  # and both pieces were prepared in the end
+    assert kokoro.is_prepared("Puedes devolver cualquier artículo", "es")
+
+
+def test_stopping_an_answer_drops_its_pending_pieces(kokoro_router):
+    """Barge-in: once the answer is stopped, the pieces not yet made are never made and the
+    stream ends after the frames already made."""
+    from agent.audio.tts import Stop
+
+    kokoro = kokoro_router.backend_for("pt")
+    text = "Sim, o vestido existe em azul. Ele é de linho. Mais alguma coisa?"
+    pieces = kokoro_router.chunks(text, "pt")
+    assert len(pieces) >= 3, pieces
+    stop = Stop()
+    made: list[str] = []
+    _watch_runs(kokoro, made)
+    try:
+        for piece in pieces:  # nothing cached: every piece would need a run
+            kokoro._cache.pop(("pt", piece), None)
+        frames = kokoro_router.frames(text, "pt", stop=stop)
+        next(frames)
+        assert made == [pieces[0]]
+        stop.stop()
+        rest = list(frames)
+    finally:
+        del kokoro._runs
+    assert made == [pieces[0]]  # the pending pieces were dropped, not made
+    first = kokoro.synthesize(pieces[0], "pt")
+    assert len(rest) <= len(first) * WEBRTC_RATE // kokoro.sample_rate // 960 + 2
+
+
+def test_the_pipeline_prepares_in_the_background_and_stops_at_close(
+    kokoro_router, engine, tmp_path
+):
+    from agent.pipeline import VoicePipeline
+
+    config = AgentConfig()
+    config.stt.cache_dir = str(tmp_path)
+    config.tts.prepare_pieces = False
+    off = VoicePipeline(config, engine, stt=None, tts=kokoro_router)
+    assert off.start_preparing() is None  # switched off
+    config.tts.prepare_pieces = "yes"
+    with pytest.raises(ValueError, match="prepare_pieces"):
+        off.start_preparing()
+    config.tts.prepare_pieces = True
+    pipeline = VoicePipeline(config, engine, stt=None, tts=kokoro_router)
+    thread = pipeline.start_preparing()
+    assert thread is not None and thread.daemon
+    assert pipeline.start_preparing() is None  # once
+    pipeline.close()  # the worker leaves: the preparation ends after the piece in progress
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+async def test_a_prepared_first_piece_waits_for_the_rest_of_its_sentence_on_a_slow_cpu(
+    kokoro_router, engine, tmp_path
+):
+    """The session starts a prepared first piece at once where the rest of the sentence will
+    be made while it plays, and holds it back on a CPU too slow for that (no gap inside the
+    sentence): it never starts before the next piece is made there."""
+    import asyncio
+
+    from agent.pipeline import VoicePipeline
+    from agent.session import AgentSession, JobSpec
+    from sfu.media.peer import NetworkSettings
+
+    kokoro = kokoro_router.backend_for("pt")
+    text = "O relógio automático custa 420 dólares."
+    kokoro.prepare([("pt", text)], tmp_path)
+    first, rest = kokoro_router.chunks(text, "pt")
+    assert first == "O relógio automático"
+    config = AgentConfig()
+    pipeline = VoicePipeline(config, engine, stt=None, tts=kokoro_router)
+    session = AgentSession(
+        JobSpec("j", "r", "agent", "agent-j", "t"),
+        pipeline,
+        "http://127.0.0.1:9",
+        NetworkSettings(),
+    )
+    first_frames = len(list(kokoro_router.frames(first, "pt", split=False)))
+    saved = kokoro.real_time_factor
+    loop = asyncio.get_running_loop()
+    try:
+        for rtf, waits in ((10.0, True), (0.01, False)):
+            kokoro.real_time_factor = kokoro.last_real_time_factor = rtf
+            kokoro._cache.pop(("pt", rest), None)
+            assert kokoro_router.make_time(rest, "pt") > 0
+            upcoming = loop.run_in_executor(None, kokoro.synthesize, rest, "pt")
+            await session._cover(upcoming, rest, "pt", first_frames)
+            assert upcoming.done() is waits, rtf
+            await upcoming
+        assert kokoro_router.make_time(rest, "pt") == 0  # made now: no wait
+    finally:
+        kokoro.real_time_factor = kokoro.last_real_time_factor = saved
+        pipeline.close()
