@@ -195,6 +195,10 @@ class RemoteRooms:
     def _published(self, room: Room, record: TrackRecord) -> None:
         if record.track_id in room.producers or record.kind not in ("audio", "video"):
             return
+        if record.publisher in room.participants:
+            # the publisher is here now (it resumed or moved; one participant per identity):
+            # what its node still lists, until that node is taken for gone, is not offered
+            return
         producer = RemoteProducer(record, self.config, self.edge.demand)
         info = room.remote.get(record.publisher)
         if info is not None:

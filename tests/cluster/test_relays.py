@@ -340,3 +340,49 @@ async def test_a_dead_origins_participants_and_tracks_leave_b_and_its_relay_clos
             await client.close()
         await b.runner.cleanup()
         await a.runner.cleanup()
+
+
+async def test_a_publisher_that_resumed_here_is_not_offered_from_its_dead_node(
+    redis_server: RedisServer,
+):
+    """A's node dies quietly (still listed as live until its record expires); the host
+    resumes at B and publishes again. B reading the room's other nodes from the directory
+    meanwhile (as it does when it starts following the room) does not take in the host's old
+    track at A: B's viewers are offered the new track only (a browser viewer showed the dead
+    one, frozen, after a failover)."""
+    prefix = unique_prefix()
+    a = await start_node(relay_config(redis_server.url, prefix, "sa-east", "sa-1"))
+    b = await start_node(relay_config(redis_server.url, prefix, "eu-west", "eu-1"))
+    pair = Pair(a, b)
+    directory = b.node.cluster.backend.directory
+    try:
+        host = await pair.join(a, "host")
+        await host.publish([ColorVideoTrack((220, 40, 40))], sources=["camera"])
+        old_id = host.published[0]["id"]
+        deadline = time.monotonic() + 15
+        while old_id not in {t.track_id for t in await directory.tracks(ROOM)}:
+            assert time.monotonic() < deadline, "the host's track never reached the directory"
+            await asyncio.sleep(0.05)
+        for task in a.node.cluster._tasks:  # A writes and heartbeats no more, as if it died
+            task.cancel()
+
+        resumed = await pair.join(b, "host")
+        await resumed.publish([ColorVideoTrack((40, 40, 220))], sources=["camera"])
+        new_id = resumed.published[0]["id"]
+        await b.node.remote_rooms.load(ROOM)  # (what following the room does, at any time)
+        live = {n.node_id for n in await b.node.cluster.backend.registry.live_nodes()}
+        assert "sa-1" in live  # A still looks live: its entries are still read
+        assert old_id in {t.track_id for t in await directory.tracks(ROOM)}
+        room = b.node.rooms.rooms[ROOM]
+        assert old_id not in room.producers and not room.remote_tracks
+        assert "host" not in room.remote
+
+        viewer = await pair.join(b, "viewer")
+        assert list(viewer.tracks) == [new_id]
+        remote, frame = await frame_of(viewer, publisher="host")
+        assert remote.track_id == new_id and mean_rgb(frame)[2] > 150
+    finally:
+        for client in pair.clients:
+            await client.close()
+        await b.runner.cleanup()
+        await a.runner.cleanup()
