@@ -16,6 +16,7 @@ from .api.http_join import add_http_join_routes
 from .api.keys import NODE_KEY
 from .api.websocket import websocket_handler
 from .auth import AUTH_KEY, require_grant
+from .cluster.relay_routes import add_relay_routes
 from .cluster.views import rooms_response
 from .config import Config
 from .demo import add_demo_routes
@@ -46,6 +47,7 @@ def create_app(config: Config | None = None) -> web.Application:
     app.router.add_get("/api/rooms", list_rooms)
     app.router.add_get("/api/stats", node_stats)
     whip.add_routes(app)
+    add_relay_routes(app, node.relay_origin)  # /internal/relay: other nodes of the cluster
     add_demo_routes(app, node)
     add_agent_routes(app, node)
     captions.add_routes(app, node)
@@ -68,6 +70,7 @@ async def _on_startup(app: web.Application) -> None:
     if node.config.server.demo_tokens:
         logger.warning("demo token endpoint is ON: anyone can get a token; demo use only")
     await node.cluster.start()
+    node.remote_rooms.start()
     node.fallbacks.start()
     logger.info("SFU node %s (region %s) ready", node.node_id, node.config.server.region)
 

@@ -245,6 +245,9 @@ class ClusterSettings:
     key_prefix: str = "sfu"
     # Longest wait for one Redis call (connect or command) before it counts as a failure.
     redis_timeout_s: float = 2.0
+    # Participants on this node at which it sends new joins to another node of its region
+    # (the join answer names it; clients follow). 0: no limit (joins stay here).
+    max_participants: int = 0
 
 
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -426,6 +429,8 @@ class Config:
             raise ConfigError("cluster.key_prefix must be letters, digits, _ - . or :")
         if c.redis_timeout_s <= 0:
             raise ConfigError("cluster.redis_timeout_s must be positive")
+        if c.max_participants < 0:
+            raise ConfigError("cluster.max_participants must be 0 (no limit) or positive")
 
     def _validate_limits(self) -> None:
         lim = self.limits

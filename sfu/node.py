@@ -16,6 +16,10 @@ from .auth import AccessToken, AuthError, verify_token
 from .cluster import create_backend
 from .cluster.drain import FallbackNodes, drain
 from .cluster.membership import ClusterMembership
+from .cluster.relay_edge import RelayEdge
+from .cluster.relay_origin import RelayOrigin
+from .cluster.remote_rooms import RemoteRooms
+from .cluster.routing import JoinRouter
 from .cluster.takeover import replace_on_rejoin_elsewhere
 from .config import Config
 from .media.peer import NetworkSettings
@@ -54,6 +58,20 @@ class SfuNode:
         self.fallbacks = FallbackNodes(self.cluster)
         self.cluster.listeners.append(replace_on_rejoin_elsewhere(self.rooms))
         self.draining = False
+        # relays: tracks published here sent to other nodes, and theirs received here
+        self.relay_origin = RelayOrigin(self.rooms, self.network, config.rtc.rtcp_interval_s)
+        self.relay_edge = RelayEdge(
+            self.node_id, config, self.rooms, self.network, self.cluster.backend.registry
+        )
+        self.remote_rooms = RemoteRooms(
+            self.node_id, config, self.rooms, self.cluster, self.relay_edge
+        )
+        self.router = JoinRouter(
+            config,
+            self.cluster,
+            participants=lambda: sum(len(r.participants) for r in self.rooms.rooms.values()),
+            fallbacks=lambda: self.fallbacks.urls(),
+        )
         # the one join / publish / subscribe path every surface (sfu/api/) goes through
         self.join_service = JoinService(self)
 
@@ -114,6 +132,7 @@ class SfuNode:
                 "draining": self.draining,
                 "fallbacks": self.fallbacks.urls(),
             },
+            "relays": {"out": self.relay_origin.stats(), **self.remote_rooms.status()},
         }
 
     async def drain(self, timeout_s: float | None = None) -> bool:
@@ -132,6 +151,8 @@ class SfuNode:
             except Exception:
                 pass
         await self.rooms.close()
+        await self.relay_edge.close()
+        await self.relay_origin.close_all()
         self.http_sessions.clear()
         await self.fallbacks.stop()
         await self.cluster.stop()

@@ -49,6 +49,10 @@ class Room:
         self.created_at = time.time()
         self.sid = "RM_" + uuid.uuid4().hex[:12]  # tells apart two sessions of one room name
         self.started = False  # room_started announced (first participant added)
+        # the room's part on other nodes (sfu/cluster/remote_rooms.py): participants there
+        # (identity -> info, as info() gives it, with node_id) and the tracks relayed from there
+        self.remote: dict[str, dict] = {}
+        self.remote_tracks: set[str] = set()
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -94,11 +98,19 @@ class Room:
         self.producers[producer.id] = producer
         producer.on_close(self._unpublished)
         self.registry.emit("track_published", self, participant, producer)
-        self.broadcast(
-            {"type": "track_published", "track": producer.info.to_json()}, exclude=participant
-        )
+        self._offer(producer, participant)
+
+    def publish_remote(self, producer: Producer) -> None:
+        """A track published on another node (relayed here when someone subscribes)."""
+        self.remote_tracks.add(producer.id)
+        self.producers[producer.id] = producer
+        producer.on_close(self._unpublished)
+        self._offer(producer, None)
+
+    def _offer(self, producer: Producer, publisher: Participant | None) -> None:
+        self.broadcast({"type": "track_published", "track": producer.info.to_json()}, publisher)
         for other in self.participants.values():
-            if other is participant or not other.grants.subscribe:
+            if other is publisher or not other.grants.subscribe:
                 continue
             if other.auto_subscribe and other.subscriber is not None:
                 other.subscriber.subscribe(producer)
@@ -106,15 +118,24 @@ class Room:
     def _unpublished(self, producer: Producer) -> None:
         if self.producers.pop(producer.id, None) is None:
             return
+        remote = producer.id in self.remote_tracks
+        self.remote_tracks.discard(producer.id)
         for other in self.participants.values():
             if other.subscriber is not None:
                 other.subscriber.drop_producer(producer)
         self.broadcast({"type": "track_unpublished", "track_id": producer.id})
+        if remote:
+            return  # its own node tells the directory and the webhooks
         publisher = self.participants.get(producer.info.publisher)
         self.registry.emit("track_unpublished", self, publisher, producer)
 
-    def data_relayed(self, sender: Participant, topic: str, payload: Any) -> None:
-        """Signalling relayed a data message (metrics read agent turn timings from them)."""
+    def data_relayed(
+        self, sender: Participant, topic: str, payload: Any, to: list[str] | None = None
+    ) -> None:
+        """Signalling relayed a data message (metrics read agent turn timings from them; the
+        cluster sends it to the room's other nodes)."""
+        if self.registry.data_outbound is not None:
+            self.registry.data_outbound(self, sender, topic, payload, to)
         for observer in self.registry.data_observers:
             try:
                 observer(self, sender, topic, payload)
@@ -157,6 +178,8 @@ class RoomRegistry:
         # they must only queue work, never block
         self.observers: list[RoomObserver] = []
         self.data_observers: list[DataObserver] = []
+        # (room, sender, topic, payload, to): a data message for the room's other nodes
+        self.data_outbound: Callable[[Room, Participant, str, Any, list | None], None] | None = None
 
     def emit(
         self,

@@ -49,6 +49,7 @@ HTTP_STATUS = {
     "already_attached": 409,
     "room_full": 503,
     "node_full": 503,
+    "redirect": 421,  # this node sends the join to another one (the body names it)
     "draining": 503,
 }
 
@@ -115,7 +116,7 @@ class HttpJoins:
 
 
 def _http_error(exc: JoinError) -> web.Response:
-    body = {"type": "error", "code": exc.code, "message": exc.message}
+    body = {"type": "error", "code": exc.code, "message": exc.message, **exc.details}
     status = HTTP_STATUS.get(exc.code, 500)
     headers = dict(CORS_HEADERS)
     if status == 401:

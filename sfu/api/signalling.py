@@ -145,7 +145,7 @@ class SignallingConnection:
             self._message_bytes = len(text)
             await handler(msg)
         except JoinError as exc:
-            await self._send_error(exc.code, exc.message, request_id)
+            await self._send_error(exc.code, exc.message, request_id, exc.details)
         except Exception:
             logger.exception("signalling: unexpected error")
             await self._send_error("internal", "internal server error", request_id)
@@ -161,8 +161,10 @@ class SignallingConnection:
         elif self.ws is not None and not self.ws.closed:
             await self.ws.send_json(message)
 
-    async def _send_error(self, code: str, message: str, request_id: Any = None) -> None:
-        await self._send(protocol.error_message(code, message, request_id))
+    async def _send_error(
+        self, code: str, message: str, request_id: Any = None, details: dict | None = None
+    ) -> None:
+        await self._send({**protocol.error_message(code, message, request_id), **(details or {})})
 
     async def _reply(self, message: dict) -> None:
         if getattr(self, "_request_id", None) is not None:
@@ -280,6 +282,7 @@ class SignallingConnection:
             except JoinError as exc:
                 publish_reply["publish_error"] = {"code": exc.code, "message": exc.message}
         others = [p.info() for p in room.participants.values() if p is not participant]
+        others += list(room.remote.values())  # on other nodes of the cluster
         reply: dict[str, Any] = {
             "type": "joined",
             "room": room.name,
@@ -287,6 +290,7 @@ class SignallingConnection:
             "participants": others,
             "tracks": [p.info.to_json() for p in room.live_producers(exclude=participant)],
             "ice_servers": node.ice_servers(),
+            **participant.route,  # the node serving it (sfu/cluster/routing.py)
             "grants": {
                 "publish": access.grants.publish,
                 "subscribe": access.grants.subscribe,

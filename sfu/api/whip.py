@@ -33,11 +33,13 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Location, Link, ETag",
 }
 # a refused join's status (401 and 429 carry headers of their own: see _refused)
+# ("redirect": this node is full; WHIP/WHEP clients retry or use another URL)
 WHIP_STATUS = {
     "forbidden": 403,
     "bad_sdp": 400,
     "node_full": 503,
     "room_full": 503,
+    "redirect": 503,
     "draining": 503,
 }
 

@@ -32,10 +32,11 @@ SOCKET_HEARTBEAT_S = 5.0  # WebSocket pings of a reconnecting client (a silent d
 class SignallingError(Exception):
     """An `error` message from the server, raised where a request awaited its reply."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.details = details or {}  # the whole error message (a redirect names its node)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class RoomClient:
         self.tracks: dict[str, dict] = {}  # published track infos in the room, by id
         self.remote_tracks: dict[str, RemoteTrack] = {}
         self.published: list[dict] = []
+        self.node: dict = {}  # the node serving this client: node_id, region, url
         self.ice_servers: list[dict] = []
         self.fallbacks: list[str] = []  # other nodes, as the node said (join answer, `move`)
         self.publisher: MediaPeer | None = None
@@ -120,6 +122,7 @@ class RoomClient:
         sources: list[str] | None = None,
         inline_offer: bool = True,
         reconnect: Reconnect | None = None,
+        redirects: int = 3,
     ) -> RoomClient:
         """Open the signalling socket at `url` (http(s) base of the node) and join.
 
@@ -128,6 +131,8 @@ class RoomClient:
         `inline_offer`: ask for the first subscriber offer inside `joined` (see protocol.md).
         `reconnect`: resume on this or another node when the connection dies (off by
         default: a client the server dropped then stays dropped).
+        `redirects`: how many times to follow a full node that sends the join to another node
+        of its region (docs/cluster.md, "Routing"); `client.node` is the node serving it.
         """
         client = cls(aiohttp.ClientSession(), None, network, reconnect=reconnect)
         client._token = token
@@ -140,7 +145,16 @@ class RoomClient:
             source = sources[i] if sources and i < len(sources) else ""
             client._local.append(_Local(track, source))
         try:
-            await client._join(url, timeout)
+            for hop in range(redirects + 1):
+                try:
+                    await client._join(url, timeout)
+                    break
+                except SignallingError as exc:
+                    target = exc.details.get("node") if exc.code == "redirect" else None
+                    if hop == redirects or not isinstance(target, dict) or not target.get("url"):
+                        raise
+                    await client._drop_connection()
+                    url = target["url"]
         except BaseException:
             await client.close()
             raise
@@ -190,6 +204,7 @@ class RoomClient:
                 ],
             }
         joined = await self.request(join, timeout=timeout)
+        self.node = joined.get("node") or {}
         if "publish_error" in joined:
             error = joined["publish_error"]
             raise SignallingError(error.get("code", "internal"), error.get("message", ""))
@@ -312,7 +327,7 @@ class RoomClient:
         future = self._replies.get(request_id) if request_id is not None else None
         if future is not None and not future.done():
             if kind == "error":
-                future.set_exception(SignallingError(message["code"], message["message"]))
+                future.set_exception(SignallingError(message["code"], message["message"], message))
             else:
                 future.set_result(message)
         if kind == "joined":

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import ClusterError, ClusterUnavailable
@@ -32,6 +33,7 @@ from .records import (
     TrackRecord,
     TrackRemoved,
 )
+from .tasks import stop_task
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -78,6 +80,10 @@ def track_record(room: str, producer: Producer, node_id: str) -> TrackRecord:
         kind=producer.kind,
         source=producer.info.source,
         simulcast=producer.simulcast,
+        name=producer.info.name,
+        codec=producer.codec.mime_type,
+        layers=len(producer.layers),
+        rids=[e.rid for e in producer.layers] if all(e.rid for e in producer.layers) else [],
     )
 
 
@@ -95,7 +101,13 @@ class ClusterMembership:
         self.started_at = time.time()
         # Messages from other nodes, for what plugs in later (relays, routing).
         self.listeners: list[MessageHandler] = []
+        # called once this node follows a room's channel (remote_rooms.py reads the room's
+        # other nodes from the directory then: nothing published after it is missed)
+        self.on_follow: list[Callable[[str], Awaitable[None]]] = []
         self.received = 0
+        # the live nodes as of the last heartbeat (join routing reads it: joins never wait
+        # for Redis)
+        self.nodes: list[NodeInfo] = []
         self._ops: asyncio.Queue[_Op] = asyncio.Queue(QUEUE_LIMIT)
         self._out_of_step = False  # changes were lost: a resync must come before others
         self._resync_queued = False
@@ -153,11 +165,8 @@ class ClusterMembership:
         if self.backend.available and self._tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ops.join(), timeout)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in self._tasks:  # (a plain cancel can be lost in a Redis call: tasks.py)
+            await stop_task(task)
         self._tasks = []
         if self._started and self.backend.available:
             try:
@@ -280,6 +289,13 @@ class ClusterMembership:
         if wanted and room not in self._following:
             await self.backend.bus.subscribe_room(room, self._on_message)
             self._following.add(room)
+            for callback in self.on_follow:
+                try:
+                    await callback(room)
+                except ClusterUnavailable:
+                    raise
+                except Exception:
+                    logger.exception("cluster: following room %s failed", room)
         elif not wanted and room in self._following:
             self._following.discard(room)
             await self.backend.bus.unsubscribe_room(room)
@@ -296,7 +312,7 @@ class ClusterMembership:
             for p in room.participants.values():
                 participants.append(participant_record(room.name, p, self.node_id))
             for producer in room.producers.values():
-                if not producer.closed:
+                if not producer.closed and producer.id not in room.remote_tracks:
                     tracks.append(track_record(room.name, producer, self.node_id))
         return NodeSnapshot(self.node_id, participants, tracks)
 
@@ -324,7 +340,9 @@ class ClusterMembership:
 
     async def _heartbeat(self) -> bool:
         self.last_load = self.load.sample()
-        return await self.backend.registry.heartbeat(self.info())
+        was_live = await self.backend.registry.heartbeat(self.info())
+        self.nodes = await self.backend.registry.live_nodes()
+        return was_live
 
     async def _heartbeat_loop(self) -> None:
         while True:

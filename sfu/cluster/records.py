@@ -150,6 +150,11 @@ class TrackRecord(_Record):
     kind: str  # audio or video
     source: str = ""
     simulcast: bool = False
+    # what an edge node needs to stand in for the track before its media arrives (relays)
+    name: str = ""
+    codec: str = ""  # mime type, e.g. video/VP8
+    layers: int = 1  # simulcast layers (encodings), lowest first
+    rids: list[str] = field(default_factory=list)  # their rids, when the publisher named them
 
 
 class MessageKind(enum.StrEnum):

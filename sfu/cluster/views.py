@@ -17,12 +17,23 @@ SCOPES = ("local", "cluster")
 
 
 def local_rooms(node: SfuNode, only: str | None = None) -> list[dict[str, Any]]:
-    rooms = [room.info() for room in node.rooms.rooms.values() if only is None or room.name == only]
-    for room in rooms:
+    """This node's rooms: its participants, and (`remote_participants`) those of other nodes
+    in them, each participant and track with the id of the node that holds it."""
+    rooms = []
+    for live in node.rooms.rooms.values():
+        if only is not None and live.name != only:
+            continue
+        room = live.info()
         for participant in room["participants"]:
             participant["node_id"] = node.node_id
             for track in participant["tracks"]:
                 track["node_id"] = node.node_id
+        # participants of other nodes in this room (relayed here), each with its node
+        room["remote_participants"] = [
+            {**remote, "tracks": [{**t, "node_id": remote["node_id"]} for t in remote["tracks"]]}
+            for remote in live.remote.values()
+        ]
+        rooms.append(room)
     return rooms
 
 

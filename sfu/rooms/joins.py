@@ -51,10 +51,11 @@ class JoinError(Exception):
     """A join or media request refused; `code` is the signalling error code (docs/protocol.md),
     which each surface turns into its own answer (an `error` message, an HTTP status)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.details = details or {}  # more fields of the error message (a redirect's node)
 
 
 @dataclass
@@ -166,7 +167,19 @@ class JoinService:
         On any failure nothing stays behind: the participant is closed and a room it would
         have been alone in is discarded.
         """
+        route = self.node.router.route()  # which node serves it (docs/cluster.md, Routing)
+        if route.redirect:
+            raise JoinError(
+                "redirect",
+                f"this node is full: join {route.node['url']}",
+                {"node": route.node, "fallbacks": route.fallbacks},
+            )
         room = self.open_room(room_name)
+        try:  # the room's other nodes, so that the join answer lists them
+            await self.node.remote_rooms.prepare(room)
+        except BaseException:
+            self.node.rooms.discard(room)
+            raise
         participant = Participant(
             identity=identity or access.identity,
             name=access.name if name is None else name,
@@ -179,6 +192,7 @@ class JoinService:
             token_identity=access.identity,
         )
         participant.join_timeline = timeline
+        participant.route = {"node": route.node}
         try:
             if prepare is not None:
                 await prepare(participant, room)
@@ -300,4 +314,4 @@ class JoinService:
         for other in list(room.participants.values()):
             if other is not sender and (to is None or other.identity in to):
                 other.send_event(event, size)
-        room.data_relayed(sender, topic, payload)
+        room.data_relayed(sender, topic, payload, to)

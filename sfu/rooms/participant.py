@@ -82,6 +82,8 @@ class Participant:
         self._watchdogs: list[asyncio.Task] = []
         self.on_dropped: Callable[[str], None] | None = None
         self.join_timeline: JoinTimeline | None = None
+        # the node serving this join and the fallback nodes (sfu/cluster/routing.py)
+        self.route: dict = {}
         # events (and their sizes) held back until the join reply is out
         self._held: list[tuple[dict, int]] | None = None
         self._held_bytes = 0

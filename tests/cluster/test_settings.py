@@ -32,6 +32,7 @@ def test_the_default_is_one_node_without_redis():
         ('key_prefix = ""', "cluster.key_prefix must be"),
         ('key_prefix = "a b"', "cluster.key_prefix must be"),
         ("redis_timeout_s = -1", "cluster.redis_timeout_s must be positive"),
+        ("max_participants = -1", "cluster.max_participants must be 0"),
         ('node_ttl_s = "5"', "cluster.node_ttl_s must be float"),
         ("redis = 1", "unknown setting cluster.redis"),
     ],

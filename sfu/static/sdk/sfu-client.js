@@ -239,7 +239,11 @@ const FINAL_JOIN_ERRORS = new Set([
   "node_full",
   "draining",
   "bad_request",
+  "redirect",
 ]);
+
+/** How many times connect() follows a node that sends the join to another one. */
+const MAX_REDIRECTS = 3;
 
 /** The HTTP join did not work for a reason the WebSocket join may not share. */
 class HttpJoinUnavailable extends Error {}
@@ -249,11 +253,13 @@ export class SfuError extends Error {
   /**
    * @param {string} code the protocol's error code (e.g. "forbidden") or "timeout"/"closed"
    * @param {string} message
+   * @param {object} [details] the whole error message (a `redirect` names its `node`)
    */
-  constructor(code, message) {
+  constructor(code, message, details = {}) {
     super(`${code}: ${message}`);
     this.name = "SfuError";
     this.code = code;
+    this.details = details || {};
   }
 }
 
@@ -266,9 +272,19 @@ export class SfuError extends Error {
  *   (their offer came with the join and is being answered)
  */
 export async function connect(url, token, options = {}) {
-  const room = new Room(options);
-  await room._connect(url, token);
-  return room;
+  for (let hop = 0; ; hop++) {
+    const room = new Room(options);
+    try {
+      await room._connect(url, token);
+      return room;
+    } catch (err) {
+      // a full node names another node of its region: join there, with the same token
+      const next = err instanceof SfuError && err.code === "redirect" && err.details.node;
+      if (!next || !next.url || hop >= MAX_REDIRECTS) throw err;
+      await room.disconnect().catch(() => {});
+      url = next.url;
+    }
+  }
 }
 
 /**
@@ -646,7 +662,7 @@ export class Room extends Emitter {
         // not JSON: not this protocol's reply (e.g. a proxy's error page)
       }
       if (data && data.type === "error" && typeof data.code === "string") {
-        throw new SfuError(data.code, data.message || "");
+        throw new SfuError(data.code, data.message || "", data);
       }
       if (!response.ok || !data) {
         throw new HttpJoinUnavailable(`POST /rtc/${name}: HTTP ${response.status}`);
@@ -795,6 +811,8 @@ export class Room extends Emitter {
     this.name = msg.room;
     this.localParticipant = msg.participant;
     this.grants = msg.grants || this.grants;
+    /** The node serving this room: {node_id, region, url} (docs/cluster.md, "Routing"). */
+    this.node = msg.node || null;
     this.iceServers = [...(msg.ice_servers || []), ...(this.options.iceServers || [])];
     if (msg.fallbacks) this.fallbacks = fallbackUrls(msg.fallbacks);
     if ((msg.ice_servers || []).length && this.subscriberPc) {
@@ -875,7 +893,7 @@ export class Room extends Emitter {
     if (pending) {
       this._pending.delete(msg.request_id);
       clearTimeout(pending.timer);
-      if (msg.type === "error") pending.reject(new SfuError(msg.code, msg.message));
+      if (msg.type === "error") pending.reject(new SfuError(msg.code, msg.message, msg));
       else pending.resolve(msg);
       return;
     }
