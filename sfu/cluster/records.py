@@ -102,6 +102,8 @@ class NodeInfo(_Record):
     heartbeat_at: float = 0.0
     # Shutting down (SIGTERM): takes no joins, its clients are moving; route none to it.
     draining: bool = False
+    # Where other nodes send node-to-node requests (relays); "": public_url.
+    internal_url: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> NodeInfo:
