@@ -148,15 +148,21 @@ class Front:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path, method = request.path, request.method
         raw = request.raw_path
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path.startswith(WORKER_PREFIX):
             head, _, rest = path[len(WORKER_PREFIX) :].partition("/")
             found = untag(f"{head}.x", len(self.backends))
             if found is None:
                 return _problem(404, "no such worker")
+            backend = self.backends[found[0]]
             raw_rest = "/" + raw[len(WORKER_PREFIX) :].partition("/")[2]
-            return await self._pass(request, self.backends[found[0]], raw_rest)
+            if upgrade:
+                return await self._websocket(request, backend, raw_rest.partition("?")[0])
+            return await self._pass(request, backend, raw_rest)
         if path == "/rtc" and method == "GET":
-            return await self._websocket(request)
+            return await self._rtc_socket(request)
+        if upgrade:  # e.g. the agent workers' socket
+            return await self._websocket(request, self.backends[0], raw.partition("?")[0])
         if method == "POST" and path == "/rtc/join":
             return await self._fresh(request, self._tag_session)
         if method == "POST" and path in SESSION_PATHS:
@@ -282,7 +288,9 @@ class Front:
 
     # -- WebSocket --------------------------------------------------------------------------
 
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+    async def _rtc_socket(self, request: web.Request) -> web.StreamResponse:
+        """The signalling socket: a new session to the chosen worker, an HTTP join's
+        (`?session=<i>.<id>`) to worker i."""
         query = dict(request.query)
         if "session" in query:
             found = self.tagged(query["session"])
@@ -294,50 +302,61 @@ class Front:
             if chosen is None:
                 return _problem(503, "no worker is ready")
             backend = chosen
+        backend.sessions += 1
+        try:
+            return await self._websocket(request, backend, request.path, query)
+        finally:
+            backend.sessions = max(0, backend.sessions - 1)
+
+    async def _websocket(
+        self,
+        request: web.Request,
+        backend: Backend,
+        target: str,
+        query: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """Open the same socket at `backend` and relay messages both ways until one closes."""
+        query = dict(request.query) if query is None else query
         assert self._http is not None
         headers = {k: request.headers[k] for k in WS_HEADERS if k in request.headers}
         headers.update(
             (k, v) for k, v in self._headers(request).items() if k.startswith("X-Forwarded")
         )
-        backend.sessions += 1
         try:
+            upstream = await self._http.ws_connect(
+                backend.url + target,
+                params=query,
+                headers=headers,
+                max_msg_size=self.max_body,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return _problem(exc.status or 502, exc.message or "refused")
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            logger.warning("front: worker %d socket refused: %s", backend.index, exc)
+            return _problem(502, f"worker {backend.index} did not answer")
+        client = web.WebSocketResponse(max_msg_size=self.max_body)
+        try:
+            await client.prepare(request)
+            pumps = [
+                asyncio.ensure_future(_pump(client, upstream)),
+                asyncio.ensure_future(_pump(upstream, client)),
+            ]
             try:
-                upstream = await self._http.ws_connect(
-                    backend.url + request.path,
-                    params=query,
-                    headers=headers,
-                    max_msg_size=self.max_body,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                return _problem(exc.status or 502, exc.message or "refused")
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                logger.warning("front: worker %d socket refused: %s", backend.index, exc)
-                return _problem(502, f"worker {backend.index} did not answer")
-            client = web.WebSocketResponse(max_msg_size=self.max_body)
-            try:
-                await client.prepare(request)
-                pumps = [
-                    asyncio.ensure_future(_pump(client, upstream)),
-                    asyncio.ensure_future(_pump(upstream, client)),
-                ]
-                try:
-                    await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for pump in pumps:
-                        pump.cancel()
-                    for pump in pumps:
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await pump
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                code = upstream.close_code or client.close_code or 1000
-                with contextlib.suppress(Exception):
-                    await upstream.close(code=client.close_code or 1000)
-                with contextlib.suppress(Exception):
-                    await client.close(code=code)
-            return client
+                for pump in pumps:
+                    pump.cancel()
+                for pump in pumps:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await pump
         finally:
-            backend.sessions = max(0, backend.sessions - 1)
+            code = upstream.close_code or client.close_code or 1000
+            with contextlib.suppress(Exception):
+                await upstream.close(code=client.close_code or 1000)
+            with contextlib.suppress(Exception):
+                await client.close(code=code)
+        return client
 
 
 async def _pump(

@@ -358,3 +358,33 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_other_sockets_go_to_worker_0_and_worker_paths_to_their_worker(workers: Workers):
+    async with aiohttp.ClientSession() as http:
+        # the agent workers' socket (not /rtc) is a WebSocket to worker 0
+        agent = token("agent-1", room="*", agent=True)
+        async with http.ws_connect(
+            f"{workers.url}/api/agent-workers/ws", headers={"Authorization": f"Bearer {agent}"}
+        ) as ws:
+            await ws.send_json({"type": "register", "kinds": ["agent"], "capacity": 1})
+            reply = await asyncio.wait_for(ws.receive_json(), 10)
+            assert reply["type"] == "registered", reply
+        # a refused upgrade keeps the worker's status
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{workers.url}/api/agent-workers/ws")
+        assert refused.value.status == 401
+        async with http.get(f"{workers.url}/_worker/7/healthz") as response:
+            assert response.status == 404  # no such worker
+        for i in (0, 1):
+            async with http.get(f"{workers.url}/_worker/{i}/healthz") as response:
+                assert (await response.json())["node_id"] == f"box-w{i}"
+    # /_worker/<i>/rtc: a signalling socket to that worker
+    client = await RoomClient.connect(f"{workers.url}/_worker/1", token("pinned"), network=LOOPBACK)
+    try:
+        assert client.node["node_id"] == "box-w1"
+        assert await workers.identities(1) == ["pinned"]
+    finally:
+        await client.close()
