@@ -5,15 +5,21 @@
     .venv/bin/python benchmarks/scale.py --json build/scale.json
     .venv/bin/python benchmarks/scale.py --quick --json build/scale-quick.json
 
-For each setup, one publisher and N subscribers (benchmarks/fanout.py's worker processes:
+For each setup, one publisher and subscribers (benchmarks/fanout.py's worker processes:
 pre-encoded VP8 + Opus replayed, subscribers that count packets and decode nothing) join
-through the one HTTP port. With 2 workers the front spreads the subscribers over both nodes
-and the one that does not hold the publisher receives its tracks over a relay, as in a real
-cluster. Measured over a window after every subscriber receives media: the CPU time of every
-process of the SFU (the node; or the front and both workers), and the packets subscribers
-received. `subscribers_per_core` = subscribers / (SFU CPU seconds / window seconds): how many
-such viewers one core carries. Target: 2 workers >= 0.8 x 1 worker per core (near-linear, so
-N workers on N cores carry about N times the viewers).
+through the one HTTP port: S subscribers for 1 worker, 2 x S for 2 workers (each worker then
+carries what the single one did: "N workers serve N times the viewers"); `--same-subscribers`
+gives both setups S. With 2 workers the front spreads the subscribers over both nodes and the
+one that does not hold the publisher receives its tracks over a relay, as in a real cluster.
+Measured over a window after every subscriber receives media: the CPU time of every process
+of the SFU (the node; or the front and both workers), and the packets subscribers received.
+`subscribers_per_core` = subscribers / (SFU CPU seconds / window seconds): how many such
+viewers one core carries. Target: 2 workers >= 0.8 x 1 worker per core (near-linear).
+
+A worker's cost per delivered packet falls as its fan-out grows (the receive side of each
+packet is paid once per process, the send side once per subscriber), so with the same S split
+over two workers each has half the fan-out and a second receive (the relay): that comparison
+(`--same-subscribers`) says what spreading a small audience costs, not how the machine scales.
 """
 
 from __future__ import annotations
@@ -92,9 +98,14 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 async def measure(
-    args: argparse.Namespace, workdir: Path, worker_log, workers: int, redis_url: str
+    args: argparse.Namespace,
+    workdir: Path,
+    worker_log,
+    workers: int,
+    redis_url: str,
+    subscribers: int,
 ) -> dict:
-    """One fan-out run against `workers` node processes behind one port."""
+    """One fan-out run with `subscribers` against `workers` node processes behind one port."""
     import aiohttp
 
     sfu = SfuProcess(workdir / f"sfu-{workers}.log", env=sfu_env(workers, redis_url))
@@ -123,8 +134,8 @@ async def measure(
             await publisher.wait(
                 lambda: publisher.last("ready"), fanout.PUBLISHER_READY_S, "publish"
             )
-            n_procs = min(args.client_procs, args.subscribers)
-            groups = [list(range(i, args.subscribers, n_procs)) for i in range(n_procs)]
+            n_procs = min(args.client_procs, subscribers)
+            groups = [list(range(i, subscribers, n_procs)) for i in range(n_procs)]
             subs = []
             for i, group in enumerate(groups):
                 identities = ",".join(f"viewer{j:03d}" for j in group)
@@ -146,7 +157,7 @@ async def measure(
                 left = fanout.SUBSCRIBERS_READY_S - (time.monotonic() - started)
                 await proc.wait(all_ready, max(1.0, left), "video and audio at every subscriber")
             join_s = time.monotonic() - started
-            log(f"{args.subscribers} subscribers receive media after {join_s:.1f} s")
+            log(f"{subscribers} subscribers receive media after {join_s:.1f} s")
             await asyncio.sleep(args.warmup)
 
             admin = fanout.token("bench-admin", admin=True)
@@ -176,7 +187,7 @@ async def measure(
     machine_pct = 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * (os.cpu_count() or 1)
     return {
         "workers": workers,
-        "subscribers": args.subscribers,
+        "subscribers": subscribers,
         "downtracks_per_worker": [a[2] for a in per_worker1],  # (a subscriber has two)
         "seconds": round(window, 2),
         "packets_delivered": delivered,
@@ -187,7 +198,7 @@ async def measure(
         "cpu_pct_per_process": [round(100 * cpu[p] / window, 2) for p in pids],
         "idle_cpu_pct_per_process": [round(100 * idle[p] / args.idle_seconds, 2) for p in pids],
         "cpu_us_per_delivered_packet": round(sfu_cpu * 1e6 / delivered, 2) if delivered else None,
-        "subscribers_per_core": round(args.subscribers * window / sfu_cpu, 1) if sfu_cpu else None,
+        "subscribers_per_core": round(subscribers * window / sfu_cpu, 1) if sfu_cpu else None,
         "forward_delay_ms_p99": _ms(quantile(found["delay_all"], 0.99)),
         "machine_cpu_pct": round(machine_pct, 1),
         "join_s": round(join_s, 2),
@@ -199,7 +210,8 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, worker_log) -> di
     try:
         runs = []
         for workers in (1, 2):
-            runs.append(await measure(args, workdir, worker_log, workers, redis_url))
+            count = args.subscribers * (1 if args.same_subscribers else workers)
+            runs.append(await measure(args, workdir, worker_log, workers, redis_url, count))
     finally:
         redis.terminate()
         await asyncio.to_thread(redis.wait, 10)
@@ -210,6 +222,7 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, worker_log) -> di
         "subscribers_per_core_2_workers": two,
         "per_core_ratio_2_to_1": ratio,
         "target_ratio": TARGET_RATIO,
+        "same_subscribers": args.same_subscribers,
         "met": ratio is not None and ratio >= TARGET_RATIO,
         "runs": runs,
         "machine": {
@@ -222,7 +235,7 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, worker_log) -> di
 def print_table(result: dict) -> None:
     one, two = result["runs"]
     rows = [
-        ("subscribers", one["subscribers"], "", ""),
+        ("subscribers, 1 / 2 workers", f"{one['subscribers']} / {two['subscribers']}", "", ""),
         ("downtracks on each worker (2 workers)", two["downtracks_per_worker"], "", ""),
         ("SFU CPU, 1 worker (% of a core)", one["sfu_cpu_pct"], "", ""),
         ("SFU CPU, 2 workers: front + workers (%)", two["cpu_pct_per_process"], "", ""),
@@ -249,7 +262,14 @@ def print_table(result: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subscribers", type=int, help="default 20 (10 with --quick)")
+    parser.add_argument(
+        "--subscribers", type=int, help="with 1 worker (2 workers: twice); default 20 (10 --quick)"
+    )
+    parser.add_argument(
+        "--same-subscribers",
+        action="store_true",
+        help="give 2 workers the same subscribers as 1 (not twice as many)",
+    )
     parser.add_argument("--seconds", type=float, help="measured window; default 20 (8 --quick)")
     parser.add_argument("--quick", action="store_true", help="a short run (about 1 min in all)")
     parser.add_argument("--json", help="write the figures to this file")

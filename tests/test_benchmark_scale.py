@@ -24,10 +24,10 @@ def test_scale_benchmark_measures_one_and_two_workers(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out.read_text())
     one, two = result["runs"]
-    assert (one["workers"], two["workers"]) == (1, 2)
+    assert (one["workers"], two["workers"], one["subscribers"]) == (1, 2, 4)
     # the front spread the subscribers: both workers sent media to them
     assert len(two["packets_sent_per_worker"]) == 2 and min(two["packets_sent_per_worker"]) > 0
-    assert two["downtracks_per_worker"] == [4, 4]  # two subscribers with two tracks each
+    assert two["subscribers"] == 8 and two["downtracks_per_worker"] == [8, 8]  # 4 + 4 viewers
     for run in (one, two):
         assert run["packets_delivered"] > 0 and run["loss_pct"] < 5, run
     assert len(two["cpu_pct_per_process"]) == 3  # the front and two workers
