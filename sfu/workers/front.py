@@ -74,6 +74,22 @@ def untag(value: object, workers: int) -> tuple[int, str] | None:
     return (index, rest) if index < workers else None
 
 
+def session_followup(body: bytes, workers: int) -> tuple[int, bytes] | str:
+    """A `/rtc/answer` or `/rtc/leave` body: (worker, the body with its `session` untagged),
+    or why not ("bad_request": not a JSON object; "no_session": no tagged session)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return "bad_request"
+    if not isinstance(data, dict):
+        return "bad_request"
+    found = untag(data.get("session"), workers)
+    if found is None:
+        return "no_session"
+    data["session"] = found[1]
+    return found[0], json.dumps(data).encode()
+
+
 @dataclass
 class Backend:
     """One worker as the front sees it."""
@@ -217,17 +233,11 @@ class Front:
         return response
 
     async def _session_followup(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return _json_problem(400, "bad_request", "body must be JSON")
-        found = self.tagged(data.get("session") if isinstance(data, dict) else None)
-        if found is None:
-            return _json_problem(404, "no_session", "no such session")
-        backend, session = found
-        data["session"] = session
-        return await self._pass(request, backend, request.raw_path, body=json.dumps(data).encode())
+        found = session_followup(await request.read(), len(self.backends))
+        if isinstance(found, str):
+            return _json_problem(400 if found == "bad_request" else 404, found, found)
+        index, body = found
+        return await self._pass(request, self.backends[index], request.raw_path, body=body)
 
     # -- HTTP -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ stops everything in bounded time, and `--workers 2` without Redis is refused (ex
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 
 from sfu.client import RoomClient
 from sfu.config import Config, ConfigError
-from sfu.workers.front import MAX_TAG, tag, untag
+from sfu.workers.front import MAX_TAG, session_followup, tag, untag
 from sfu.workers.plan import plan_workers
 from tests.conftest import LOOPBACK, free_port
 from tests.media_sources import ColorVideoTrack, ToneAudioTrack, mean_rgb
@@ -107,6 +108,24 @@ def test_untag_takes_any_input_and_names_only_real_workers(value: object):
     if found is not None:
         assert isinstance(value, str) and len(value) <= MAX_TAG
         assert 0 <= found[0] < 3 and value == f"{found[0]}.{found[1]}"
+
+
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_session_followup_takes_any_body(body: bytes):
+    found = session_followup(body, 2)
+    if not isinstance(found, str):
+        index, forwarded = found
+        assert index in (0, 1)
+        assert json.loads(forwarded)["session"] == json.loads(body)["session"].partition(".")[2]
+
+
+def test_session_followup_untags_and_refuses():
+    body = json.dumps({"session": "1.abc", "sdp": "v=0"}).encode()
+    assert session_followup(body, 2) == (1, json.dumps({"session": "abc", "sdp": "v=0"}).encode())
+    assert session_followup(body, 1) == "no_session"
+    assert session_followup(b'{"session": "abc"}', 2) == "no_session"
+    assert session_followup(b"[" * 100_000, 2) == "bad_request"  # (too deep for the parser)
+    assert session_followup(b"[]", 2) == "bad_request"
 
 
 # -- real processes -----------------------------------------------------------------------------
