@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sfu.client import RoomClient
+from sfu.client import Reconnect, RoomClient
 from sfu.config import Config, ConfigError
 from sfu.workers.front import MAX_TAG, session_followup, tag, untag
 from sfu.workers.plan import plan_workers
@@ -330,32 +330,68 @@ async def _empty(workers: Workers, worker: int) -> bool:
     return await workers.identities(worker) == []
 
 
+def _worker_pid(box: Workers, node_id: str) -> int:
+    """The pid of the worker that runs node `node_id` (from its environment)."""
+    for pid in box.children():
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"SFU_NODE_ID={node_id}".encode() in environ:
+            return pid
+    raise AssertionError(f"no worker runs {node_id}: {box.children()}")
+
+
+async def _red_picture(track, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
+        r, g, b = mean_rgb(frame)
+        if r > 120 and g < 100 and b < 100:
+            return
+
+
 @pytest.mark.redis
 @pytest.mark.slow
-async def test_killed_worker_is_started_again_and_sigterm_stops_everything(workers: Workers):
+async def test_killed_worker_is_started_again_its_viewer_resumes_and_sigterm_stops_all(
+    workers: Workers,
+):
     before = workers.children()
     assert len(before) == 2, before
-    status, health = await workers.health()
-    victim = before[1]
-    os.kill(victim, signal.SIGKILL)
-
-    async def restarted():
-        status, health = await workers.health()
-        w = health["workers"]
-        return status == 200 and sum(x["restarts"] for x in w) == 1 and all(x["ready"] for x in w)
-
-    await eventually(restarted, 30)
-    after = workers.children()
-    assert len(after) == 2 and victim not in after and before[0] in after, (before, after)
-    assert "exited with -9; starting it again" in workers.log()
-    # the restarted worker serves again: a viewer there sees a host on the other one
-    host = await RoomClient.connect(workers.url, token("host"), network=LOOPBACK)
-    viewer = await RoomClient.connect(workers.url, token("viewer"), network=LOOPBACK)
+    host = await RoomClient.connect(
+        workers.url, token("host"), network=LOOPBACK, publish=[ColorVideoTrack(RED)]
+    )
+    viewer = await RoomClient.connect(
+        workers.url, token("viewer"), network=LOOPBACK, reconnect=Reconnect(dead_after_s=2.0)
+    )
     try:
-        assert {host.node["node_id"], viewer.node["node_id"]} == {"box-w0", "box-w1"}
-        await host.publish([ColorVideoTrack(RED)], ["camera"])
-        remote = await viewer.next_track(kind="video", timeout=30)
-        assert mean_rgb(await asyncio.wait_for(remote.track.recv(), 30))[0] > 150
+        assert (host.node["node_id"], viewer.node["node_id"]) == ("box-w0", "box-w1")
+        assert viewer.fallbacks == [workers.url]  # the other worker: the same one URL
+        await _red_picture((await viewer.next_track(kind="video", timeout=30)).track)
+
+        victim = _worker_pid(workers, "box-w1")
+        os.kill(victim, signal.SIGKILL)
+        resumed = await viewer.wait_for("resumed", timeout=30)
+        assert resumed["url"] == workers.url  # back through the front, on a live worker
+        await _red_picture((await viewer.next_track(kind="video", timeout=30)).track)
+
+        async def restarted():
+            status, health = await workers.health()
+            w = health["workers"]
+            return (
+                status == 200
+                and [x["restarts"] for x in w] == [0, 1]
+                and all(x["ready"] for x in w)
+            )
+
+        await eventually(restarted, 30)
+        after = workers.children()
+        assert len(after) == 2 and victim not in after and before[0] in after, (before, after)
+        assert "exited with -9; starting it again" in workers.log()
+        # the restarted worker serves again: a viewer pinned to it sees the host on worker 0
+        late = await RoomClient.connect(f"{workers.url}/_worker/1", token("late"), network=LOOPBACK)
+        try:
+            assert late.node["node_id"] == "box-w1"
+            await _red_picture((await late.next_track(kind="video", timeout=30)).track)
+        finally:
+            await late.close()
     finally:
         await viewer.close()
         await host.close()
