@@ -105,6 +105,12 @@ class NodeInfo(_Record):
     # Where other nodes send node-to-node requests (relays); "": public_url.
     internal_url: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        if not data["internal_url"]:  # (left out: nodes without the field read the record)
+            del data["internal_url"]
+        return data
+
     @classmethod
     def from_json(cls, data: Any) -> NodeInfo:
         if isinstance(data, dict) and isinstance(data.get("load"), dict):

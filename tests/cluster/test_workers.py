@@ -24,6 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfu.client import Reconnect, RoomClient
+from sfu.cluster.records import NodeInfo
 from sfu.config import Config, ConfigError
 from sfu.workers.front import MAX_TAG, session_followup, tag, untag
 from sfu.workers.plan import plan_workers
@@ -443,3 +444,14 @@ async def test_other_sockets_go_to_worker_0_and_worker_paths_to_their_worker(wor
         assert await workers.identities(1) == ["pinned"]
     finally:
         await client.close()
+
+
+def test_node_record_without_internal_url_reads_as_before():
+    """A node without an internal URL writes the record older nodes read (no new field)."""
+    plain = NodeInfo(node_id="a", region="r", public_url="http://a:1")
+    assert "internal_url" not in plain.to_json()
+    assert NodeInfo.loads(plain.dumps()) == plain
+    worker = NodeInfo(
+        node_id="a-w1", region="r", public_url="http://a:1", internal_url="http://a:1/_worker/1"
+    )
+    assert NodeInfo.loads(worker.dumps()) == worker
