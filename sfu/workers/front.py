@@ -142,6 +142,9 @@ class Front:
 
     async def _open(self, app: web.Application) -> None:
         self._http = aiohttp.ClientSession(
+            # each proxied WebSocket holds a connection for its lifetime: no pool limit (the
+            # default 100 would hold the 101st viewer's join); the nodes limit their sessions
+            connector=aiohttp.TCPConnector(limit=0),
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=120),
         )

@@ -455,3 +455,39 @@ def test_node_record_without_internal_url_reads_as_before():
         node_id="a-w1", region="r", public_url="http://a:1", internal_url="http://a:1/_worker/1"
     )
     assert NodeInfo.loads(worker.dumps()) == worker
+
+
+async def test_front_holds_more_sockets_than_a_default_connection_pool():
+    """Each proxied socket holds a connection to its worker for its whole life: the 101st
+    viewer's socket opens like the first (aiohttp's default pool stops at 100)."""
+    from aiohttp import web
+
+    from sfu.workers.front import Backend, Front
+    from tests.conftest import start_node
+
+    node = await start_node()  # a real node (no cluster needed for one worker)
+    backend = Backend(0, node.url, "n", ready=True)
+    front = Front([backend], max_body=node.config.limits.max_message_bytes)
+    runner = web.AppRunner(front.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sockets = []
+    try:
+        # (the test's own client needs no pool limit either)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            for _ in range(105):
+                ws = await asyncio.wait_for(http.ws_connect(f"http://127.0.0.1:{port}/rtc"), 10)
+                sockets.append(ws)
+            assert backend.sessions == 105
+            assert len(node.node.websockets) == 105  # each one reached the node
+            for ws in sockets:
+                await ws.close()
+            await eventually(lambda: _drained(backend), 10)
+    finally:
+        await runner.cleanup()
+        await node.runner.cleanup()
+
+
+async def _drained(backend) -> bool:
+    return backend.sessions == 0
