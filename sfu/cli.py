@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from .auth import NODE_WIDE_ROOMS, Grants, mint_token
 from .config import Config, ConfigError
 from .logs import configure_logging, set_static_fields
+from .workers.plan import SUPERVISOR_AGENT
 
 
 def _install_uvloop() -> str:
@@ -31,6 +32,12 @@ class _AccessLogger(AbstractAccessLogger):
     """Access log without query strings: WebSocket joins may carry a token there."""
 
     def log(self, request, response, time: float) -> None:
+        if (  # the `serve --workers` supervisor's health checks (every 2 s): not worth a line
+            response.status == 200
+            and request.path == "/healthz"
+            and request.headers.get("User-Agent") == SUPERVISOR_AGENT
+        ):
+            return
         self.logger.info(
             '%s "%s %s" %d %.3fs',
             request.remote,

@@ -16,6 +16,8 @@ from ..config import Config, ConfigError
 
 WORKER_PREFIX = "/_worker/"  # the front passes /_worker/<i>/<path> to worker i as /<path>
 MIN_UDP_SLICE = 2
+# the supervisor's health checks' User-Agent: a worker's access log leaves them out (cli.py)
+SUPERVISOR_AGENT = "sfu-workers-supervisor"
 
 
 @dataclass(frozen=True)

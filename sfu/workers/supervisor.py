@@ -16,14 +16,15 @@ import time
 import aiohttp
 
 from .front import Backend
-from .plan import WorkerSpec
+from .plan import SUPERVISOR_AGENT, WorkerSpec
 
 logger = logging.getLogger(__name__)
 
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 STABLE_AFTER_S = 30.0  # a worker that ran this long starts again from the first backoff
-READY_POLL_S = 0.2
+READY_POLL_S = 0.2  # while a worker is not ready
+HEALTH_POLL_S = 2.0  # while it is
 PR_SET_PDEATHSIG = 1
 
 
@@ -75,7 +76,7 @@ class Supervisor:
             )
             self.procs[spec.index] = proc
             logger.info("worker %d (%s) started: pid %d", spec.index, spec.node_id, proc.pid)
-            watch = asyncio.create_task(self._mark_ready(proc, backend))
+            watch = asyncio.create_task(self._watch(proc, backend))
             code = await proc.wait()
             backend.ready = False
             watch.cancel()
@@ -96,18 +97,21 @@ class Supervisor:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
             backend.restarts += 1
 
-    async def _mark_ready(self, proc: asyncio.subprocess.Process, backend: Backend) -> None:
-        """Ready once its /healthz answers 200 (the front sends it nothing before)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while proc.returncode is None:
+    async def _watch(self, proc: asyncio.subprocess.Process, backend: Backend) -> None:
+        """Ready while its /healthz answers 200: the front sends it nothing before it is up,
+        nor while it drains (503) or hangs (no answer within 2 s)."""
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=2), headers={"User-Agent": SUPERVISOR_AGENT}
+        ) as http:
+            while proc.returncode is None and not self.stopping:
                 try:
                     async with http.get(f"{backend.url}/healthz") as response:
-                        if response.status == 200:
-                            backend.ready = True
-                            return
+                        ok = response.status == 200
                 except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(READY_POLL_S)
+                    ok = False
+                if proc.returncode is None and not self.stopping:
+                    backend.ready = ok
+                await asyncio.sleep(READY_POLL_S if not ok else HEALTH_POLL_S)
 
     def signal_all(self, sig: int) -> None:
         """Stop restarting and pass `sig` on to every running worker."""

@@ -154,7 +154,14 @@ def test_workers_without_redis_exits_2():
 class Workers:
     """`python -m sfu serve --workers N` as a child process, its log in a file."""
 
-    def __init__(self, workdir: Path, redis_url: str, count: int = 2, udp_base: int = 48000):
+    def __init__(
+        self,
+        workdir: Path,
+        redis_url: str,
+        count: int = 2,
+        udp_base: int = 48000,
+        drain_timeout_s: float = 3.0,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / "workers.toml"
@@ -165,7 +172,7 @@ host = "127.0.0.1"
 port = {self.port}
 region = "test"
 node_id = "box"
-drain_timeout_s = 3.0
+drain_timeout_s = {drain_timeout_s}
 
 [cluster]
 redis_url = "{redis_url}"
@@ -491,3 +498,37 @@ async def test_front_holds_more_sockets_than_a_default_connection_pool():
 
 async def _drained(backend) -> bool:
     return backend.sessions == 0
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_draining_worker_takes_no_new_sessions(redis_server: RedisServer, tmp_path: Path):
+    box = Workers(tmp_path, redis_server.url, drain_timeout_s=10.0)
+    stay = None
+    try:
+        await wait_healthy(box.proc, box.url, box.log, "serve --workers 2", 60)
+        # a client that ignores `move` keeps worker 1 draining for its whole drain_timeout_s
+        stay = await RoomClient.connect(f"{box.url}/_worker/1", token("stay"), network=LOOPBACK)
+        os.kill(_worker_pid(box, "box-w1"), signal.SIGTERM)
+
+        async def draining():
+            status, health = await box.health()
+            return status == 503 and [w["ready"] for w in health["workers"]] == [True, False]
+
+        await eventually(draining, 8)
+        for i in range(3):  # every new session goes to worker 0 meanwhile
+            client = await RoomClient.connect(box.url, token(f"new-{i}"), network=LOOPBACK)
+            try:
+                assert client.node["node_id"] == "box-w0"
+            finally:
+                await client.close()
+
+        async def back():
+            status, health = await box.health()
+            return status == 200 and [w["restarts"] for w in health["workers"]] == [0, 1]
+
+        await eventually(back, 30)  # it drained, exited and was started again
+    finally:
+        if stay is not None:
+            await stay.close()
+        box.stop()
