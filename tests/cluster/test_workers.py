@@ -496,6 +496,37 @@ async def test_front_holds_more_sockets_than_a_default_connection_pool():
         await node.runner.cleanup()
 
 
+async def test_front_limits_bodies_as_the_node_does():
+    from aiohttp import web
+
+    from sfu.workers.front import Backend, Front
+    from tests.conftest import start_node
+
+    node = await start_node()
+    limit = node.config.limits.max_message_bytes
+    front = Front([Backend(0, node.url, "n", ready=True)], max_body=limit)
+    runner = web.AppRunner(front.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            big = b"v=0\r\n" + b"a" * limit
+            headers = {"Content-Type": "application/sdp", "Authorization": "Bearer x"}
+            for path in ("/whip/shop", "/rtc/answer", "/rtc/join", "/api/rooms"):
+                async with http.post(
+                    f"http://127.0.0.1:{port}{path}", data=big, headers=headers
+                ) as r:
+                    assert r.status == 413, (path, r.status)
+            async with http.post(
+                f"http://127.0.0.1:{port}/rtc/answer", data=b"[" * 1000 + b"]" * 1000
+            ) as r:
+                assert r.status == 400
+    finally:
+        await runner.cleanup()
+        await node.runner.cleanup()
+
+
 async def _drained(backend) -> bool:
     return backend.sessions == 0
 
