@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ClusterError
 from .records import NodeInfo
+from .tasks import stop_task
 
 if TYPE_CHECKING:
     from ..node import SfuNode
@@ -73,10 +74,7 @@ class FallbackNodes:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)  # (a plain cancel can be lost in a Redis call: tasks.py)
 
     async def _loop(self) -> None:
         interval = self.membership.settings.heartbeat_s

@@ -33,6 +33,7 @@ from .records import (
     TrackRecord,
     TrackRemoved,
 )
+from .tasks import stop_task
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -165,11 +166,8 @@ class ClusterMembership:
         if self.backend.available and self._tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ops.join(), timeout)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in self._tasks:  # (a plain cancel can be lost in a Redis call: tasks.py)
+            await stop_task(task)
         self._tasks = []
         if self._started and self.backend.available:
             try:

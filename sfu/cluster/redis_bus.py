@@ -29,6 +29,7 @@ from .interface import MessageHandler
 from .records import ClusterMessage, RecordError
 from .redis_keys import RedisKeys
 from .redis_link import UNREACHABLE, RedisLink
+from .tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,8 @@ class RedisBus:
         self._task = asyncio.create_task(self._read_loop(), name="cluster-bus-reader")
 
     async def close(self) -> None:
-        for task in (self._task, self._writer):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        for task in (self._task, self._writer):  # (a plain cancel can be lost: tasks.py)
+            await stop_task(task)
         self._task = self._writer = None
         while not self._outbox.empty():
             _, _, sent = self._outbox.get_nowait()

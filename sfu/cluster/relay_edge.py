@@ -33,6 +33,7 @@ from ..media.publisher import KEYFRAME_CACHE_S, PublisherSession
 from ..media.rtp import ExtensionIds
 from ..media.sdp import extension_ids, negotiated_codec
 from .errors import ClusterError
+from .tasks import stop_task
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -410,10 +411,7 @@ class RelayEdge:
 
     async def close(self) -> None:
         self._closed = True
-        if self._sweep_task is not None:
-            self._sweep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._sweep_task, DELETE_TIMEOUT_S)
+        await stop_task(self._sweep_task, DELETE_TIMEOUT_S)
         for link in list(self.links.values()):  # (shutdown never waits long on a relay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._close_link(link), 2 * DELETE_TIMEOUT_S)
