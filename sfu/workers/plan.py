@@ -67,6 +67,8 @@ def plan_workers(config: Config, workers: int, ports: list[int]) -> list[WorkerS
     if workers < 1 or len(ports) != workers:
         raise ValueError("one private port per worker")
     server, media = config.server, config.media
+    if not server.port and not config.cluster.public_url:
+        raise ConfigError("serve --workers needs a fixed server.port (or cluster.public_url)")
     base_id = server.node_id or f"{server.region}-{uuid.uuid4().hex[:6]}"
     public = front_url(config)
     internal = (config.cluster.internal_url or public).rstrip("/")

@@ -80,6 +80,10 @@ def test_plan_single_udp_port_and_limits():
     small.media.udp_port_min = small.media.udp_port_max = 40000
     with pytest.raises(ConfigError, match="too small"):
         plan_workers(small, 2, [1, 2])
+    anywhere = Config()
+    anywhere.server.port = 0  # (the workers' URLs need the front's port)
+    with pytest.raises(ConfigError, match="fixed server.port"):
+        plan_workers(anywhere, 2, [1, 2])
     high = Config()
     high.media.udp_port = 65535
     with pytest.raises(ConfigError, match="65535"):
