@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from .auth import NODE_WIDE_ROOMS, Grants, mint_token
 from .config import Config, ConfigError
 from .logs import configure_logging, set_static_fields
+from .workers.plan import SUPERVISOR_AGENT
 
 
 def _install_uvloop() -> str:
@@ -31,6 +32,12 @@ class _AccessLogger(AbstractAccessLogger):
     """Access log without query strings: WebSocket joins may carry a token there."""
 
     def log(self, request, response, time: float) -> None:
+        if (  # the `serve --workers` supervisor's health checks (every 2 s): not worth a line
+            response.status == 200
+            and request.path == "/healthz"
+            and request.headers.get("User-Agent") == SUPERVISOR_AGENT
+        ):
+            return
         self.logger.info(
             '%s "%s %s" %d %.3fs',
             request.remote,
@@ -51,16 +58,31 @@ def serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
+    if args.workers is not None:
+        config.server.workers = args.workers
+        config.validate()  # (N > 1 needs [cluster] redis_url: a ConfigError, exit 2)
     configure_logging(
         args.log_format or config.logging.format,
         args.log_level or config.logging.level,
         region=config.server.region,
     )
+    if config.server.workers > 1:
+        return _serve_workers(args, config)
     loop_name = _install_uvloop()
     logging.getLogger(__name__).info("event loop: %s", loop_name)
     app = create_app(config)
     set_static_fields(node_id=app[NODE_KEY].node_id)
     asyncio.run(_run(app, config))
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace, config: Config) -> int:
+    """`serve --workers N`: a front on the public port and N worker nodes (sfu/workers/)."""
+    from .workers.run import run_workers, worker_argv
+
+    argv = worker_argv(args.config or os.environ.get("SFU_CONFIG"), args.log_level, args.log_format)
+    set_static_fields(node_id=f"{config.server.node_id or config.server.region}-front")
+    asyncio.run(run_workers(config, argv))
     return 0
 
 
@@ -195,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--config", help="TOML settings file (default: $SFU_CONFIG, or built in)")
     p_serve.add_argument("--host", help="HTTP bind address (overrides the config)")
     p_serve.add_argument("--port", type=int, help="HTTP port (overrides the config)")
+    p_serve.add_argument(
+        "--workers",
+        type=int,
+        help="node processes behind this one HTTP port ([server] workers; default 1; "
+        "more than 1 needs [cluster] redis_url)",
+    )
     p_serve.set_defaults(func=serve)
 
     p_token = sub.add_parser("token", help="print an access token (last line: the token)")

@@ -43,6 +43,12 @@ class ServerSettings:
     # On SIGTERM the node drains: it refuses new joins, tells its clients to move to another
     # node, and waits at most this many seconds for them to leave before it exits.
     drain_timeout_s: float = 10.0
+    # Node processes behind this one HTTP port (`serve --workers N`, sfu/workers/): each is a
+    # node of the cluster with its own UDP ports, so N > 1 needs [cluster] redis_url.
+    workers: int = 1
+
+
+MAX_WORKERS = 64
 
 
 @dataclass
@@ -218,6 +224,12 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "SFU_REGION": ("server", "region"),
     "SFU_NODE_ID": ("server", "node_id"),
     "SFU_ANNOUNCED_IP": ("media", "announced_ip"),
+    "SFU_UDP_PORT": ("media", "udp_port"),
+    "SFU_UDP_PORT_MIN": ("media", "udp_port_min"),
+    "SFU_UDP_PORT_MAX": ("media", "udp_port_max"),
+    "SFU_WORKERS": ("server", "workers"),
+    "SFU_PUBLIC_URL": ("cluster", "public_url"),
+    "SFU_INTERNAL_URL": ("cluster", "internal_url"),
     "SFU_REDIS_URL": ("cluster", "redis_url"),
     "SFU_METRICS_PORT": ("metrics", "port"),
     "SFU_LOG_FORMAT": ("logging", "format"),
@@ -237,6 +249,9 @@ class ClusterSettings:
     # URL clients use to reach this node (joins are sent here by other nodes). Empty:
     # http://<server.host>:<server.port>.
     public_url: str = ""
+    # URL other nodes use for node-to-node requests to this node (relay signalling). Empty:
+    # public_url. `serve --workers N` sets it per worker (the front routes it to that worker).
+    internal_url: str = ""
     # Seconds between heartbeats (load figures included) ...
     heartbeat_s: float = 2.0
     # ... and the age at which a node's last heartbeat means it is gone.
@@ -421,6 +436,15 @@ class Config:
             )
         if c.public_url and not c.public_url.startswith(("http://", "https://")):
             raise ConfigError("cluster.public_url must be empty or an http:// or https:// URL")
+        if c.internal_url and not c.internal_url.startswith(("http://", "https://")):
+            raise ConfigError("cluster.internal_url must be empty or an http:// or https:// URL")
+        if not 1 <= self.server.workers <= MAX_WORKERS:
+            raise ConfigError(f"server.workers must be within 1..{MAX_WORKERS}")
+        if self.server.workers > 1 and not c.redis_url:
+            raise ConfigError(
+                "server.workers > 1 needs cluster.redis_url: the worker processes are nodes "
+                "of one cluster and share its Redis"
+            )
         if c.heartbeat_s <= 0:
             raise ConfigError("cluster.heartbeat_s must be positive")
         if c.node_ttl_s < 2 * c.heartbeat_s:

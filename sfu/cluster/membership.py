@@ -131,6 +131,7 @@ class ClusterMembership:
             node_id=self.node_id,
             region=self.config.server.region,
             public_url=self.public_url,
+            internal_url=self.settings.internal_url,
             started_at=self.started_at,
             load=self.last_load,
             draining=self.draining,

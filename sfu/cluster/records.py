@@ -102,6 +102,14 @@ class NodeInfo(_Record):
     heartbeat_at: float = 0.0
     # Shutting down (SIGTERM): takes no joins, its clients are moving; route none to it.
     draining: bool = False
+    # Where other nodes send node-to-node requests (relays); "": public_url.
+    internal_url: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        if not data["internal_url"]:  # (left out: nodes without the field read the record)
+            del data["internal_url"]
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> NodeInfo:

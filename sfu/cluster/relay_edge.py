@@ -263,7 +263,7 @@ class RelayEdge:
             node = await self.registry.get_node(link.origin)
             if node is None:
                 raise ClusterError(f"node {link.origin} is not live")
-            link.url = node.public_url.rstrip("/")
+            link.url = (node.internal_url or node.public_url).rstrip("/")
             reply = await self._post(
                 "/internal/relay",
                 {"room": link.room, "node_id": self.node_id, "tracks": sorted(wanted)},
