@@ -42,6 +42,7 @@ run: setup system-packages
 
 test: setup system-packages
 	$(PY) -m ruff check sfu agent tests benchmarks examples
+	$(PY) -m ruff format --check sfu agent tests benchmarks examples
 	$(PY) -m pytest -q -rfEs
 
 test-fast: setup
@@ -54,6 +55,7 @@ fuzz: setup
 
 lint: setup
 	$(PY) -m ruff check sfu agent tests benchmarks examples
+	$(PY) -m ruff format --check sfu agent tests benchmarks examples
 
 bench-quick: setup system-packages
 	$(PY) benchmarks/fanout.py --quick --json build/fanout.json
