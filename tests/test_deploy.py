@@ -340,6 +340,8 @@ PROVIDED_BY = {
     "prometheus_client": "prometheus-client",
     "redis": "redis",
     "uvloop": "uvloop",
+    # aiohttp's own dependency (header dictionaries)
+    "multidict": "aiohttp",
     # aiortc's own dependencies
     "OpenSSL": "aiortc",
     "pylibsrtp": "aiortc",
