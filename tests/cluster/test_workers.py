@@ -64,6 +64,10 @@ def test_plan_gives_each_worker_its_id_port_udp_slice_and_urls():
     assert worker.server.node_id == "eu-1-w1" and worker.server.port == 5002
     assert worker.cluster.internal_url.endswith("/_worker/1")
     assert (worker.media.udp_port_min, worker.media.udp_port_max) == (40333, 40665)
+    # the agent workers connect to worker 0: the others ask it for their rooms' agent jobs
+    assert "SFU_AGENTS_DISPATCH_URL" not in specs[0].env()
+    assert worker.agents.dispatch_url == specs[0].url == "http://127.0.0.1:5001"
+    assert specs[2].env()["SFU_AGENTS_DISPATCH_URL"] == specs[0].url
 
 
 def test_plan_single_udp_port_and_limits():
