@@ -155,6 +155,10 @@ class AgentSettings:
     auto_rooms: list[str] = field(default_factory=list)
     # A worker silent this long is dead: its jobs move to another worker.
     worker_timeout_s: float = 3.0
+    # "": this node gives its auto_rooms' jobs to the agent workers connected to it. A URL:
+    # another node does (serve --workers N sets it to worker 0's for the other workers, where
+    # no agent worker connects); a buyer's join here asks that node for the room's job.
+    dispatch_url: str = ""
 
 
 @dataclass
@@ -230,6 +234,7 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "SFU_WORKERS": ("server", "workers"),
     "SFU_PUBLIC_URL": ("cluster", "public_url"),
     "SFU_INTERNAL_URL": ("cluster", "internal_url"),
+    "SFU_AGENTS_DISPATCH_URL": ("agents", "dispatch_url"),
     "SFU_REDIS_URL": ("cluster", "redis_url"),
     "SFU_METRICS_PORT": ("metrics", "port"),
     "SFU_LOG_FORMAT": ("logging", "format"),
@@ -384,6 +389,11 @@ class Config:
             raise ConfigError("agents.auto_rooms must be a list of room names")
         if self.agents.worker_timeout_s <= 0:
             raise ConfigError("agents.worker_timeout_s must be positive")
+        dispatch_url = self.agents.dispatch_url
+        if not isinstance(dispatch_url, str) or (
+            dispatch_url and not dispatch_url.startswith(("http://", "https://"))
+        ):
+            raise ConfigError("agents.dispatch_url must be empty or an http:// or https:// URL")
         self._validate_ops()
         self._validate_cluster()
         self._validate_recording()

@@ -87,9 +87,11 @@ class Room:
         self.broadcast({"type": "participant_left", "identity": participant.identity})
         logger.info("%s left %s", participant.identity, self.name)
         self.registry.emit("participant_left", self, participant)
+        # listeners first: the agent dispatcher still sees the room's part on other nodes,
+        # which the room's end (discard) clears
+        self.registry.notify("left", self, participant)
         if not self.participants and not replacing:
             self.registry.discard(self)
-        self.registry.notify("left", self, participant)
 
     # -- tracks --------------------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ from sfu import Config
 from sfu.agents import AGENTS_KEY
 from sfu.auth import verify_token
 from sfu.client import RoomClient
+from sfu.config import ConfigError
 
-from .conftest import LOOPBACK, RunningNode, start_node
+from .conftest import LOOPBACK, RunningNode, free_port, start_node
 
 WORKER_PATH = "/api/agent-workers/ws"
 
@@ -247,3 +248,69 @@ async def test_a_failed_job_is_retried_then_given_up(agent_node):
         assert job.state == "failed" and job.reason == "boom"
     finally:
         await worker.close()
+
+
+async def test_a_node_with_a_dispatch_url_asks_that_node_for_its_auto_rooms_agent(agent_node):
+    """serve --workers N: the agent workers connect to worker 0; a buyer who joins an auto
+    room on another worker gets the agent worker 0 gives (one job, however many join)."""
+    worker = await FakeWorker.connect(agent_node)
+    dispatcher = agent_node.app[AGENTS_KEY]
+    config = Config()
+    config.agents.auto_rooms = ["agent-demo"]
+    config.agents.dispatch_url = agent_node.url
+    other = await start_node(config)
+    buyers = []
+    try:
+        for name in ("buyer-1", "buyer-2", "buyer-3"):
+            buyers.append(
+                await RoomClient.connect(
+                    other.url, other.token(name, room="agent-demo"), network=LOOPBACK
+                )
+            )
+        assign = (await worker.next("assign"))["job"]
+        assert assign["room"] == "agent-demo"
+        assert len(dispatcher.active_jobs("agent-demo")) == 1
+        requester = other.app[AGENTS_KEY].requester
+        assert other.app[AGENTS_KEY].active_jobs() == []  # made on the dispatching node only
+        pending = list(requester._pending.values())
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        assert requester.requests == 1 and requester.failures == 0  # asked once for the show
+        # asked again (another worker, or after REASK_S): the same job, not a second
+        admin = agent_node.token("ops", room="*", admin=True)
+        status, body = await _post(agent_node, "agent-demo", admin, {"unless_active": True})
+        assert status == 200 and body["job_id"] == assign["job_id"]
+        assert len(dispatcher.active_jobs("agent-demo")) == 1
+        status, body = await _post(agent_node, "agent-demo", admin, {"unless_active": "yes"})
+        assert status == 400 and "unless_active" in body["message"]
+    finally:
+        for client in buyers:
+            await client.close()
+        await worker.close()
+        await other.runner.cleanup()
+
+
+async def test_an_unreachable_dispatch_url_is_logged_and_the_join_still_works(caplog):
+    config = Config()
+    config.agents.auto_rooms = ["agent-demo"]
+    config.agents.dispatch_url = f"http://127.0.0.1:{free_port()}"  # nobody listens
+    node = await start_node(config)
+    try:
+        client = await RoomClient.connect(
+            node.url, node.token("buyer", room="agent-demo"), network=LOOPBACK
+        )
+        requester = node.app[AGENTS_KEY].requester
+        if requester._pending:
+            await asyncio.wait(list(requester._pending.values()), timeout=10)
+        assert requester.failures == 1 and "did not give one" in caplog.text
+        assert "buyer" in node.node.rooms.rooms["agent-demo"].participants
+        await client.close()
+    finally:
+        await node.runner.cleanup()
+
+
+def test_dispatch_url_must_be_an_http_url():
+    config = Config()
+    config.agents.dispatch_url = "worker-0"
+    with pytest.raises(ConfigError, match="dispatch_url"):
+        config.validate()

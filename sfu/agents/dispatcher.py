@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..auth import Grants, mint_token
+from .delegate import JobRequester
 from .jobs import DEFAULT_KIND, KIND_CHARS, AgentJob, JobBook, is_agent_participant
 
 if TYPE_CHECKING:
@@ -108,6 +109,12 @@ class AgentDispatcher:
         # "agent_job_ended" (ended or failed for good); webhooks and metrics use them
         self.job_listeners: list[Callable[[str, AgentJob], None]] = []
         self.jobs_started = 0
+        # [agents] dispatch_url: another node makes this node's auto-room jobs (delegate.py)
+        self.requester = (
+            JobRequester(self.settings.dispatch_url, node.config.auth, node.node_id)
+            if self.settings.dispatch_url
+            else None
+        )
 
     def _job_event(self, event: str, job: AgentJob) -> None:
         if event == "agent_job_started":
@@ -191,15 +198,23 @@ class AgentDispatcher:
         if is_agent_participant(participant.identity, participant.metadata):
             return
         if event == "joined":
-            if room.name in self.settings.auto_rooms and not self.active_jobs(
-                room.name, DEFAULT_KIND
-            ):
+            if room.name not in self.settings.auto_rooms:
+                return
+            if self.requester is not None:
+                self.requester.request(room.name, DEFAULT_KIND)
+            elif not self.active_jobs(room.name, DEFAULT_KIND):
                 self.create_job(room.name, DEFAULT_KIND, source="auto")
             return
         humans = [
             p
             for p in room.participants.values()
             if not is_agent_participant(p.identity, p.metadata)
+        ]
+        # buyers on the room's other nodes still want its agent
+        humans += [
+            r
+            for r in room.remote.values()
+            if not is_agent_participant(r["identity"], r.get("metadata"))
         ]
         if not humans:
             for job in self.active_jobs(room.name):
@@ -330,6 +345,8 @@ class AgentDispatcher:
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.requester is not None:
+            await self.requester.close()
 
 
 AGENTS_KEY: web.AppKey[AgentDispatcher] = web.AppKey("agent_dispatcher", AgentDispatcher)

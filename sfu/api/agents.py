@@ -1,7 +1,8 @@
 """The agent routes: the admin API of agent jobs and the agent workers' socket.
 
-* `POST /api/rooms/{room}/agents` `{"kind"?}`: a job for the room (node-wide admin token, or a
-  room admin token for its own room);
+* `POST /api/rooms/{room}/agents` `{"kind"?, "unless_active"?}`: a job for the room (node-wide
+  admin token, or a room admin token for its own room); with `"unless_active": true` the
+  room's active job of that kind is answered (200) instead of a second one;
 * `GET /api/agents`: workers and jobs (a room admin: its room's jobs only);
 * `DELETE /api/agents/{job_id}`: end a job;
 * `GET /api/agent-workers/ws`: a worker's socket (node-wide `agent` token; protocol in
@@ -28,7 +29,7 @@ def add_agent_routes(app: web.Application, node: SfuNode) -> AgentDispatcher:
     async def create(request: web.Request) -> web.Response:
         room = request.match_info["room"]
         require_grant(request, "admin", room=room)
-        kind = DEFAULT_KIND
+        kind, unless_active = DEFAULT_KIND, False
         if request.can_read_body:
             try:
                 body = await request.json()
@@ -38,10 +39,16 @@ def add_agent_routes(app: web.Application, node: SfuNode) -> AgentDispatcher:
                 if not isinstance(body, dict):
                     return _bad_request("body must be a JSON object")
                 kind = body.get("kind", DEFAULT_KIND)
+                unless_active = body.get("unless_active", False)
+        if not isinstance(unless_active, bool):
+            return _bad_request("'unless_active' must be true or false")
         if not valid_kind(kind):
             return _bad_request("'kind' must be a short lower-case name such as \"agent\"")
         if not room or len(room) > 128:
             return _bad_request("bad room name")
+        if unless_active and (active := dispatcher.active_jobs(room, kind)):
+            job = active[0]  # the room's job already (another worker asked for it first)
+            return web.json_response(job.to_json() | {"job_id": job.id}, status=200)
         job = dispatcher.create_job(room, kind, source="admin")
         return web.json_response(job.to_json() | {"job_id": job.id}, status=201)
 

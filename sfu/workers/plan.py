@@ -31,6 +31,9 @@ class WorkerSpec:
     public_url: str
     internal_url: str
     metrics_port: int  # 0: /metrics on the worker's own HTTP port
+    # where this worker's agent jobs are made: "" for worker 0 (the agent workers' socket goes
+    # there), worker 0's private URL for the others
+    dispatch_url: str = ""
 
     @property
     def url(self) -> str:
@@ -52,6 +55,8 @@ class WorkerSpec:
         }
         if self.metrics_port:
             env["SFU_METRICS_PORT"] = str(self.metrics_port)
+        if self.dispatch_url:
+            env["SFU_AGENTS_DISPATCH_URL"] = self.dispatch_url
         return env
 
 
@@ -97,6 +102,7 @@ def plan_workers(config: Config, workers: int, ports: list[int]) -> list[WorkerS
                 public_url=public,
                 internal_url=f"{internal}{WORKER_PREFIX}{i}",
                 metrics_port=config.metrics.port + i if config.metrics.port else 0,
+                dispatch_url=f"http://127.0.0.1:{ports[0]}" if i else "",
             )
         )
     return specs

@@ -64,6 +64,10 @@ def test_plan_gives_each_worker_its_id_port_udp_slice_and_urls():
     assert worker.server.node_id == "eu-1-w1" and worker.server.port == 5002
     assert worker.cluster.internal_url.endswith("/_worker/1")
     assert (worker.media.udp_port_min, worker.media.udp_port_max) == (40333, 40665)
+    # the agent workers connect to worker 0: the others ask it for their rooms' agent jobs
+    assert "SFU_AGENTS_DISPATCH_URL" not in specs[0].env()
+    assert worker.agents.dispatch_url == specs[0].url == "http://127.0.0.1:5001"
+    assert specs[2].env()["SFU_AGENTS_DISPATCH_URL"] == specs[0].url
 
 
 def test_plan_single_udp_port_and_limits():
@@ -165,6 +169,7 @@ class Workers:
         count: int = 2,
         udp_base: int = 48000,
         drain_timeout_s: float = 3.0,
+        extra_toml: str = "",
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -189,6 +194,7 @@ redis_timeout_s = 1.0
 bind_addresses = ["127.0.0.1"]
 udp_port_min = {udp_base}
 udp_port_max = {udp_base + 999}
+{extra_toml}
 """
         )
         self.log_path = workdir / "workers.log"
@@ -455,6 +461,65 @@ async def test_other_sockets_go_to_worker_0_and_worker_paths_to_their_worker(wor
         assert await workers.identities(1) == ["pinned"]
     finally:
         await client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_a_buyer_on_any_worker_gets_one_agent_from_worker_0(
+    redis_server: RedisServer, tmp_path: Path
+):
+    """The agent workers connect to worker 0 (through the front); buyers of an auto room on
+    worker 1 get the job worker 0 makes, and a room gets one job however many buyers join."""
+    box = Workers(tmp_path, redis_server.url, extra_toml='[agents]\nauto_rooms = ["shop"]\n')
+    clients: list[RoomClient] = []
+    try:
+        await wait_healthy(box.proc, box.url, box.log, "serve --workers 2", 60)
+        async with aiohttp.ClientSession() as http:
+            agent = token("agent-1", room="*", agent=True)
+            async with http.ws_connect(
+                f"{box.url}/api/agent-workers/ws", headers={"Authorization": f"Bearer {agent}"}
+            ) as ws:
+                await ws.send_json({"type": "register", "kinds": ["agent"], "capacity": 4})
+                assert (await asyncio.wait_for(ws.receive_json(), 10))["type"] == "registered"
+
+                async def heartbeats():
+                    while True:
+                        await ws.send_json({"type": "heartbeat", "jobs": []})
+                        await asyncio.sleep(0.5)
+
+                beating = asyncio.ensure_future(heartbeats())
+                for name in ("b1", "b2"):  # buyers on worker 1 only
+                    clients.append(
+                        await RoomClient.connect(
+                            f"{box.url}/_worker/1", token(name), network=LOOPBACK
+                        )
+                    )
+                assert {c.node["node_id"] for c in clients} == {"box-w1"}
+                assign = await asyncio.wait_for(ws.receive_json(), 15)
+                while assign["type"] != "assign":  # (whatever else the node says first)
+                    assign = await asyncio.wait_for(ws.receive_json(), 15)
+                assert assign["job"]["room"] == "shop", assign
+                clients.append(  # and one on worker 0
+                    await RoomClient.connect(f"{box.url}/_worker/0", token("b3"), network=LOOPBACK)
+                )
+                with pytest.raises(TimeoutError):  # no second job for the same room
+                    while True:
+                        extra = await asyncio.wait_for(ws.receive_json(), 2.5)
+                        assert extra["type"] != "assign", extra
+                # worker 0's only buyer leaves; worker 1's two are still in the room: the job
+                # goes on
+                await clients.pop().close()
+                with pytest.raises(TimeoutError):
+                    while True:
+                        extra = await asyncio.wait_for(ws.receive_json(), 2.5)
+                        assert extra["type"] != "cancel", extra
+                beating.cancel()
+        jobs = (await box.get("/api/agents"))["jobs"]
+        assert [j["room"] for j in jobs] == ["shop"], jobs
+    finally:
+        for client in clients:
+            await client.close()
+        box.stop()
 
 
 def test_node_record_without_internal_url_reads_as_before():
