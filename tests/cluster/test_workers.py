@@ -373,6 +373,12 @@ async def test_killed_worker_is_started_again_its_viewer_resumes_and_sigterm_sto
 ):
     before = workers.children()
     assert len(before) == 2, before
+    # a join's fallbacks come from a list each worker refreshes in the background: wait until
+    # worker 1's holds worker 0 (right after the start it may not yet)
+    deadline = time.monotonic() + 10
+    while not (await workers.get("/_worker/1/api/stats"))["cluster"]["fallbacks"]:
+        assert time.monotonic() < deadline, "worker 1 never listed worker 0 as a fallback"
+        await asyncio.sleep(0.1)
     host = await RoomClient.connect(
         workers.url, token("host"), network=LOOPBACK, publish=[ColorVideoTrack(RED)]
     )
