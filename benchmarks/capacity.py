@@ -747,16 +747,9 @@ async def measure(
             subs.append(
                 await fanout.start_worker(f"subscribers-{i}", argv, out, worker_log, script=SCRIPT)
             )
-        join_started = time.monotonic()
-        for worker, group in zip(subs, groups, strict=True):
-
-            def all_ready(w=worker, n=len(group)) -> bool:
-                last = w.last("ready")
-                return last is not None and last["count"] >= n
-
-            left = SUBSCRIBERS_READY_S - (time.monotonic() - join_started)
-            await worker.wait(all_ready, max(1.0, left), "video and audio at every viewer")
-        join_s = time.monotonic() - join_started
+        join_s = await fanout.wait_all_receiving(
+            subs, groups, SUBSCRIBERS_READY_S, "video and audio at every viewer"
+        )
         await asyncio.sleep(args.warmup)
         pids = [server.pid, publisher.proc.pid, *(w.proc.pid for w in subs)]
         cpu0 = {pid: proc_cpu_s(pid) for pid in pids}

@@ -505,6 +505,23 @@ async def start_worker(name: str, argv: list[str], out: Path, log, script: Path 
     return worker
 
 
+async def wait_all_receiving(
+    workers: list[Worker], groups: list[list[int]], budget_s: float, what: str
+) -> float:
+    """Until each subscriber worker says all its viewers receive media (`budget_s` for all of
+    them together); the seconds it took."""
+    started = time.monotonic()
+    for worker, group in zip(workers, groups, strict=True):
+
+        def all_ready(w: Worker = worker, n: int = len(group)) -> bool:
+            last = w.last("ready")
+            return last is not None and last["count"] >= n
+
+        left = budget_s - (time.monotonic() - started)
+        await worker.wait(all_ready, max(1.0, left), what)
+    return time.monotonic() - started
+
+
 async def stop_worker(worker: Worker) -> None:
     if worker.proc.stdin is not None and not worker.proc.stdin.is_closing():
         worker.proc.stdin.close()
@@ -613,16 +630,9 @@ async def orchestrate(args: argparse.Namespace, workdir: Path, worker_log) -> di
                         worker_log,
                     )
                 )
-            join_started = time.monotonic()
-            for worker, group in zip(subs, groups, strict=True):
-
-                def all_ready(w=worker, n=len(group)) -> bool:
-                    last = w.last("ready")
-                    return last is not None and last["count"] >= n
-
-                left = SUBSCRIBERS_READY_S - (time.monotonic() - join_started)
-                await worker.wait(all_ready, max(1.0, left), "video and audio at every subscriber")
-            join_s = time.monotonic() - join_started
+            join_s = await wait_all_receiving(
+                subs, groups, SUBSCRIBERS_READY_S, "video and audio at every subscriber"
+            )
             log(f"{args.subscribers} subscribers receive media after {join_s:.1f} s")
             await asyncio.sleep(args.warmup)
 

@@ -147,16 +147,9 @@ async def measure(
                         worker_log,
                     )
                 )
-            started = time.monotonic()
-            for proc, group in zip(subs, groups, strict=True):
-
-                def all_ready(w=proc, n=len(group)) -> bool:
-                    last = w.last("ready")
-                    return last is not None and last["count"] >= n
-
-                left = fanout.SUBSCRIBERS_READY_S - (time.monotonic() - started)
-                await proc.wait(all_ready, max(1.0, left), "video and audio at every subscriber")
-            join_s = time.monotonic() - started
+            join_s = await fanout.wait_all_receiving(
+                subs, groups, fanout.SUBSCRIBERS_READY_S, "video and audio at every subscriber"
+            )
             log(f"{subscribers} subscribers receive media after {join_s:.1f} s")
             await asyncio.sleep(args.warmup)
 
