@@ -55,6 +55,9 @@ class Ticket:
         return {"ref": self.ref, **asdict(self)}
 
 
+SETUP_WAIT_S = 15.0  # how long opening the store waits for another process setting it up
+
+
 class TicketStore:
     """SQLite-backed tickets; safe to share between threads and processes."""
 
@@ -65,8 +68,25 @@ class TicketStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._set_up(time.monotonic() + SETUP_WAIT_S)
+
+    def _set_up(self, deadline: float) -> None:
+        """WAL mode and the schema. Workers started together open one new file at once, and
+        SQLite answers "database is locked" to the WAL switch without waiting for the other
+        connection (its busy timeout does not cover that step): try again, bounded."""
+        delay = 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)  # (at start-up, in the worker's preparation thread)
+                delay = min(delay * 2, 0.2)
 
     def open_ticket(
         self,
