@@ -102,7 +102,9 @@ class Listener:
         if verdict is not None and session.speaking:
             kind, burst = verdict
             if kind == "barge_in":
-                self._barged = session.pause_for(self)
+                # a second burst in the same turn finds the agent paused already: the turn
+                # stays the one that interrupted it
+                self._barged = session.pause_for(self) or self._barged
             else:
                 session.ignored_noise(self, burst.voiced_ms)
         ended = False
@@ -111,7 +113,9 @@ class Listener:
                 self._turn_frames = 0
                 self._silence = 0
                 self._early = None
-                self._barged = False
+                # the barge-in detector counts raw voiced frames and may fire before the VAD
+                # says "speech started" (or in the same chunk): that pause is this turn's
+                self._barged = session.paused_by is self
                 self._started_while_speaking = session.speaking
                 self._merge = self._continues(now)
                 if self._merge is None:
